@@ -1,0 +1,241 @@
+"""The run format: safetensors files that describe themselves.
+
+A cnncli checkpoint is a plain safetensors file whose metadata header has one key, `cnncli`,
+holding a JSON document with everything needed to rebuild and use the network:
+
+    {"format": 1, "kind": "model",
+     "model": {"name": "lenet5", "num_classes": 10, "in_chans": 1, "kwargs": {},
+               "model_file": null},          # a TOML network's whole layer list when it has one
+     "num_classes": 10, "class_names": [...], "input_size": [1, 32, 32],
+     "mean": [...], "std": [...], "dataset": "fashion-mnist", "epoch": 7,
+     "metrics": {...}, "versions": {...}, "recipe": {...}, "weights_source": ...}
+
+Reading is defensive (a weights file is data, never code): the header length is bounded, and
+every tensor's dtype, shape and byte range are checked against the file before anything is
+allocated, so a truncated or hostile file is refused with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from cnncli.errors import InputError
+from cnncli.fileio import atomic_write_bytes
+
+FORMAT_VERSION = 1
+META_KEY = "cnncli"
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+_DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
+    """Validate a safetensors file's header against its size; return (tensors, metadata)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise InputError(f"{path}: not a safetensors file (only {len(head)} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or n + 8 > size:
+                raise InputError(f"{path}: not a safetensors file or truncated (header of {n} bytes "
+                                 f"in a file of {size})")
+            raw = f.read(n)
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, not a safetensors file") from None
+    except PermissionError:
+        raise InputError(f"cannot read {path}: permission denied") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: corrupt safetensors header")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InputError(f"{path}: corrupt safetensors metadata")
+    data_len = size - 8 - n
+    spans = []
+    for name, t in header.items():
+        if not isinstance(t, dict) or set(t) != {"dtype", "shape", "data_offsets"}:
+            raise InputError(f"{path}: corrupt entry for tensor '{name}'")
+        dtype, shape, offsets = t["dtype"], t["shape"], t["data_offsets"]
+        if dtype not in _DTYPE_SIZES:
+            raise InputError(f"{path}: tensor '{name}' has unknown dtype {dtype!r}")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise InputError(f"{path}: tensor '{name}' has an invalid shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            raise InputError(f"{path}: tensor '{name}' has invalid data offsets")
+        count = 1
+        for d in shape:
+            count *= d
+        if count * _DTYPE_SIZES[dtype] != offsets[1] - offsets[0]:
+            raise InputError(f"{path}: tensor '{name}' shape {shape} does not match its {offsets[1] - offsets[0]} bytes")
+        if offsets[1] > data_len:
+            raise InputError(f"{path}: truncated (tensor '{name}' ends past the end of the file)")
+        spans.append(tuple(offsets))
+    spans.sort()
+    for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise InputError(f"{path}: corrupt safetensors file (tensors overlap)")
+    return header, metadata
+
+
+def load_tensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict, dict[str, str]]:
+    """All tensors and the raw metadata of a validated safetensors file."""
+    _, metadata = read_header(path)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable safetensors file ({e})") from None
+    return tensors, metadata
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The cnncli document of a checkpoint, or a clear error for a file from another tool."""
+    _, metadata = read_header(path)
+    return _parse_meta(path, metadata)
+
+
+def _parse_meta(path, metadata: dict[str, str]) -> dict[str, Any]:
+    if META_KEY not in metadata:
+        raise InputError(
+            f"{path} has no cnncli metadata (network name, classes, input size); it is plain "
+            "weights from another tool: pass it as --weights FILE together with a model name"
+        )
+    try:
+        meta = json.loads(metadata[META_KEY])
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: corrupt cnncli metadata (not JSON)") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict) \
+            or not isinstance(meta["model"].get("name"), str):
+        raise InputError(f"{path}: cnncli metadata without a model name")
+    return meta
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict[str, Any]) -> Path:
+    """Write weights plus the cnncli document atomically."""
+    from safetensors.torch import save
+
+    meta = {"format": FORMAT_VERSION, **meta}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    data = save(_untie(tensors), metadata={META_KEY: json.dumps(meta, default=str), "format": "pt"})
+    return atomic_write_bytes(path, data)
+
+
+def _untie(tensors: dict) -> dict:
+    # safetensors refuses tensors that share memory; clone the later aliases
+    seen: dict[tuple, str] = {}
+    out = {}
+    for k, v in tensors.items():
+        key = (v.data_ptr(), v.numel(), v.dtype) if v.numel() else None
+        out[k] = v.clone() if key is not None and key in seen else v
+        if key is not None:
+            seen.setdefault(key, k)
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[dict, dict[str, Any]]:
+    """(state_dict, cnncli metadata) of a cnncli checkpoint."""
+    tensors, metadata = load_tensors(path, device=device)
+    return tensors, _parse_meta(path, metadata)
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A run directory means its best weights, `model.safetensors`."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "model.safetensors"
+        if not candidate.exists():
+            raise InputError(f"{path} is a folder without model.safetensors; is it a cnncli run?")
+        return candidate
+    if not path.exists():
+        raise InputError(f"file not found: {path}")
+    return path
+
+
+def is_checkpoint_ref(name: str) -> bool:
+    """Does a MODEL argument name a checkpoint or run directory rather than a registry name?"""
+    p = Path(name)
+    return name.endswith(".safetensors") or (p.is_dir() and (p / "model.safetensors").exists())
+
+
+def model_from_meta(meta: dict[str, Any], device: str | None = None):
+    """Rebuild the (untrained) network a checkpoint describes."""
+    from cnncli.models.registry import create_model
+
+    spec = meta["model"]
+    name = spec["name"]
+    if spec.get("model_file"):
+        from cnncli.models.model_file import create_model_from_spec
+
+        model, _ = create_model_from_spec(spec["model_file"], num_classes=spec.get("num_classes"),
+                                          in_chans=spec.get("in_chans"), source=name)
+        model.cnncli_spec = dict(spec)
+        return model
+    return create_model(name, num_classes=spec.get("num_classes"), in_chans=spec.get("in_chans"),
+                        device=device, **(spec.get("kwargs") or {}))
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu"):
+    """Rebuild a network from a checkpoint file alone; returns (model, meta) in eval mode."""
+    path = resolve_checkpoint_path(path)
+    state, meta = load_checkpoint(path)
+    model = model_from_meta(meta)
+    load_state_strict(model, state, path)
+    model.to(device).eval()
+    return model, meta
+
+
+def load_state_strict(model, state: dict, source) -> None:
+    """Load weights, naming the keys that do not fit instead of ignoring them."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            k = mismatched[0]
+            parts.append(f"{len(mismatched)} with other shapes (e.g. {k}: {tuple(state[k].shape)} "
+                         f"in the file, {tuple(own[k].shape)} in the network)")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise InputError(f"weights in {source} do not fit the network: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import torch
+
+    from cnncli import __version__
+
+    out = {"cnncli": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import torchvision
+
+        out["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
