@@ -98,11 +98,15 @@ def _root(
     """cnncli: inspect, train, fine-tune, evaluate and export convolutional networks."""
 
 
+from cnncli.cli import eval as _eval  # noqa: E402
 from cnncli.cli import inspect as _inspect  # noqa: E402
 from cnncli.cli import models as _models  # noqa: E402
+from cnncli.cli import train as _train  # noqa: E402
 
 app.command("models")(_models.models)
 app.command("inspect")(_inspect.inspect)
+app.command("train")(_train.train)
+app.command("eval")(_eval.eval_command)
 
 
 def main() -> None:

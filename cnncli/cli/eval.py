@@ -1,0 +1,60 @@
+"""`cnncli eval CHECKPOINT --data NAME`: top-1, top-5, per-class report, confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cnncli.cli.common import Device, enum_value
+
+
+def eval_command(
+    checkpoint: str = typer.Argument(..., help="A cnncli checkpoint or run directory (or a registry name with --weights)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset [default: the one it was trained on]."),
+    split: str = typer.Option("test", "--split", help="train, val or test."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Weights for a registry name."),
+    batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Evaluate at most N images, stratified."),
+    device: Device = typer.Option(Device.auto, "--device", help="auto picks cuda, then mps, then cpu."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for PyTorch."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the confusion matrix to this PNG."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+) -> None:
+    """Evaluate a checkpoint: rebuilt from its metadata alone, on a dataset split."""
+    from cnncli import output
+    from cnncli.engine import distributed
+    from cnncli.engine.eval_run import evaluate_checkpoint
+
+    doc = evaluate_checkpoint(checkpoint, data=data, split=split, data_dir=data_dir, weights=weights,
+                              batch_size=batch_size, device=enum_value(device), threads=threads,
+                              max_samples=max_samples)
+    if not distributed.context().is_main:
+        return
+    if plot is not None:
+        from cnncli.plots import plot_confusion
+
+        plot_confusion(doc["confusion"], doc["class_names"], plot)
+        output.note(f"confusion matrix drawn to {plot}")
+    if json_out:
+        output.emit_json(doc)
+        return
+    _render(doc)
+
+
+def _render(doc: dict) -> None:
+    from cnncli import output
+
+    rows = [[p["class"], f"{p['precision']:.4f}", f"{p['recall']:.4f}", f"{p['f1']:.4f}", p["support"]]
+            for p in doc["per_class"]]
+    output.render_rows(["class", "precision", "recall", "F1", "support"], rows,
+                       title=f"{doc['model']} on {doc['dataset']} ({doc['split']}, {doc['n']} images)",
+                       justify=["left", "right", "right", "right", "right"],
+                       footer=[f"top-1 {doc['top1']:.4f}   top-5 {doc['top5']:.4f}   loss {doc['loss']:.4f}   "
+                               f"{doc['images_per_second']:.0f} images/s"])
+    names = [n[:9] for n in doc["class_names"]]
+    matrix = [[names[i]] + [str(v) for v in row] for i, row in enumerate(doc["confusion"])]
+    output.render_rows(["true \\ predicted"] + names, matrix, title="confusion matrix",
+                       justify=["left"] + ["right"] * len(names))

@@ -1,0 +1,207 @@
+"""Training options: defaults, TOML recipes, command-line overrides, validation.
+
+A recipe is a flat TOML table whose keys are the option names (`lr`, `batch_size`, ...; dashes
+are accepted too). Precedence: built-in defaults < recipe < flags given on the command line.
+The resolved options are written to the run as `config.toml`, which is itself a recipe that
+reproduces the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from cnncli.errors import InputError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle", "step", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of `cnncli train` (and the shared part of `cnncli finetune`)."""
+
+    model: str = ""
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = False
+    val_fraction: float = 0.1
+    max_samples: int | None = None
+    img_size: int | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float | None = None  # default depends on the optimizer (see resolved_lr)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float | None = None  # default depends on the optimizer
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10  # the `step` schedule: multiply by step_gamma every step_epochs
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None
+    augment: list[str] = field(default_factory=list)
+    patience: int | None = None
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = False
+    compile: bool = False
+    eval_batch_size: int = 512
+    out: str | None = None
+    name: str | None = None
+    weights: str | None = None  # initial weights for the network (a safetensors or .pth file)
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-3 if self.optimizer == "adamw" else 0.05
+
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.05 if self.optimizer == "adamw" else 5e-4
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def option_types(cls=TrainConfig) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = get_origin(hint)
+    if origin is None:
+        if hint is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if hint is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, hint)
+    if origin is list:
+        (item,) = get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    # Optional / unions
+    return any(a is type(None) and value is None or a is not type(None) and _type_ok(value, a)
+               for a in get_args(hint))
+
+
+def _type_name(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    origin = get_origin(hint)
+    if origin is list:
+        return "a list of strings"
+    if origin is None:
+        return names.get(hint, str(hint))
+    return " or ".join(_type_name(a) for a in get_args(hint) if a is not type(None))
+
+
+def coerce_options(options: dict[str, Any], where: str, cls=TrainConfig) -> dict[str, Any]:
+    """Check names and types of options from a recipe; dashes in names become underscores."""
+    hints = option_types(cls)
+    out = {}
+    for raw_key, value in options.items():
+        key = raw_key.replace("-", "_")
+        if key not in hints:
+            close = difflib.get_close_matches(key, list(hints), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise InputError(f"{where}: unknown key '{raw_key}'{hint}")
+        if key == "augment" and isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if isinstance(value, int) and not isinstance(value, bool) and _type_ok(float(value), hints[key]) \
+                and not _type_ok(value, hints[key]):
+            value = float(value)
+        if not _type_ok(value, hints[key]):
+            raise InputError(f"{where}: key '{raw_key}' must be {_type_name(hints[key])}, "
+                             f"got {type(value).__name__} {value!r}")
+        out[key] = value
+    return out
+
+
+def read_recipe(path: str | Path, cls=TrainConfig) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"recipe not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read recipe {path}: {e}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"recipe {path} is not valid TOML: {e}") from None
+    # A recipe may group its options under [train]; both forms mean the same
+    if set(doc) == {"train"} and isinstance(doc["train"], dict):
+        doc = doc["train"]
+    return coerce_options(doc, f"recipe {path}", cls)
+
+
+def build_config(recipe: str | None, overrides: dict[str, Any], cls=TrainConfig):
+    """Defaults < recipe < explicit command-line values (None means 'not given')."""
+    values: dict[str, Any] = {}
+    if recipe:
+        values.update(read_recipe(recipe, cls))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = cls(**values)
+    validate(config)
+    return config
+
+
+def validate(c: TrainConfig) -> None:
+    def positive(name, value):
+        if value is not None and value <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+    if not c.model:
+        raise InputError("no model given: name one (see 'cnncli models') or set `model` in the recipe")
+    for name in ("epochs", "batch_size", "eval_batch_size", "max_samples", "threads", "img_size",
+                 "step_epochs", "patience"):
+        positive(name, getattr(c, name))
+    positive("lr", c.lr)
+    if c.weight_decay is not None and c.weight_decay < 0:
+        raise InputError(f"--weight-decay must not be negative, got {c.weight_decay}")
+    if not 0 <= c.val_fraction < 1:
+        raise InputError(f"--val-fraction must be in [0, 1), got {c.val_fraction}")
+    if not 0 <= c.label_smoothing < 1:
+        raise InputError(f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
+    if c.warmup_epochs < 0:
+        raise InputError(f"--warmup-epochs must not be negative, got {c.warmup_epochs}")
+    positive("clip_grad", c.clip_grad)
+    if c.optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer '{c.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+    if c.schedule not in SCHEDULES:
+        raise InputError(f"unknown schedule '{c.schedule}'; choose one of {', '.join(SCHEDULES)}")
+    if c.device not in ("auto", "cpu", "cuda", "mps") and not c.device.startswith("cuda:"):
+        raise InputError(f"unknown device '{c.device}'; choose auto, cpu, cuda or mps")
+    if c.augment:
+        from cnncli.data.augment import parse_augment
+
+        parse_augment(",".join(c.augment))
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """A flat dict as TOML (None values are left out: they mean 'the default')."""
+    lines = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))

@@ -1,0 +1,90 @@
+"""torchrun support: read its environment, start the process group, reduce metrics.
+
+Under `torchrun --nproc-per-node N -m cnncli train ...` each process sees RANK, LOCAL_RANK
+and WORLD_SIZE. Rank 0 alone writes files and prints; every rank takes its own shard of each
+epoch; metrics are summed across ranks. Without torchrun everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_context = DistContext()
+
+
+def init_distributed(device_name: str = "auto") -> DistContext:
+    """Start the process group when launched by torchrun (gloo on CPU, NCCL on CUDA)."""
+    global _context
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        _context = DistContext()
+        return _context
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    _context = DistContext(rank=rank, world_size=world, local_rank=local_rank if use_cuda else None)
+    return _context
+
+
+def context() -> DistContext:
+    return _context
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if _context.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    if _context.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_object(obj):
+    if not _context.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown() -> None:
+    global _context
+    if _context.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    _context = DistContext()
