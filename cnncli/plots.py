@@ -220,8 +220,10 @@ def plot_seed_filters(
     out_path: str | os.PathLike,
 ) -> Path:
     """The seed's fig. 8: the two feature maps on top (with their filters), the input below."""
-    fig = _figure(8, 8.5)
-    grid = fig.add_gridspec(3, 4, height_ratios=[1, 0.05, 1.1], width_ratios=[1, 0.25, 1, 0.25])
+    img = _to_numpy(image)
+    aspect = img.shape[0] / max(img.shape[1], 1)  # height / width
+    fig = _figure(10, 9 * aspect + 1.2)
+    grid = fig.add_gridspec(2, 4, height_ratios=[4, 5], width_ratios=[1, 0.22, 1, 0.22])
     for col, (fmap, filt, name) in enumerate(((vertical_map, vertical_filter, "vertical"),
                                               (horizontal_map, horizontal_filter, "horizontal"))):
         ax = fig.add_subplot(grid[0, 2 * col])
@@ -233,8 +235,8 @@ def plot_seed_filters(
         ax_f.set_title("filter", fontsize=8)
         ax_f.set_xticks([])
         ax_f.set_yticks([])
-    ax_in = fig.add_subplot(grid[2, 1:3])
-    ax_in.imshow(_to_numpy(image), cmap="gray")
+    ax_in = fig.add_subplot(grid[1, :])
+    ax_in.imshow(img, cmap="gray")
     ax_in.set_title("input", fontsize=9)
     ax_in.set_axis_off()
     return _save(fig, out_path)

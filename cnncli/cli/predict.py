@@ -1,0 +1,49 @@
+"""`cnncli predict MODEL_OR_FILE IMAGE_OR_DIR...`: the most probable classes of image files."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from cnncli.cli.common import Device, enum_value
+
+
+def predict(
+    model: str = typer.Argument(
+        ..., help="A cnncli checkpoint or run directory, an .onnx file from 'cnncli export', or a "
+        "registry name with --pretrained / --weights (ImageNet classes)."),
+    inputs: List[str] = typer.Argument(
+        ..., help="Image files (PNG, JPEG, WebP) or folders of them; '-' reads paths from stdin, one a line."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON line per image: {path, top: [{class, index, prob}]}."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Registry name: timm's pretrained weights (needs the hub or its cache)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Registry name: weights from this .safetensors / .pth file."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    device: Device = typer.Option(Device.auto, "--device", help="auto picks cuda, then mps, then cpu (ONNX runs on onnxruntime)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+) -> None:
+    """Predict the classes of images; unreadable files are reported on stderr and exit code 1."""
+    from cnncli import output
+    from cnncli.errors import RuntimeFailure
+    from cnncli.predict import expand_inputs, open_predictor, predict_files
+
+    paths = expand_inputs(inputs)
+    predictor = open_predictor(model, pretrained=pretrained, weights=weights,
+                               device=enum_value(device), threads=threads)
+    failed, rows = 0, []
+    for result in predict_files(predictor, paths, top_k=top_k, batch_size=batch_size):
+        if result.error is not None:
+            failed += 1
+            output.warn(result.error)
+        elif json_out:
+            output.emit_json_line(result.to_dict())
+        else:
+            best = result.top[0]
+            rest = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in result.top[1:])
+            rows.append([result.path, best["class"], f"{best['prob']:.3f}", rest])
+    if rows:
+        output.render_rows(["image", "class", "prob", "next"], rows,
+                           justify=["left", "left", "right", "left"])
+    if failed:
+        raise RuntimeFailure(f"{failed} of {len(paths)} file(s) could not be predicted (see above)")

@@ -1,0 +1,92 @@
+"""`cnncli viz ...`: pictures of a network and of a run, as PNG files (no window is opened)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+viz_app = typer.Typer(
+    name="viz",
+    help="Draw feature maps, filters, the seed's fig. 8, training curves and confusion matrices as PNG.",
+    no_args_is_help=True,
+)
+
+OUT = typer.Option(None, "--out", "-o", help="The PNG to write [default: a name made from the inputs].")
+MODEL = typer.Argument(..., help="A cnncli checkpoint or run directory, or a registry name "
+                       "(random weights unless --pretrained / --weights).")
+PRETRAINED = typer.Option(False, "--pretrained", help="Registry name: timm's pretrained weights.")
+WEIGHTS = typer.Option(None, "--weights", help="Registry name: weights from this .safetensors / .pth file.")
+
+
+def _done(path) -> None:
+    print(path)  # stdout carries the data: where the picture is
+
+
+@viz_app.command("feature-maps")
+def feature_maps(
+    model: str = MODEL,
+    image: Path = typer.Argument(..., help="An image file (PNG, JPEG, WebP)."),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer name as 'cnncli inspect' "
+                                        "shows it, e.g. features.0 [default: the first convolution]."),
+    max_maps: int = typer.Option(64, "--max-maps", min=1, help="Draw at most this many maps."),
+    pretrained: bool = PRETRAINED,
+    weights: Optional[str] = WEIGHTS,
+    out: Optional[Path] = OUT,
+) -> None:
+    """The feature maps one layer produces for one image, as a grid."""
+    from cnncli.viz import render_feature_maps
+
+    _done(render_feature_maps(model, str(image), layer, out, pretrained=pretrained, weights=weights,
+                              max_maps=max_maps))
+
+
+@viz_app.command("filters")
+def filters(
+    model: str = MODEL,
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="A convolution layer [default: the first one, drawn in colour on RGB input]."),
+    max_filters: int = typer.Option(64, "--max-filters", min=1, help="Draw at most this many filters."),
+    pretrained: bool = PRETRAINED,
+    weights: Optional[str] = WEIGHTS,
+    out: Optional[Path] = OUT,
+) -> None:
+    """The filters (kernels) of a convolution layer."""
+    from cnncli.viz import render_filters
+
+    _done(render_filters(model, layer, out, pretrained=pretrained, weights=weights, max_filters=max_filters))
+
+
+@viz_app.command("seed-filters")
+def seed_filters(
+    image: Path = typer.Argument(..., help="An image file (PNG, JPEG, WebP)."),
+    size: int = typer.Option(7, "--size", min=1, help="Filter size (odd)."),
+    out: Optional[Path] = OUT,
+) -> None:
+    """The seed's fig. 8 on any image: a vertical-line and a horizontal-line filter and their feature maps."""
+    from cnncli.viz import render_seed_filters
+
+    _done(render_seed_filters(str(image), out, size=size))
+
+
+@viz_app.command("curves")
+def curves(
+    run_dir: Path = typer.Argument(..., help="A run directory (its metrics.jsonl)."),
+    out: Optional[Path] = OUT,
+) -> None:
+    """Training and validation loss and top-1 per epoch."""
+    from cnncli.viz import render_curves
+
+    _done(render_curves(run_dir, out))
+
+
+@viz_app.command("confusion")
+def confusion(
+    source: Path = typer.Argument(..., help="A run directory with eval.json, or an 'eval --json' document."),
+    normalize: bool = typer.Option(False, "--normalize", help="Divide each row by its total (recall on the diagonal)."),
+    out: Optional[Path] = OUT,
+) -> None:
+    """The confusion matrix of an evaluation."""
+    from cnncli.viz import render_confusion
+
+    _done(render_confusion(source, out, normalize=normalize))

@@ -1,0 +1,247 @@
+"""Class probabilities for a user's own image files.
+
+A predictor wraps one of three things behind the same call: a cnncli checkpoint (or run
+directory), an ONNX file that `cnncli export` wrote (run by onnxruntime; its metadata props
+carry the classes and the preprocessing), or a registry network with pretrained weights
+(`--pretrained` through timm, or `--weights FILE`) answering in ImageNet's classes. In each
+case the images are prepared exactly as the model's metadata says (channel count, size,
+mean/std) by `cnncli.data.transforms.prepare_images`, the same code that training uses.
+
+Files that cannot be read or decoded do not stop the others: `predict_files` yields them as
+errors in their place and the caller reports them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
+
+from cnncli.errors import InputError
+
+DEFAULT_TOP_K = 5
+
+
+@dataclass
+class Predictor:
+    """Logits from a normalized batch, plus what the model expects of its inputs."""
+
+    forward: Callable[[Any], Any]  # float (N, C, H, W) on `device` -> logits (N, K) torch tensor
+    meta: dict[str, Any]  # at least input_size, mean, std, class_names
+    source: str  # "checkpoint", "onnx" or "pretrained"
+    device: str = "cpu"
+    model: Any = field(default=None, repr=False)  # the torch module, where there is one
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    def probabilities(self, images: Sequence) -> Any:
+        """uint8 (C, H, W) images of any size -> softmax probabilities (N, K) on the CPU."""
+        import torch
+
+        from cnncli.data.transforms import prepare_images
+
+        batch = prepare_images(list(images), self.meta["input_size"], self.meta["mean"],
+                               self.meta["std"], device=self.device)
+        with torch.inference_mode():
+            logits = self.forward(batch)
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def top_classes(probs, class_names: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
+    """Per row, the k most probable classes as {"class", "index", "prob"}, most probable first."""
+    import torch
+
+    k = max(1, min(k, probs.shape[1]))
+    values, indices = torch.topk(probs, k, dim=1)
+    return [[{"class": class_names[i], "index": int(i), "prob": float(p)}
+             for p, i in zip(vrow.tolist(), irow.tolist())]
+            for vrow, irow in zip(values, indices)]
+
+
+# ---------------------------------------------------------------------------- opening a model
+
+def open_predictor(
+    model: str,
+    pretrained: bool = False,
+    weights: str | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+) -> Predictor:
+    """A predictor for MODEL_OR_FILE: a checkpoint / run dir, an .onnx file or a registry name."""
+    from cnncli.engine.device import resolve_device, set_threads
+
+    set_threads(threads)
+    if str(model).endswith(".onnx"):
+        if pretrained or weights:
+            raise InputError("--pretrained and --weights apply to registry names, not to an ONNX file")
+        return _onnx_predictor(model, threads)
+    dev = str(resolve_device(device))
+    net, meta = load_network(model, pretrained=pretrained, weights=weights, device=dev)
+    source = "pretrained" if meta.get("pretrained_source") else "checkpoint"
+    return Predictor(forward=net, meta=meta, source=source, device=dev, model=net)
+
+
+def load_network(model: str, pretrained: bool = False, weights: str | None = None,
+                 device: str = "cpu"):
+    """(torch module in eval mode, meta) for a checkpoint / run dir or a registry name.
+
+    A registry name needs weights (`pretrained` via timm, or a `weights` file) to mean
+    anything; its meta is made from the registry's defaults: the network's input size and
+    mean/std, and ImageNet's class names when it has 1000 classes. `viz` shares this.
+    """
+    from cnncli.checkpoint import is_checkpoint_ref, load_model
+
+    looks_like_weights = Path(model).is_file() and not model.endswith(".toml")
+    if is_checkpoint_ref(model) or looks_like_weights:
+        if pretrained or weights:
+            raise InputError("--pretrained and --weights apply to registry names; "
+                             f"{model} is a checkpoint with its own weights")
+        return load_model(model, device=device)
+    if Path(model).is_dir():
+        from cnncli.checkpoint import resolve_checkpoint_path
+
+        resolve_checkpoint_path(model)  # raises: a folder that is not a run
+    return _registry_network(model, pretrained, weights, device)
+
+
+def _registry_network(name: str, pretrained: bool, weights: str | None, device: str):
+    from cnncli.models.registry import create_model, resolve_path_or_name
+
+    if not pretrained and not weights:
+        raise InputError(f"'{name}' is a registry name without weights: pass --pretrained (timm models) "
+                         "or --weights FILE, or give a cnncli checkpoint")
+    if pretrained and weights:
+        raise InputError("pass either --pretrained or --weights, not both")
+    name = resolve_path_or_name(name)
+    if pretrained:
+        if not name.startswith("timm/"):
+            raise InputError(f"'{name}' has no pretrained weights of its own; pass --weights FILE "
+                             "or use a timm/ model")
+        try:
+            net = create_model(name, pretrained=True)
+        except InputError:
+            raise
+        except Exception as e:  # hub download refused (offline), missing weights tag, ...
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise InputError(f"could not get pretrained weights for '{name}' ({first}); "
+                             "on an offline machine pass --weights FILE") from None
+        weights_source = {"kind": "pretrained", "name": name}
+    else:
+        from cnncli.checkpoint import load_state_strict
+        from cnncli.engine.weights import read_state_dict
+
+        net = create_model(name)
+        load_state_strict(net, read_state_dict(weights), weights)
+        weights_source = {"kind": "file", "path": str(weights)}
+    info = net.cnncli_info
+    meta = {
+        "kind": "model",
+        "model": dict(net.cnncli_spec),
+        "num_classes": info.num_classes,
+        "class_names": class_names_for(info.num_classes),
+        "input_size": list(info.input_size),
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "dataset": "imagenet" if info.num_classes == 1000 else None,
+        "pretrained_source": weights_source,
+    }
+    return net.to(device).eval(), meta
+
+
+def class_names_for(num_classes: int) -> list[str]:
+    """ImageNet-1k's class names (timm's table, its first synonym) for 1000 classes; else numbers."""
+    if num_classes == 1000:
+        try:
+            from timm.data import ImageNetInfo
+
+            info = ImageNetInfo()
+            return [info.index_to_description(i).split(",")[0].strip() for i in range(1000)]
+        except Exception:  # pragma: no cover - older timm without the table
+            pass
+    return [str(i) for i in range(num_classes)]
+
+
+def _onnx_predictor(path: str, threads: int | None) -> Predictor:
+    import torch
+
+    from cnncli.export import onnx_session, read_onnx_meta
+
+    if not Path(path).is_file():
+        raise InputError(f"file not found: {path}")
+    meta = read_onnx_meta(path)
+    if not meta.get("class_names"):
+        meta["class_names"] = [str(i) for i in range(int(meta.get("num_classes") or 0))]
+    session = onnx_session(path, threads=threads)
+    input_name = session.get_inputs()[0].name
+
+    def forward(batch):
+        return torch.from_numpy(session.run(None, {input_name: batch.cpu().numpy()})[0])
+
+    return Predictor(forward=forward, meta=meta, source="onnx", device="cpu")
+
+
+# ---------------------------------------------------------------------------- finding the files
+
+def _is_image_name(path: Path) -> bool:
+    from cnncli.data.transforms import IMAGE_EXTENSIONS
+
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def expand_inputs(args: Iterable[str], stdin: TextIO | None = None) -> list[str]:
+    """Paths to predict, in order: `-` is replaced by the paths read from stdin (one a line),
+    a folder by the image files under it (sorted, hidden files skipped). A file named
+    explicitly is kept whatever its extension, so that a bad one is reported, not ignored."""
+    import sys
+
+    out: list[str] = []
+    for arg in args:
+        if arg == "-":
+            stream = stdin if stdin is not None else sys.stdin
+            out += [line.strip() for line in stream if line.strip()]
+        elif os.path.isdir(arg):
+            found = []
+            for root, dirs, files in os.walk(arg):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [os.path.join(root, f) for f in sorted(files)
+                          if not f.startswith(".") and _is_image_name(Path(f))]
+            if not found:
+                raise InputError(f"no image files (png, jpg, jpeg, webp) in folder {arg}")
+            out += found
+        else:
+            out.append(arg)
+    return out
+
+
+# ---------------------------------------------------------------------------- predicting
+
+@dataclass
+class FileResult:
+    path: str
+    top: list[dict[str, Any]] | None = None
+    error: str | None = None  # one line naming the file, when it could not be predicted
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "top": self.top}
+
+
+def predict_files(predictor: Predictor, paths: Sequence[str], top_k: int = DEFAULT_TOP_K,
+                  batch_size: int = 32) -> Iterator[FileResult]:
+    """Results in input order, decoding and running `batch_size` files at a time."""
+    from cnncli.data.transforms import decode_image_file
+
+    names = predictor.class_names
+    for start in range(0, len(paths), batch_size):
+        decoded: list[FileResult | Any] = []
+        for path in paths[start:start + batch_size]:
+            try:
+                decoded.append((path, decode_image_file(path)))
+            except InputError as e:  # the reason names the file
+                decoded.append(FileResult(path, error=str(e)))
+        images = [d[1] for d in decoded if isinstance(d, tuple)]
+        tops = iter(top_classes(predictor.probabilities(images), names, top_k) if images else ())
+        for d in decoded:
+            yield d if isinstance(d, FileResult) else FileResult(d[0], top=next(tops))
