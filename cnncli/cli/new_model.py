@@ -1,0 +1,68 @@
+"""`cnncli new-model NAME`: write a TOML model file that follows the seed's good practice.
+
+The design lives in the library (`cnncli.models.model_file.good_practice_toml`); this command
+parses the options, checks the file it is about to write by building it (on the meta device:
+shapes only), writes it atomically and never overwrites a file without --force.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def new_model(
+    name: str = typer.Argument(
+        ..., metavar="NAME",
+        help="Name of the model; the file is NAME.toml (NAME may be a path ending in .toml)."),
+    input_size: str = typer.Option(
+        "1x28x28", "--input", "-i", metavar="CxHxW",
+        help="Input image shape, e.g. 1x28x28 (Fashion-MNIST) or 3x32x32 (CIFAR-10)."),
+    classes: int = typer.Option(10, "--classes", "-c", min=1, help="Number of classes."),
+    blocks: int = typer.Option(
+        3, "--blocks", min=1, help="Convolution blocks, each ending with 2x2 max pooling."),
+    width: int = typer.Option(
+        64, "--width", min=1, help="Filters of the first block (doubled after each pooling layer)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Where to write the file (default: NAME.toml)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON document instead of the path."),
+) -> None:
+    """Write a model file following the seed's good practice (7x7 then 3x3 filters doubling after
+    each pooling, ReLU, shrinking dense layers with dropout 0.5), ready to edit; print its path."""
+    from cnncli.cli.common import parse_size
+    from cnncli.errors import InputError
+    from cnncli.fileio import atomic_write_text
+    from cnncli.models.model_file import create_model_from_spec, good_practice_toml, loads_spec
+    from cnncli.models.registry import count_params
+    from cnncli.output import emit_json, note
+
+    model_name = Path(name).name
+    if model_name.endswith(".toml"):
+        model_name = model_name[: -len(".toml")]
+    if not model_name:
+        raise InputError(f"NAME must name the model, got '{name}'")
+    path = out if out is not None else Path(name if name.endswith(".toml") else f"{name}.toml")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; pass --out FILE.toml")
+    if path.exists() and not force:
+        raise InputError(f"{path} already exists; pass --force to overwrite it")
+
+    size = parse_size(input_size)
+    text = good_practice_toml(model_name, size, classes, blocks=blocks, width=width)
+    import torch
+
+    spec = loads_spec(text, str(path))
+    with torch.device("meta"):  # check it builds, count its parameters: shapes only
+        model, info = create_model_from_spec(spec, source=str(path))
+    atomic_write_text(path, text)
+    params = count_params(model)
+    if as_json:
+        emit_json({"path": str(path), "name": model_name, "input": list(info.input_size),
+                   "num_classes": info.num_classes, "blocks": blocks, "width": width,
+                   "layers": len(spec["layers"]), "params": params})
+        return
+    print(path)
+    note(f"{model_name}: {len(spec['layers'])} layers, {params:,} parameters; "
+         f"next: cnncli inspect {path}")
