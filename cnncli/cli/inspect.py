@@ -1,0 +1,134 @@
+"""`cnncli inspect MODEL`: the layer table of a network, as in the seed's AlexNet table.
+
+Thin on purpose: parse the options, ask `cnncli.summary.summarize` for the rows, render them.
+torch is imported only inside the command (through cnncli.summary).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import typer
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+
+
+COLUMNS = ["Name", "Type", "Maps", "Size", "Kernel", "Stride", "Padding", "Activation",
+           "Output shape", "Params", "MACs", "Receptive field"]
+CSV_COLUMNS = ["name", "type", "maps", "size", "kernel", "stride", "padding", "activation",
+               "output_shape", "params", "macs", "receptive_field"]
+_RIGHT = {"Maps", "Params", "MACs"}
+
+
+def inspect(
+    model: str = typer.Argument(
+        ..., metavar="MODEL",
+        help="A registry name (alexnet, resnet50, timm/efficientnet_b0; see 'cnncli models'), "
+        "a cnncli checkpoint (.safetensors or run folder) or a TOML model file."),
+    input_size: str | None = typer.Option(
+        None, "--input", "-i", metavar="CxHxW",
+        help="Input image size, e.g. 3x224x224 (default: the model's own). The channel count "
+        "rebuilds the first layer."),
+    num_classes: int | None = typer.Option(
+        None, "--num-classes", min=1, help="Rebuild the classifier with this many classes."),
+    depth: int | None = typer.Option(
+        None, "--depth", min=1,
+        help="Open modules down to this depth (the model's children are depth 1); what is still "
+        "composite at that depth is one row. Default: every layer, with composite blocks "
+        "(inception modules, residual units, ...) as one row each."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+) -> None:
+    """Show a network layer by layer: maps, size, kernel, stride, padding, activation, output
+    shape, parameters, multiply-adds and receptive field, then the totals."""
+    from cnncli.cli.common import parse_size
+    from cnncli.output import emit_json, render_rows
+    from cnncli.summary import summarize
+
+    size = parse_size(input_size) if input_size is not None else None
+    summary = summarize(model, input_size=size, num_classes=num_classes, depth=depth)
+    fmt = Format(fmt)
+    if fmt is Format.json:
+        emit_json(summary.to_dict())
+        return
+    if fmt is Format.csv:
+        render_rows(CSV_COLUMNS, [_csv_row(r) for r in summary.rows], fmt="csv")
+        return
+    rows = [_input_row(summary)] + [_table_row(r) for r in summary.rows]
+    render_rows(COLUMNS, rows, fmt=fmt.value, title=_title(summary), footer=_footer(summary),
+                justify=["right" if c in _RIGHT else "left" for c in COLUMNS])
+
+
+def _title(summary) -> str:
+    from cnncli.summary import format_size
+
+    classes = f", {summary.num_classes} classes" if summary.num_classes else ""
+    return f"{summary.model}: input {format_size(summary.input_size)}{classes}"
+
+
+def _footer(summary) -> list[str]:
+    from cnncli.output import human_bytes, human_count
+
+    return [
+        f"Parameters: {summary.total_params:,} (trainable {summary.trainable_params:,}, "
+        f"frozen {summary.frozen_params:,})",
+        f"Multiply-adds: {human_count(summary.macs)} ({summary.macs:,}) per image",
+        f"Weight size: {human_bytes(summary.weight_bytes)}",
+        f"Activation memory: {human_bytes(summary.activation_bytes)} per image "
+        "(float32 outputs of every layer)",
+    ]
+
+
+def _dims(values) -> str:
+    """[3, 3] -> '3x3'; [4, 4] as a stride -> '4' via _stride."""
+    if values is None:
+        return "-"
+    return "x".join(str(v) for v in values)
+
+
+def _stride(values) -> str:
+    if values is None:
+        return "-"
+    return str(values[0]) if len(set(values)) == 1 else _dims(values)
+
+
+def _padding(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return _stride(value)
+
+
+def _input_row(summary) -> list[str]:
+    from cnncli.summary import format_size
+
+    c, h, w = summary.input_size
+    maps = {1: "1 (gray)", 3: "3 (RGB)"}.get(c, str(c))
+    return ["In", "Input", maps, f"{h}x{w}", "-", "-", "-", "-", format_size(summary.input_size),
+            "-", "-", "-"]
+
+
+def _table_row(row) -> list[str]:
+    from cnncli.output import human_count
+    from cnncli.summary import display_activation
+
+    return [
+        row.name, row.type, "-" if row.maps is None else str(row.maps), row.size,
+        _dims(row.kernel), _stride(row.stride), _padding(row.padding),
+        display_activation(row.activation), _dims(row.output_shape), f"{row.params:,}",
+        human_count(row.macs) if row.macs else "0", _dims(row.receptive_field),
+    ]
+
+
+def _csv_row(row) -> list:
+    """The table's cells, with exact numbers and empty cells instead of '-'."""
+    cells = _table_row(row)
+    cells[COLUMNS.index("Params")] = row.params
+    cells[COLUMNS.index("MACs")] = row.macs
+    cells[COLUMNS.index("Activation")] = row.activation or ""
+    return ["" if c == "-" else c for c in cells]
