@@ -1,0 +1,52 @@
+"""`cnncli datasets`: the datasets cnncli can load, their shape, and where they were found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def datasets(
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Also look in this folder first (as train/eval --data-dir do)."
+    ),
+) -> None:
+    """List the datasets: classes, image size, channels, and where each was found (or not).
+
+    Looked up in order: --data-dir, $CNNCLI_DATA, the cache folder (~/.cache/cnncli), and
+    /usr/share/datasets (Debian's dataset-fashion-mnist).
+    """
+    from cnncli.data.registry import list_datasets
+    from cnncli.output import emit_json, render_rows
+
+    rows = list_datasets(data_dir)
+    if json_out:
+        emit_json({"datasets": rows})
+        return
+
+    def where(row) -> str:
+        if row["found"] is None:
+            return "give a folder: --data imagefolder:PATH"
+        return row["location"] if row["found"] else "not found (see 'cnncli train --help' for --data-dir/--download)"
+
+    def size(row) -> str:
+        return "x".join(str(v) for v in row["image_size"]) if row["image_size"] else "any"
+
+    render_rows(
+        ["name", "classes", "image size", "channels", "train / test", "location"],
+        [
+            [
+                r["name"],
+                r["classes"] if r["classes"] is not None else "any",
+                size(r),
+                r["channels"] if r["channels"] is not None else "1 or 3",
+                f"{r['train']} / {r['test']}" if r["train"] else "-",
+                where(r),
+            ]
+            for r in rows
+        ],
+        justify=["left", "right", "right", "right", "right", "left"],
+    )

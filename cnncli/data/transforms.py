@@ -1,0 +1,194 @@
+"""From stored uint8 images to the float tensor a network wants.
+
+Datasets stay uint8 at their own size; a network may want another size or channel count
+(AlexNet takes 227x227x3, Fashion-MNIST is 28x28x1). `prepare_batch` adapts a whole batch on
+the target device in one go: uint8 to float in [0, 1], channel adaptation, antialiased
+bilinear resize, normalization by mean/std. `needs_adaptation` says in words what that will
+do, so the trainer can say it once. `load_image_files` / `prepare_images` serve `predict`,
+whose images come one file at a time in any size.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from cnncli.errors import InputError
+
+# Extensions that torchvision.io.decode_image reads (besides GIF, which we do not take)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+# ITU-R 601-2 luma, as torchvision's rgb_to_grayscale uses
+_LUMA = (0.2989, 0.587, 0.114)
+
+
+def _adapt_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, C, H, W) to `channels`: gray repeated to 3, colour to luma, alpha dropped."""
+    have = x.shape[1]
+    if have == channels:
+        return x
+    if have in (2, 4):  # gray + alpha, RGBA: the alpha channel is not part of the picture
+        x, have = x[:, : have - 1], have - 1
+        if have == channels:
+            return x
+    if have == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    if have == 3 and channels == 1:
+        import torchvision.transforms.v2.functional as F
+
+        return F.rgb_to_grayscale(x)
+    raise InputError(f"cannot turn images of {have} channels into the {channels} channels the network expects")
+
+
+def _adapt_stats(values: Sequence[float], channels: int) -> list[float]:
+    """Mean/std given for the data's channels, adapted to the network's channel count."""
+    values = [float(v) for v in values]
+    if len(values) == channels:
+        return values
+    if len(values) == 1:
+        return values * channels
+    if len(values) == 3 and channels == 1:
+        # the luma's mean is exact; its std assumes strongly correlated channels, as in photos
+        return [sum(w * v for w, v in zip(_LUMA, values))]
+    raise InputError(f"mean/std have {len(values)} values but the network takes {channels} channels")
+
+
+def prepare_batch(
+    images: torch.Tensor,
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A uint8 (or [0, 1] float) batch (N, C, H, W) as normalized floats of `input_size` (C, H, W).
+
+    The batch is moved to `device` first, while it is still 4x smaller as uint8. Colour is
+    reduced to gray before resizing and gray repeated to 3 channels after, so the resize
+    works on as few channels as possible. `mean` and `std` may be given for the network's
+    channels or for the data's (a single gray value is repeated; RGB values are combined).
+    """
+    if images.dim() != 4:
+        raise InputError(f"expected a batch of images (N, C, H, W), got shape {tuple(images.shape)}")
+    channels, height, width = (int(v) for v in input_size)
+    if device is not None:
+        images = images.to(device, non_blocking=True)
+    x = images.to(dtype).div_(255.0) if images.dtype == torch.uint8 else images.to(dtype)
+    if x.shape[1] > channels:
+        x = _adapt_channels(x, channels)
+    if tuple(x.shape[-2:]) != (height, width):
+        import torchvision.transforms.v2.functional as F
+
+        x = F.resize(x, [height, width], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+    if x.shape[1] != channels:
+        x = _adapt_channels(x, channels)
+    mean_t = torch.tensor(_adapt_stats(mean, channels), dtype=dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(_adapt_stats(std, channels), dtype=dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def needs_adaptation(data_shape: Sequence[int], input_size: Sequence[int]) -> str | None:
+    """In words, what `prepare_batch` does to data of `data_shape` for a network of `input_size`.
+
+    >>> needs_adaptation((1, 28, 28), (3, 227, 227))
+    'resizing 28x28 -> 227x227 and repeating 1 channel to 3'
+    """
+    c, h, w = (int(v) for v in data_shape)
+    nc, nh, nw = (int(v) for v in input_size)
+    steps = []
+    if (h, w) != (nh, nw):
+        steps.append(f"resizing {h}x{w} -> {nh}x{nw}")
+    if c != nc:
+        if c == 1 and nc == 3:
+            steps.append("repeating 1 channel to 3")
+        elif c == 3 and nc == 1:
+            steps.append("converting colour to gray")
+        else:
+            steps.append(f"converting {c} channels to {nc}")
+    return " and ".join(steps) if steps else None
+
+
+def _decoder_message(error: Exception) -> str:
+    text = str(error)
+    if "Unsupported image file" in text:
+        return "not a PNG, JPEG or WebP image"
+    match = re.search(r"\.cpp:\d+, (.*)", text)
+    return f"cannot decode the image: {(match.group(1) if match else text).strip()}"
+
+
+def decode_image_file(path: str | Path) -> torch.Tensor:
+    """One image file as uint8 (C, H, W) with C 1 (gray) or 3 (colour); InputError naming the file."""
+    from torchvision.io import decode_image
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not an image file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not data:
+        raise InputError(f"{path}: empty file, not an image")
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 announces its decoders move to torchcodec; they work, and the
+            # notice would only confuse a user of predict
+            warnings.simplefilter("ignore", DeprecationWarning)
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), apply_exif_orientation=True)
+    except (RuntimeError, ValueError) as e:
+        raise InputError(f"{path}: {_decoder_message(e)}") from None
+    if image.dim() == 4:  # an animated image: its first frame
+        image = image[0]
+    if image.dtype == torch.uint16:  # 16-bit PNG: keep the high byte
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)
+    if image.shape[0] in (2, 4):
+        image = image[: image.shape[0] - 1]
+    if image.shape[0] not in (1, 3) or image.shape[1] == 0 or image.shape[2] == 0:
+        raise InputError(f"{path}: unsupported image layout {tuple(image.shape)}")
+    return image.contiguous()
+
+
+def load_image_files(paths: Sequence[str | Path]) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, str]]]:
+    """Decode many files: ([(path, uint8 (C, H, W))], [(path, one-line reason)]) in input order.
+
+    A file that cannot be read or is not an image does not stop the others (predict reports
+    it on its own line); the reason already names the file.
+    """
+    images: list[tuple[str, torch.Tensor]] = []
+    errors: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            images.append((str(path), decode_image_file(path)))
+        except InputError as e:
+            errors.append((str(path), str(e)))
+    return images, errors
+
+
+def resize_uint8(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Antialiased bilinear resize of uint8 images (C, H, W) or (N, C, H, W), staying uint8."""
+    if tuple(image.shape[-2:]) == (height, width):
+        return image
+    import torchvision.transforms.v2.functional as F
+
+    return F.resize(image, [height, width], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+
+
+def prepare_images(
+    images: Sequence[torch.Tensor],
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Images of different sizes and channel counts (uint8 (C, H, W) each) as one normalized batch."""
+    channels, height, width = (int(v) for v in input_size)
+    if not images:
+        return torch.zeros((0, channels, height, width), device=device)
+    same = [resize_uint8(_adapt_channels(img.unsqueeze(0), channels)[0], height, width) for img in images]
+    return prepare_batch(torch.stack(same), input_size, mean, std, device=device)
