@@ -112,6 +112,7 @@ def test_parse_augment_names_values_and_errors():
     assert aug.names == ["shift", "flip", "lighting"]  # fixed order of application
     assert aug.spec == "shift=2,flip,lighting=0.3"
     assert parse_augment(aug.spec).spec == aug.spec
+    assert BatchAugment(aug).spec == BatchAugment(aug.spec).spec == aug.spec  # copies and strings too
     assert len(parse_augment("none")) == 0 and not parse_augment("") and parse_augment(None).spec == "none"
     with pytest.raises(InputError) as e:
         parse_augment("shift,rotate")

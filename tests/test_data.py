@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from cnncli.data import registry
@@ -250,7 +249,7 @@ def test_embedded_subset_is_real_balanced_and_licensed():
 
 
 def test_cifar10_batches_load_with_planes_in_rgb_order(tmp_path):
-    folder = write_cifar(tmp_path / "data" / "cifar-10-batches-py", n=20)
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py", n=20)
     splits = load_dataset("cifar10", data_dir=tmp_path / "data", val_fraction=0.1)
     assert splits.train.images.shape[1:] == (3, 32, 32) and splits.train.images.dtype == torch.uint8
     assert len(splits.train) + len(splits.val) == 100 and len(splits.test) == 20
@@ -452,7 +451,7 @@ def test_validation_split_is_stratified_disjoint_and_fixed_by_seed():
     keep, held = stratified_holdout(labels, 0.1, seed=3)
     assert len(held) == 100 and torch.bincount(labels[held]).tolist() == [10] * 10
     assert set(keep.tolist()).isdisjoint(held.tolist()) and len(keep) + len(held) == 1000
-    keep2, held2 = stratified_holdout(labels, 0.1, seed=3)
+    _, held2 = stratified_holdout(labels, 0.1, seed=3)
     assert torch.equal(held, held2)
     assert not torch.equal(held, stratified_holdout(labels, 0.1, seed=4)[1])
 
@@ -534,25 +533,19 @@ def test_list_datasets_reports_found_and_missing(tmp_path):
     assert rows["fashion-mnist"]["image_size"] == [28, 28] and rows["fashion-mnist"]["classes"] == 10
 
 
-def _cli():
-    from cnncli.cli.datasets import datasets
-
-    app = typer.Typer()
-    app.command()(datasets)
-    app.command("noop")(lambda: None)  # two commands, so `datasets` is a sub-command as in cnncli
-    return app
-
-
 def test_datasets_command_json_and_table(tmp_path):
+    from cnncli.cli import app
+
     runner = CliRunner()
-    result = runner.invoke(_cli(), ["datasets", "--json", "--data-dir", str(write_fashion(tmp_path / "g"))])
+    result = runner.invoke(app, ["datasets", "--json", "--data-dir", str(write_fashion(tmp_path / "g"))])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     names = [d["name"] for d in doc["datasets"]]
     assert names[:3] == ["fashion-mnist", "fashion-mnist-mini", "cifar10"]
     assert doc["datasets"][0]["location"] == str(tmp_path / "g")
-    table = runner.invoke(_cli(), ["datasets"])
+    table = runner.invoke(app, ["datasets"])
     assert table.exit_code == 0 and "not found" in table.stdout and "28x28" in table.stdout
+    assert "apt-get install dataset-fashion-mnist" in table.stdout  # fashion-mnist is missing here
 
 
 def test_cli_module_imports_no_torch():

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def datasets(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
-    data_dir: Optional[Path] = typer.Option(
+    data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Also look in this folder first (as train/eval --data-dir do)."
     ),
 ) -> None:
@@ -29,24 +28,33 @@ def datasets(
 
     def where(row) -> str:
         if row["found"] is None:
-            return "give a folder: --data imagefolder:PATH"
-        return row["location"] if row["found"] else "not found (see 'cnncli train --help' for --data-dir/--download)"
+            return "any folder"
+        if row["name"] == "fashion-mnist-mini":
+            return "embedded"  # the package's own folder: a long path that says nothing
+        return row["location"] if row["found"] else "not found"
 
     def size(row) -> str:
         return "x".join(str(v) for v in row["image_size"]) if row["image_size"] else "any"
 
+    missing = [r["name"] for r in rows if r["found"] is False]
+    footer = []
+    if missing:
+        footer.append(
+            f"not found: {', '.join(missing)}; get it with --data-dir DIR, $CNNCLI_DATA=DIR or --download "
+            "(fashion-mnist also: apt-get install dataset-fashion-mnist)"
+        )
     render_rows(
-        ["name", "classes", "image size", "channels", "train / test", "location"],
+        ["name", "classes", "size", "channels", "location"],
         [
             [
                 r["name"],
                 r["classes"] if r["classes"] is not None else "any",
                 size(r),
-                r["channels"] if r["channels"] is not None else "1 or 3",
-                f"{r['train']} / {r['test']}" if r["train"] else "-",
+                r["channels"] if r["channels"] is not None else "1|3",
                 where(r),
             ]
             for r in rows
         ],
-        justify=["left", "right", "right", "right", "right", "left"],
+        footer=footer,
+        justify=["left", "right", "right", "right", "left"],
     )

@@ -16,8 +16,8 @@ Spec strings: "shift,flip,lighting,erase", each optionally with a strength: "shi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -47,7 +47,7 @@ def shift(batch: torch.Tensor, max_shift: int | None = None, generator: torch.Ge
     window at its offset with advanced indexing. Default max_shift: an eighth of the smaller
     side (3 px on 28x28, 4 px on 32x32, as in the usual CIFAR recipe).
     """
-    n, c, h, w = batch.shape
+    n, _, h, w = batch.shape
     s = max(1, min(h, w) // 8) if max_shift is None else int(max_shift)
     if s <= 0 or n == 0:
         return batch
@@ -159,7 +159,14 @@ class BatchAugment:
     Random draws come from `generator` (a CPU torch.Generator), or the one given per call.
     """
 
-    def __init__(self, ops: list[AugmentOp] | None = None, generator: torch.Generator | None = None):
+    def __init__(
+        self, ops: list[AugmentOp] | BatchAugment | str | None = None, generator: torch.Generator | None = None
+    ):
+        if isinstance(ops, str):  # a spec string: BatchAugment("shift,flip") == parse_augment("shift,flip")
+            ops = parse_augment(ops)
+        if isinstance(ops, BatchAugment):  # a copy, possibly with another generator
+            generator = generator if generator is not None else ops.generator
+            ops = ops.ops
         ops = list(ops or [])
         order = list(OPERATIONS)
         self.ops = sorted(ops, key=lambda op: order.index(op.name))

@@ -98,7 +98,7 @@ def restricted_load(path: str | Path) -> Any:
         return RestrictedUnpickler(io.BytesIO(data), str(path)).load()
     except InputError:
         raise
-    except Exception as e:  # any malformed pickle: truncated, wrong opcodes, bad array state
+    except Exception as e:  # noqa: BLE001  (any malformed pickle: truncated, wrong opcodes, bad array state)
         raise InputError(f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from None
 
 

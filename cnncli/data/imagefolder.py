@@ -20,8 +20,8 @@ Hidden files are skipped; any other file in a class folder must be a readable im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

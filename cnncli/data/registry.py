@@ -192,7 +192,7 @@ def download_dataset(name: str) -> Path:
             from torchvision.datasets.utils import download_and_extract_archive
 
             download_and_extract_archive(CIFAR10.url, str(target), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
-    except Exception as e:  # URLError, checksum RuntimeError, OSError: all one message
+    except Exception as e:  # noqa: BLE001  (URLError, checksum RuntimeError, OSError: all one message)
         reason = " ".join(str(e).split())[:300]
         offline = "apt-get install dataset-fashion-mnist or --data-dir DIR" if name == "fashion-mnist" else "--data-dir DIR"
         raise RuntimeFailure(f"could not download {name} into {target}: {reason}; without a network use {offline}") from None
@@ -284,7 +284,7 @@ def load_dataset(
         if folder is None and download:
             folder = download_dataset(key)
         if folder is None and key == "fashion-mnist" and fallback_to_embedded:
-            _warn_fallback(_not_found(key, data_dir))
+            _warn_fallback(data_dir)
             key, spec, info["embedded"] = "fashion-mnist-mini", DATASETS["fashion-mnist-mini"], True
             info["fallback_from"] = "fashion-mnist"
         elif folder is None:
@@ -335,7 +335,7 @@ def load_dataset(
     return make_splits(train, test, val_fraction, max_samples, seed, info)
 
 
-def _warn_fallback(error: InputError) -> None:
+def _warn_fallback(data_dir) -> None:
     global _warned_fallback
     if _warned_fallback:
         return
@@ -343,9 +343,11 @@ def _warn_fallback(error: InputError) -> None:
     from cnncli.output import warn
 
     spec = DATASETS["fashion-mnist-mini"]
+    looked = ", ".join(label for label, _ in _base_dirs(data_dir))
     warn(
-        f"the full fashion-mnist was not found, so this uses the embedded subset fashion-mnist-mini "
-        f"({spec.train_size} train / {spec.test_size} test real images). {error}"
+        f"fashion-mnist not found (looked in {looked}); using the embedded subset fashion-mnist-mini "
+        f"({spec.train_size} train / {spec.test_size} test real images). For the full set: --data-dir DIR, "
+        f"`apt-get install dataset-fashion-mnist`, or --download"
     )
 
 

@@ -47,7 +47,7 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def subset(self, index: torch.Tensor) -> "ImageData":
+    def subset(self, index: torch.Tensor) -> ImageData:
         return ImageData(self.images[index], self.labels[index], self.class_names, self.name, self.source)
 
     def class_counts(self) -> list[int]:

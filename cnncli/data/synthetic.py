@@ -23,7 +23,7 @@ _CHUNK = 1024  # images drawn per step; fixed so the output never depends on mem
 
 def _draw(labels: torch.Tensor, size: int, channels: int, classes: int, gen: torch.Generator) -> torch.Tensor:
     n = len(labels)
-    u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    u = lambda *shape: torch.rand(*shape, generator=gen)
     angle = labels * math.pi / classes + (u(n) - 0.5) * (math.pi / classes) * 0.3
     scale = size / 28.0
     cx = size / 2 + (u(n) - 0.5) * size * 0.35
