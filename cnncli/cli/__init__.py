@@ -98,15 +98,27 @@ def _root(
     """cnncli: inspect, train, fine-tune, evaluate and export convolutional networks."""
 
 
+from cnncli.cli import datasets as _datasets  # noqa: E402
 from cnncli.cli import eval as _eval  # noqa: E402
+from cnncli.cli import export as _export  # noqa: E402
+from cnncli.cli import finetune as _finetune  # noqa: E402
 from cnncli.cli import inspect as _inspect  # noqa: E402
 from cnncli.cli import models as _models  # noqa: E402
+from cnncli.cli import new_model as _new_model  # noqa: E402
+from cnncli.cli import predict as _predict  # noqa: E402
 from cnncli.cli import train as _train  # noqa: E402
+from cnncli.cli import viz as _viz  # noqa: E402
 
 app.command("models")(_models.models)
 app.command("inspect")(_inspect.inspect)
+app.command("new-model")(_new_model.new_model)
+app.command("datasets")(_datasets.datasets)
 app.command("train")(_train.train)
+app.command("finetune")(_finetune.finetune)
 app.command("eval")(_eval.eval_command)
+app.command("export")(_export.export)
+app.command("predict")(_predict.predict)
+app.add_typer(_viz.viz_app, name="viz")
 
 
 def main() -> None:

@@ -1,0 +1,150 @@
+"""`cnncli train` and `cnncli eval` end to end on small generated data, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cnncli.checkpoint import load_model, read_meta
+from cnncli.cli import app
+
+DATA = "synthetic:n=800,n_test=200,classes=4,size=28"
+runner = CliRunner()
+
+
+def run_cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lenet"
+    result = run_cli("train", "lenet5", "--data", DATA, "--epochs", 3, "--out", out, "--seed", 3,
+                     "--threads", 1, "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    return out, json.loads(result.stdout)
+
+
+def test_train_json_contract_and_run_directory(trained_run):
+    out, doc = trained_run
+    assert set(doc) >= {"run_dir", "checkpoint", "epochs", "best_val_top1", "test_top1", "test_top5",
+                        "seconds", "images_per_second"}
+    assert doc["epochs"] == 3 and doc["images_per_second"] > 0
+    assert doc["test_top1"] > 0.5  # 4 classes: chance is 0.25
+    for name in ("model.safetensors", "last.safetensors", "train_state.safetensors", "config.toml",
+                 "metrics.jsonl", "curves.png"):
+        assert (out / name).exists(), name
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert not list(out.glob("*.tmp")), "temporary files left behind"
+
+
+def test_checkpoint_describes_itself(trained_run):
+    out, doc = trained_run
+    meta = read_meta(out / "model.safetensors")
+    assert meta["model"]["name"] == "lenet5"
+    assert meta["num_classes"] == 4 and len(meta["class_names"]) == 4
+    assert meta["input_size"] == [1, 32, 32]
+    assert len(meta["mean"]) == 1 and 0 < meta["std"][0] < 1
+    assert meta["dataset"] == DATA
+    assert meta["metrics"]["test_top1"] == pytest.approx(doc["test_top1"])
+    assert meta["recipe"]["epochs"] == 3 and meta["seed"] == 3
+    assert {"torch", "cnncli", "python"} <= set(meta["versions"])
+    # the network comes back from the file alone and predicts the same as the evaluated one
+    model, _ = load_model(out)
+    assert sum(p.numel() for p in model.parameters()) == 61_706 - 84 * 10 - 10 + 84 * 4 + 4
+
+
+def test_eval_rebuilds_from_the_checkpoint_and_matches_train(trained_run):
+    out, doc = trained_run
+    result = run_cli("eval", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    ev = json.loads(result.stdout)
+    assert ev["top1"] == pytest.approx(doc["test_top1"])
+    assert ev["n"] == 200 and len(ev["confusion"]) == 4 and sum(map(sum, ev["confusion"])) == 200
+    assert [p["class"] for p in ev["per_class"]] == read_meta(out / "model.safetensors")["class_names"]
+    assert set(ev["per_class"][0]) >= {"class", "precision", "recall", "f1"}
+
+
+def test_eval_table_and_plot(trained_run, tmp_path):
+    out, _ = trained_run
+    plot = tmp_path / "confusion.png"
+    result = run_cli("eval", out, "--plot", plot)
+    assert result.exit_code == 0, result.stderr
+    assert "top-1" in result.stdout and "precision" in result.stdout
+    assert plot.stat().st_size > 1000
+
+
+def test_eval_refuses_a_dataset_with_other_classes(trained_run):
+    out, _ = trained_run
+    result = run_cli("eval", out, "--data", "synthetic:n=100,classes=6")
+    assert result.exit_code == 2
+    assert "classes" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_recipe_and_flag_override(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'model = "lenet5"\ndata = "{DATA}"\nepochs = 5\nbatch_size = 64\n')
+    result = run_cli("train", "--recipe", recipe, "--epochs", 1, "--out", tmp_path / "run", "--json", "--quiet",
+                     "--threads", 1)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["epochs"] == 1
+    config = (tmp_path / "run" / "config.toml").read_text()
+    assert "epochs = 1" in config and "batch_size = 64" in config
+
+
+def test_bad_recipe_key_is_one_line_exit_2(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('model = "lenet5"\nlearning_rate = 0.1\n')
+    result = run_cli("train", "--recipe", recipe)
+    assert result.exit_code == 2
+    assert "learning_rate" in result.stderr and str(recipe) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _train_cmd(out: Path, epochs: int = 3) -> list[str]:
+    return [sys.executable, "-m", "cnncli", "train", "lenet5", "--data", DATA, "--epochs", str(epochs),
+            "--out", str(out), "--seed", "5", "--threads", "1", "--quiet", "--augment", "shift,flip",
+            "--batch-size", "32"]
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(_train_cmd(tmp_path / "straight"), check=True, env=env, capture_output=True)
+    # SIGINT mid-training: the current step finishes, a resumable state is written, exit 130
+    proc = subprocess.Popen(_train_cmd(tmp_path / "cut"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    state = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the second epoch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130, err.decode()
+    assert b"--resume" in err
+    done = subprocess.run([sys.executable, "-m", "cnncli", "train", "--resume", str(tmp_path / "cut"), "--quiet",
+                           "--threads", "1"], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    a, b = _weights(tmp_path / "straight" / "last.safetensors"), _weights(tmp_path / "cut" / "last.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 3
