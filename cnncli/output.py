@@ -31,7 +31,9 @@ def stderr_console():
 def stdout_console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    # piped output is data: never cut or wrap it at rich's default 80 columns
+    width = None if sys.stdout.isatty() else 200
+    return Console(highlight=False, width=width)
 
 
 def note(message: str) -> None:
