@@ -1,0 +1,511 @@
+"""Transfer learning: `cnncli finetune` as a library (the seed's last chapter).
+
+Reuse a pretrained network's layers as the base, put a new classifier (the head) on top for
+the dataset's classes, then train in two stages:
+
+1. `head`: the base is frozen (no gradients, and it runs in inference mode: its batch-norm
+   layers keep their pretrained statistics and its dropout is off, even though the trainer
+   calls model.train() every epoch); only the head trains, for `head_epochs`.
+2. `unfreeze`: the top K blocks of the base (`unfreeze`, or "all") train together with the
+   head, at the learning rate times `unfreeze_lr_factor`, for `epochs`.
+
+"Blocks" are what the network itself declares: `stages()` for hand-built networks and model
+files, timm's coarse group matcher (the same grouping timm uses for layer-wise lr decay) or,
+failing that, its feature_info. While the base is frozen and no augmentation is on, its
+output does not change between epochs, so it is computed once and the head trains on the
+cached features (the same batches, seeds and learning rates as without the cache).
+
+Everything else is `train`'s: the same Trainer, run directory and checkpoint metadata, plus
+`weights_source` (where the pretrained weights came from) and `finetune` (the stage schedule).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cnncli import output
+from cnncli.engine.config import TrainConfig, build_config, validate
+from cnncli.errors import InputError, RuntimeFailure
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """`TrainConfig` plus the stage schedule and where the pretrained weights come from.
+
+    `epochs` is the length of stage 2 (unfrozen blocks); `weights` (inherited) is --weights FILE.
+    """
+
+    head_epochs: int = 3
+    unfreeze: int | str = 1  # top K blocks in stage 2, or "all"; 0 skips stage 2
+    unfreeze_lr_factor: float = 0.1
+    pretrained: bool = False  # let timm download its weights when they are not cached
+    cache_features: bool | None = None  # None: on where valid
+
+
+def build_finetune_config(recipe: str | None, overrides: dict[str, Any]) -> FinetuneConfig:
+    cfg = build_config(recipe, overrides, cls=FinetuneConfig)
+    validate_finetune(cfg)
+    cfg.unfreeze = parse_unfreeze(cfg.unfreeze)  # "2" from the command line is the number 2
+    return cfg
+
+
+def parse_unfreeze(value: int | str) -> int | str:
+    """An --unfreeze value: a count of blocks (0 = none) or 'all'."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        count = value
+    else:
+        text = str(value).strip().lower()
+        if text == "all":
+            return "all"
+        try:
+            count = int(text)
+        except ValueError:
+            raise InputError(f"--unfreeze takes a number of blocks or 'all', got '{value}'") from None
+    if count < 0:
+        raise InputError(f"--unfreeze must not be negative, got {count}")
+    return count
+
+
+def validate_finetune(cfg: FinetuneConfig) -> None:
+    validate(cfg)
+    if cfg.head_epochs < 0:
+        raise InputError(f"--head-epochs must not be negative, got {cfg.head_epochs}")
+    if not cfg.unfreeze_lr_factor > 0:
+        raise InputError(f"--unfreeze-lr-factor must be positive, got {cfg.unfreeze_lr_factor}")
+    if cfg.head_epochs == 0 and parse_unfreeze(cfg.unfreeze) == 0:
+        raise InputError("nothing to train: --head-epochs 0 and --unfreeze 0; give the head some epochs "
+                         "or unfreeze some blocks")
+    if cfg.cache_features and cfg.augment:
+        raise InputError("--cache-features needs the base's output to stay the same every epoch, but "
+                         f"--augment {','.join(cfg.augment)} changes the images; drop one of them")
+
+
+# ---------------------------------------------------------------- blocks of the base
+@dataclass
+class Block:
+    """One natural block of the base: a name and its parameter names, input to output order."""
+
+    name: str
+    params: list[str]
+
+
+def _group_name(params: list[str]) -> str:
+    """A readable name for a group of parameters: the common module path per top-level module.
+
+    ['blocks.6.0.conv_pw.weight', ..., 'conv_head.weight', 'bn2.weight'] -> 'blocks.6+conv_head+bn2'.
+    """
+    by_top: dict[str, list[list[str]]] = {}
+    for p in params:
+        parts = p.split(".")[:-1] or p.split(".")
+        by_top.setdefault(parts[0], []).append(parts)
+    names = []
+    for paths in by_top.values():
+        common = paths[0]
+        for path in paths[1:]:
+            n = 0
+            while n < min(len(common), len(path)) and common[n] == path[n]:
+                n += 1
+            common = common[:n]
+        names.append(".".join(common))
+    return "+".join(names)
+
+
+def _assign_leftovers(model: torch.nn.Module, groups: list[list[str]], skip: set[str]) -> list[list[str]]:
+    """Parameters in no group (and not the classifier) join the group of the next grouped parameter.
+
+    A parameter between two declared blocks belongs to the computation leading into the later
+    one; one after the last block (a final norm) joins the last.
+    """
+    owner = {name: i for i, group in enumerate(groups) for name in group}
+    order = [n for n, _ in model.named_parameters() if n not in skip]
+    pending: list[str] = []
+    for name in order:
+        if name in owner:
+            for p in pending:
+                groups[owner[name]].append(p)
+            pending = []
+        else:
+            pending.append(name)
+    if pending and groups:
+        groups[-1].extend(pending)
+    return groups
+
+
+def backbone_blocks(model: torch.nn.Module) -> list[Block]:
+    """The base's blocks, input to output, without the classifier (see the module doc)."""
+    from cnncli.engine.weights import classifier_names, is_classifier_key
+
+    heads = classifier_names(model)
+    head_params = {n for n, _ in model.named_parameters() if is_classifier_key(n, heads)}
+    stages = getattr(model, "stages", None)
+    # a declared stages() method; timm's `stages` attribute is a module, not a declaration
+    if callable(stages) and not isinstance(stages, torch.nn.Module):
+        names_by_id = {id(p): n for n, p in model.named_parameters()}
+        # what a network declares is the base; its parameters outside every stage (the
+        # classifier, a model file's head layers) are the head
+        blocks = []
+        for name, module in stages():
+            params = [names_by_id[id(p)] for p in module.parameters() if names_by_id.get(id(p)) not in head_params]
+            if params:
+                blocks.append(Block(name, params))
+        return blocks
+    matcher = getattr(model, "group_matcher", None)
+    if callable(matcher):
+        from timm.models import group_parameters
+
+        grouped = group_parameters(model, matcher(coarse=True))
+        groups = [list(grouped[k]) for k in sorted(grouped)]
+        # the group holding the classifier is timm's "unmatched" one (neck + head): its other
+        # parameters (a final norm) are the top of the base, so they join the block before
+        last_had_head = bool(groups) and any(p in head_params for p in groups[-1])
+        groups = [[p for p in g if p not in head_params] for g in groups]
+        if last_had_head and len(groups) > 1 and groups[-1]:
+            groups[-2].extend(groups.pop())
+        groups = [g for g in groups if g]
+        return [Block(_group_name(g), g) for g in groups]
+    feature_info = getattr(model, "feature_info", None)
+    if feature_info:
+        prefixes = [f["module"] for f in feature_info]
+        groups = [[n for n, _ in model.named_parameters() if n.startswith(p + ".")] for p in prefixes]
+        groups = _assign_leftovers(model, groups, head_params)
+        return [Block(p, g) for p, g in zip(prefixes, groups) if g]
+    raise InputError(f"cannot tell the blocks of {type(model).__name__}: it declares neither stages() nor a "
+                     "timm group matcher; fine-tune it with --unfreeze all or --unfreeze 0")
+
+
+def unfrozen_blocks(blocks: list[Block], unfreeze: int | str) -> list[Block]:
+    """The top `unfreeze` blocks (nearest the output), or all of them."""
+    count = parse_unfreeze(unfreeze)
+    if count == "all":
+        return list(blocks)
+    if count > len(blocks):
+        raise InputError(f"--unfreeze {count}, but the base has only {len(blocks)} blocks "
+                         f"({', '.join(b.name for b in blocks)}); use --unfreeze all")
+    return blocks[len(blocks) - count:] if count else []
+
+
+# ---------------------------------------------------------------- freezing
+def set_trainable(model: torch.nn.Module, names: set[str]) -> None:
+    """requires_grad on exactly the parameters named, off everywhere else."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in names)
+
+
+def set_frozen_modes(model: torch.nn.Module) -> None:
+    """Put the frozen part of the network in inference mode (after model.train()).
+
+    A module that has parameters, none of which train, goes to eval mode with everything
+    inside it: frozen batch-norm layers keep using (and keeping) their pretrained statistics,
+    frozen blocks drop no paths. Parameter-free modules outside frozen blocks (a dropout
+    layer of the head) keep the training mode.
+    """
+    params = list(model.parameters())
+    if params and not any(p.requires_grad for p in params):
+        model.eval()
+        return
+    for child in model.children():
+        set_frozen_modes(child)
+
+
+@dataclass
+class StagePlan:
+    """What trains in each stage, in parameter names (for the phases, the tests and the run record)."""
+
+    blocks: list[Block]
+    head: list[str]
+    unfrozen: list[Block]
+
+    def stage_params(self, stage: str) -> set[str]:
+        names = set(self.head)
+        if stage == "unfreeze":
+            for b in self.unfrozen:
+                names.update(b.params)
+        return names
+
+
+def plan_stages(model: torch.nn.Module, unfreeze: int | str) -> StagePlan:
+    from cnncli.engine.weights import classifier_names, is_classifier_key
+
+    heads = classifier_names(model)
+    if not any(is_classifier_key(n, heads) for n, _ in model.named_parameters()):
+        raise InputError(f"{type(model).__name__} has no trainable classifier to fine-tune")
+    blocks = backbone_blocks(model)
+    in_base = {p for b in blocks for p in b.params}
+    head = [n for n, _ in model.named_parameters() if n not in in_base]
+    return StagePlan(blocks, head, unfrozen_blocks(blocks, unfreeze))
+
+
+def stage_phases(plan: StagePlan, head_epochs: int, epochs: int, lr_factor: float, cache=None) -> list:
+    """The Trainer phases of the two stages (a stage with no epochs or nothing unfrozen is left out)."""
+    from cnncli.engine.trainer import Phase
+
+    def phase(stage: str, n_epochs: int, scale: float, runner=None) -> Phase:
+        names = plan.stage_params(stage)
+
+        def param_groups(model):
+            set_trainable(model, names)
+            return [{"params": [p for n, p in model.named_parameters() if n in names], "lr_scale": scale}]
+
+        def prepare_model(model):
+            set_trainable(model, names)
+            set_frozen_modes(model)
+
+        return Phase(stage, n_epochs, param_groups=param_groups, prepare_model=prepare_model, epoch_runner=runner)
+
+    phases = []
+    if head_epochs > 0:
+        phases.append(phase("head", head_epochs, 1.0, cache))
+    if plan.unfrozen and epochs > 0:
+        phases.append(phase("unfreeze", epochs, lr_factor))
+    return phases
+
+
+# ---------------------------------------------------------------- the feature cache
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux
+        return 4 << 30
+
+
+def feature_shape(model: torch.nn.Module, input_size, device) -> tuple[int, ...]:
+    """The shape of forward_features' output for one image (computed in eval mode: no BN update)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.forward_features(torch.zeros((1, *input_size), device=device))
+    finally:
+        model.train(was_training)
+    return tuple(out.shape[1:])
+
+
+class FeatureCache:
+    """Stage 1's epoch runner: the frozen base's features computed once, the head trained on them.
+
+    The uncached step computes model(x) = forward_head(forward_features(x)); with the base
+    frozen and in eval mode, forward_features(x) is a fixed function of the image, so it is
+    computed once for the whole training split and each step runs forward_head on the cached
+    rows of its batch. The batches, their order, the per-step seeds (dropout in the head), the
+    learning rates and the loss are those of Trainer._train_epoch, so the head ends the same.
+    """
+
+    def __init__(self, keep_on_device: bool = True):
+        self.features: torch.Tensor | None = None
+        self.seconds = 0.0
+        self.keep_on_device = keep_on_device
+
+    def compute(self, trainer) -> torch.Tensor:
+        import time
+
+        t0 = time.perf_counter()
+        model, images = trainer.model, trainer.data.train.images
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(images), trainer.cfg.eval_batch_size):
+                x = trainer.prepare(images[start:start + trainer.cfg.eval_batch_size])
+                with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.cfg.amp):
+                    f = model.forward_features(x)
+                chunks.append(f if self.keep_on_device else f.cpu())
+        self.seconds = time.perf_counter() - t0
+        output.note(f"cached the frozen base's features of {len(images)} images in {self.seconds:.1f}s")
+        return torch.cat(chunks)
+
+    def __call__(self, trainer, optimizer, epoch, epoch_in_phase, steps_per_epoch, total_steps, warmup) -> dict:
+        from cnncli.engine.optim import lr_factor, set_lr
+        from cnncli.engine.trainer import step_seed
+
+        if self.features is None:
+            self.features = self.compute(trainer)
+        cfg, model, device = trainer.cfg, trainer.model, trainer.device
+        labels = trainer.data.train.labels
+        n_train = len(labels)
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(step_seed(cfg.seed, epoch, -1)))
+        local_bs = max(1, cfg.batch_size)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.int64)
+        seen = 0
+        for step in range(steps_per_epoch):
+            idx = order[step * local_bs:(step + 1) * local_bs]
+            if len(idx) == 0:
+                continue
+            torch.manual_seed(step_seed(cfg.seed, epoch, step))
+            features = self.features[idx.to(self.features.device)].to(device, non_blocking=True)
+            y = labels[idx].to(device, non_blocking=True)
+            set_lr(optimizer, lr_factor(cfg.schedule, epoch_in_phase * steps_per_epoch + step, total_steps,
+                                        warmup, steps_per_epoch, cfg.step_epochs, cfg.step_gamma))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                logits = model.forward_head(features)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss.detach()):
+                raise RuntimeFailure(f"the loss became {loss.item()} in epoch {epoch + 1}, step {step + 1} of the "
+                                     "head stage; try a lower --lr or --clip-grad")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            loss_sum += loss.detach().double().cpu() * len(idx)
+            correct += (logits.detach().argmax(1) == y).sum().cpu()
+            seen += len(idx)
+        n = max(1, seen)
+        return {"loss": float(loss_sum) / n, "top1": float(correct) / n, "images": seen}
+
+
+def _base_is_deterministic(trainer) -> bool:
+    """Does forward_features give the same output twice with stage 1's modes and other seeds?
+
+    With the base frozen its modules with parameters are in eval mode; a parameter-free
+    dropout layer among the feature layers would still draw random numbers, and then the
+    features cannot be cached. Checked on two images, restoring the RNG and the modes after.
+    """
+    model = trainer.model
+    stage1 = trainer.phases[0] if trainer.phases and trainer.phases[0].name == "head" else None
+    if stage1 is None:
+        return False
+    modes = {m: m.training for m in model.modules()}
+    grads = {p: p.requires_grad for p in model.parameters()}
+    rng = torch.get_rng_state()
+    try:
+        model.train()
+        stage1.prepare_model(model)
+        x = trainer.prepare(trainer.data.train.images[:2])
+        with torch.no_grad():
+            torch.manual_seed(1)
+            a = model.forward_features(x)
+            torch.manual_seed(2)
+            b = model.forward_features(x)
+        return torch.equal(a, b)
+    finally:
+        torch.set_rng_state(rng)
+        for m, mode in modes.items():
+            m.training = mode
+        for p, g in grads.items():
+            p.requires_grad_(g)
+
+
+def cache_decision(cfg: FinetuneConfig, trainer) -> tuple[bool, str]:
+    """(use the cache, why not): valid only with a frozen base, fixed images, one process."""
+    if cfg.cache_features is False:
+        return False, "--no-cache-features"
+    if cfg.head_epochs == 0:
+        return False, "no head stage"
+    reasons = []
+    if cfg.augment:
+        reasons.append(f"augmentation ({','.join(cfg.augment)}) changes the images every epoch")
+    if trainer.dist.enabled:
+        reasons.append("the head would train outside DistributedDataParallel")
+    model = trainer.model
+    if not (callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))):
+        reasons.append("the network has no forward_features/forward_head split")
+    if not reasons and not _base_is_deterministic(trainer):
+        reasons.append("the base is random in training mode (dropout or drop-path before forward_features ends)")
+    if not reasons:
+        shape = feature_shape(model, trainer.input_size, trainer.device)
+        size = len(trainer.data.train.labels) * math.prod(shape) * 4
+        limit = _available_memory() // 2
+        if size > limit:
+            reasons.append(f"the features would take {size / 2**30:.1f} GiB (limit {limit / 2**30:.1f} GiB; "
+                           "a smaller --img-size or --max-samples fits)")
+    if reasons:
+        if cfg.cache_features:
+            raise InputError("--cache-features is not possible here: " + "; ".join(reasons))
+        return False, "; ".join(reasons)
+    return True, ""
+
+
+# ---------------------------------------------------------------- the command as a function
+def _describe_source(source: dict) -> str:
+    kind = source.get("kind")
+    if kind == "file":
+        where = f"file {source.get('path')}"
+    elif kind == "checkpoint":
+        where = f"cnncli run {source.get('path')} (trained on {source.get('dataset')})"
+    elif kind == "timm":
+        where = f"timm {source.get('weights')}" + (" (downloaded)" if source.get("downloaded") else f" ({source.get('path')})")
+    elif kind == "package":
+        where = f"package {source.get('package')} {source.get('version') or ''}".rstrip() + f" ({source.get('mapping')} mapping)"
+    else:
+        where = str(kind)
+    return where
+
+
+def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False):
+    """`cnncli finetune` as a Python function: returns the Trainer's RunResult."""
+    from cnncli.engine.trainer import Trainer
+
+    output.set_quiet(quiet)
+    validate_finetune(cfg)
+    if resume:
+        model, input_size, mean, std, extra = _resume_model(Path(resume))
+        source = extra.get("weights_source") or {}
+    else:
+        from cnncli.engine.weights import resolve_backbone
+
+        backbone = resolve_backbone(cfg.model, cfg.weights, cfg.pretrained)
+        model, input_size, mean, std = backbone.model, backbone.input_size, backbone.mean, backbone.std
+        source = backbone.source
+        output.note(f"pretrained weights: {_describe_source(source)}; {source.get('tensors_loaded', '?')} tensors, "
+                    f"classifier {source.get('classifier')}")
+        extra = {"weights_source": source}
+    base_name = model.cnncli_spec["name"] if hasattr(model, "cnncli_spec") else cfg.model
+    data_name = cfg.data.split(":")[0]
+    run_name = cfg.name or f"{Path(base_name).stem if base_name.endswith('.toml') else base_name.replace('/', '_')}-ft-{data_name}"
+    trainer = Trainer(cfg, resume=resume, model=model, extra_meta=extra, input_size=input_size, mean=mean,
+                      std=std, quiet=quiet, run_name=run_name)
+
+    # the new head for the dataset's classes (a resumed run's weights are loaded over it by fit)
+    model.reset_classifier(trainer.num_classes)
+    model.to(trainer.device)
+    plan = plan_stages(model, cfg.unfreeze)
+    trainer.phases = stage_phases(plan, cfg.head_epochs, cfg.epochs, cfg.unfreeze_lr_factor)
+    use_cache, why_not = cache_decision(cfg, trainer)
+    if not use_cache and cfg.head_epochs and cfg.cache_features is None and trainer.dist.is_main:
+        output.note(f"not caching the base's features: {why_not}")
+    if use_cache:
+        trainer.phases[0].epoch_runner = FeatureCache(
+            keep_on_device=trainer.device.type == "cpu" or _fits_on_device(trainer))
+    lr = cfg.resolved_lr()
+    trainer.extra_meta["weights_source"] = source
+    trainer.weights_source = source
+    trainer.extra_meta["finetune"] = {
+        "blocks": [b.name for b in plan.blocks],
+        "head": _group_name(plan.head),
+        "unfreeze": parse_unfreeze(cfg.unfreeze),
+        "unfreeze_lr_factor": cfg.unfreeze_lr_factor,
+        "stages": [{"name": p.name, "epochs": p.epochs,
+                    "trains": ([b.name for b in plan.unfrozen] if p.name == "unfreeze" else []) + ["head"],
+                    "lr": lr * (cfg.unfreeze_lr_factor if p.name == "unfreeze" else 1.0),
+                    "cached_features": bool(p.epoch_runner is not None)} for p in trainer.phases],
+    }
+    return trainer.fit()
+
+
+def _fits_on_device(trainer) -> bool:
+    if trainer.device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(trainer.device)
+    shape = feature_shape(trainer.model, trainer.input_size, trainer.device)
+    return len(trainer.data.train.labels) * math.prod(shape) * 4 < free // 4
+
+
+def _resume_model(run_dir: Path):
+    """The fine-tuned network's architecture (new head included) and record, from the run's state."""
+    from cnncli.checkpoint import model_from_meta, read_meta
+
+    path = run_dir / "train_state.safetensors"
+    if not path.exists():
+        raise InputError(f"{run_dir} has no train_state.safetensors to resume from")
+    meta = read_meta(path)
+    if "finetune" not in meta:
+        raise InputError(f"{run_dir} is a 'cnncli train' run; resume it with 'cnncli train --resume {run_dir}'")
+    model = model_from_meta(meta)
+    extra = {"weights_source": meta.get("weights_source"), "finetune": meta.get("finetune")}
+    return model, tuple(meta["input_size"]), list(meta["mean"]), list(meta["std"]), extra
