@@ -38,9 +38,7 @@ def new_model(
     from cnncli.models.registry import count_params
     from cnncli.output import emit_json, note
 
-    model_name = Path(name).name
-    if model_name.endswith(".toml"):
-        model_name = model_name[: -len(".toml")]
+    model_name = Path(name).name.removesuffix(".toml")
     if not model_name:
         raise InputError(f"NAME must name the model, got '{name}'")
     path = out if out is not None else Path(name if name.endswith(".toml") else f"{name}.toml")

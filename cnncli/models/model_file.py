@@ -33,7 +33,9 @@ A model file is either a plain list of layers:
     units = "num_classes"          # the classifier: always the last layer, always written so
     name = "classifier"
 
-or a backbone with a head on top of its feature maps:
+(the layers are named by `name`, else by type and a running number: conv1, conv2, maxpool1,
+...; a repeated named layer becomes name_1, name_2, ...) or a backbone with a head on top of its
+feature maps:
 
     [model]
     name = "lite0_head"
@@ -51,14 +53,39 @@ The classifier is explicit: the last layer of `layers` (or `head`) must be a den
 `units = "num_classes"` and no activation (it outputs logits); nothing is appended silently,
 and "num_classes" is allowed nowhere else. That is what `--num-classes` / fine-tuning replaces.
 
-Layer types and their options (defaults after "="; every layer also takes `name` and `repeat`):
-see `LAYER_TYPES` below, or the error a wrong key produces, which lists them.
+Layer types and their options (defaults after "="; every layer also takes `name` and `repeat`;
+a kernel or stride may be a pair [height, width]; `LAYER_TYPES` below is the source of truth):
+
+    conv            filters, kernel, stride=1, padding="valid" ("same" or pixels), activation="relu",
+                    batch_norm=false, bias=(not batch_norm), groups=1, dilation=1
+    maxpool         kernel, stride=kernel, padding="valid"
+    avgpool         kernel, stride=kernel, padding="valid"
+    global_avgpool  (C, H, W) -> (C,)
+    lrn             size=5, alpha=1e-4, beta=0.75, k=2.0 (the seed's equation 3)
+    dropout         rate=0.5
+    flatten         (C, H, W) -> (C*H*W,)
+    dense           units (or "num_classes": the classifier), activation="none", dropout=0.0, bias=true
+    inception       c1x1, c3x3_reduce, c3x3, c5x5_reduce, c5x5, pool_proj
+    residual        filters, stride=1, se=false
+    bottleneck      filters (the middle width; outputs filters x expansion), stride=1, expansion=4, se=false
+    se              reduction=16
+    separable_conv  filters, kernel=3, stride=1, padding="same", activation="relu", batch_norm=false,
+                    bias=false, dilation=1
+
+Activations: relu, tanh, sigmoid, leaky_relu, elu, selu, gelu, silu, swish, softmax, none.
 
 Everything is checked before anything is built, by arithmetic rather than torch: unknown layer types and
 options (with the closest name suggested), missing and mistyped options, and the shapes, by
 walking the layer list with (C, H, W) for feature maps and (F,) for vectors, so that a dense
 layer after a convolution without flatten, or a size that collapses to zero, is reported with
 the layer's index and name. Errors are `InputError` (exit code 2).
+
+A backbone loses its classifier, and whatever else its `forward_features` does not use (a
+hand-built network's hidden dense layers, the final conv some timm families keep in their
+head), so no dead parameter is counted, trained or saved. Its `stages()` are the backbone's
+(its own declaration, or timm's `group_matcher`); the head layers are in no stage: they are
+what fine-tuning trains first. `pretrained` and `weights` (relative to the model file) are
+requests recorded in `ModelInfo.extra["backbone_weights"]`; building never loads weights.
 
 The built network (`FileNetwork`, `BackboneWithHead`) has the layers as named children (the
 layer's `name`, or type + running number) and the timm-like API of the hand-built networks
@@ -70,11 +97,11 @@ from the checkpoint alone.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import json
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +138,6 @@ from cnncli.models.registry import (
     GRAY_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    TIMM_PREFIX,
     ModelInfo,
     is_model_file,
 )
@@ -536,17 +562,21 @@ def _check_layers(tables: Any, source: str, section: str, in_shape: tuple[int, .
                          f"(type = \"dense\", units = \"num_classes\")")
     layers: list[Layer] = []
     counters: dict[str, int] = {}
+    # automatic names (type + running number) step over the names the file gives itself
+    given = {t["name"] for t in tables if isinstance(t, dict) and isinstance(t.get("name"), str)}
     shape = in_shape
     for index, table in enumerate(tables, start=1):
         kind, options, repeat = _check_layer_table(table, source, section, index)
-        for copy in range(1, repeat + 1):
+        for copy_no in range(1, repeat + 1):
             if "name" in table:
-                name = table["name"] if repeat == 1 else f"{table['name']}_{copy}"
+                name = table["name"] if repeat == 1 else f"{table['name']}_{copy_no}"
             else:
-                counters[kind.name] = counters.get(kind.name, 0) + 1
-                name = f"{kind.name}{counters[kind.name]}"
-            layer = Layer(section, index, copy, repeat, name, kind.name, dict(options), shape)
-            where_copy = _layer_where(source, section, index, table, copy, repeat)
+                name = ""
+                while not name or name in given:
+                    counters[kind.name] = counters.get(kind.name, 0) + 1
+                    name = f"{kind.name}{counters[kind.name]}"
+            layer = Layer(section, index, copy_no, repeat, name, kind.name, dict(options), shape)
+            where_copy = _layer_where(source, section, index, table, copy_no, repeat)
             layer.out_shape = _out_shape(layer, where_copy)
             shape = layer.out_shape
             layers.append(layer)
@@ -614,6 +644,8 @@ def _check_backbone(table: Any, source: str) -> tuple[dict[str, Any], ModelInfo]
     weights = table.get("weights")
     if weights is not None:
         _check_value("str", weights, where, "weights")
+        if is_model_file(source) and not Path(weights).is_absolute():
+            weights = str(Path(source).parent / weights)  # relative to the model file, as usual
     return {"model": name, "pretrained": pretrained, "weights": weights}, info
 
 
@@ -702,12 +734,14 @@ def _probe_backbone(model_name: str, input_size: tuple[int, int, int]) -> tuple[
     build and a forward/backward on the meta device: shapes only, no memory, no weights."""
     from cnncli.models.registry import create_model
 
-    backbone = create_model(model_name, in_chans=input_size[0], device="meta")
-    if hasattr(backbone, "reset_classifier"):
-        backbone.reset_classifier(0)
-    named = [(n, p) for n, p in backbone.named_parameters() if p.requires_grad]
-    out = backbone.forward_features(torch.empty(1, *input_size, device="meta"))
-    grads = torch.autograd.grad(out.sum(), [p for _, p in named], allow_unused=True) if named else []
+    # gradients are needed even when a caller runs under no_grad or inference_mode
+    with torch.inference_mode(False), torch.enable_grad():
+        backbone = create_model(model_name, in_chans=input_size[0], device="meta").eval()
+        if hasattr(backbone, "reset_classifier"):
+            backbone.reset_classifier(0)
+        named = [(n, p) for n, p in backbone.named_parameters() if p.requires_grad]
+        out = backbone.forward_features(torch.empty(1, *input_size, device="meta"))
+        grads = torch.autograd.grad(out.sum(), [p for _, p in named], allow_unused=True) if named else []
     unused = frozenset(n for (n, _), g in zip(named, grads) if g is None)
     return tuple(out.shape[1:]), unused
 
@@ -755,7 +789,7 @@ def create_model_from_spec(spec: dict[str, Any], num_classes: int | None = None,
 
     plan = check_spec(spec, source=source, num_classes=num_classes, in_chans=in_chans)
     model = build(plan)
-    model.cnncli_model_file = spec
+    model.cnncli_model_file = copy.deepcopy(spec)  # what a checkpoint stores whole
     return model, _info(plan, count_params(model))
 
 
@@ -1031,7 +1065,7 @@ def good_practice_toml(name: str, input_size: tuple[int, int, int], num_classes:
         out.append(f"# block {block}: {filters} filters")
         if block == 1:
             conv += 1
-            options = dict(filters=filters, kernel=7, stride=stride, padding="same")
+            options = {"filters": filters, "kernel": 7, "stride": stride, "padding": "same"}
             if stride == 1:
                 del options["stride"]
             out.append(_toml_layer(f"conv{conv}", "conv", "larger first filter" +
