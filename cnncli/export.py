@@ -32,6 +32,7 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"
 
 # Opset 18 is what torch's exporter targets natively and every onnxruntime since 1.14 runs.
 DEFAULT_OPSET = 18
+DYNAMO_MIN_OPSET = 18  # torch.export-based exporter: its native opset
 MIN_OPSET = 13  # below this, the ops that modern CNNs need (e.g. Resize, ReduceMean) change form
 
 INPUT_NAME = "input"
@@ -44,6 +45,10 @@ TORCHSCRIPT_META_FILE = "cnncli.json"
 # near 1): fp16 keeps 11 significant bits, bf16 only 8.
 FP32_TOLERANCE = 1e-4
 RELATIVE_TOLERANCE = {"float16": 1e-2, "bfloat16": 6e-2}
+
+# Datasets that load from disk in about a second, so verification can afford their test images;
+# an image folder (decoding every file) or a generated set would cost more than the export.
+QUICK_DATASETS = ("fashion-mnist", "fashion-mnist-mini", "cifar10")
 
 INSTALL_HINT = "pip install 'cnncli[export]'"
 
@@ -232,8 +237,10 @@ def _real_images(meta: dict[str, Any], n: int):
         return None, None
     recipe = meta.get("recipe") or {}
     try:
-        from cnncli.data import load_dataset
+        from cnncli.data import load_dataset, parse_dataset_name
 
+        if parse_dataset_name(dataset)[0] not in QUICK_DATASETS:
+            return None, None
         splits = load_dataset(dataset, data_dir=recipe.get("data_dir"), download=False,
                               val_fraction=0.0, max_samples=None, seed=0)
         split = splits.test if splits.test is not None and len(splits.test) else splits.train
@@ -257,9 +264,16 @@ def onnx_bytes(model, example, meta: dict[str, Any], opset: int = DEFAULT_OPSET,
     onnx = require_onnx()
     errors = []
     order = [exporter] + [e for e in ("dynamo", "torchscript") if e != exporter]
+    if opset < DYNAMO_MIN_OPSET and exporter == "dynamo":
+        # the torch.export-based exporter writes opset 18 and can only try to convert down
+        # (and sometimes fails silently); the TorchScript-based one emits older opsets natively
+        order = ["torchscript", "dynamo"]
     for which in order:
         try:
             proto = _export_onnx_proto(model, example, opset, dynamo=(which == "dynamo"))
+            got = _default_opset(proto)
+            if got != opset:
+                raise RuntimeError(f"wrote opset {got} instead of {opset}")
             break
         except Exception as e:  # record and try the other exporter
             errors.append(f"{which}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
@@ -278,11 +292,15 @@ def onnx_bytes(model, example, meta: dict[str, Any], opset: int = DEFAULT_OPSET,
     return proto.SerializeToString(), which
 
 
+def _default_opset(proto) -> int | None:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def _export_onnx_proto(model, example, opset: int, dynamo: bool):
     import onnx
     import torch
 
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_loggers("torch.onnx", "onnxscript", "torch.export"):
         warnings.simplefilter("ignore")  # deprecation chatter from the exporters, not the user's concern
         if dynamo:
             program = torch.onnx.export(
@@ -298,6 +316,30 @@ def _export_onnx_proto(model, example, opset: int, dynamo: bool):
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
         return onnx.load_from_string(buf.getvalue())
+
+
+class _quiet_loggers:
+    """Silence libraries' logging below ERROR for a while (the exporters log progress and
+    version-conversion attempts that mean nothing to the user; failures still raise)."""
+
+    def __init__(self, *names: str):
+        import logging
+
+        self.loggers = [logging.getLogger(n) for n in names]
+        self.levels: list[int] = []
+
+    def __enter__(self):
+        import logging
+
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        for lg, level in zip(self.loggers, self.levels):
+            lg.setLevel(level)
+        return False
 
 
 def torchscript_bytes(model, example, meta: dict[str, Any]) -> bytes:
