@@ -46,7 +46,9 @@ def init_distributed(device_name: str = "auto") -> DistContext:
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # with CUDA, NCCL carries the gradients and gloo the CPU tensors (metric totals,
+        # confusion matrices, flags): NCCL alone cannot reduce a CPU tensor
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo")
     _context = DistContext(rank=rank, world_size=world, local_rank=local_rank if use_cuda else None)
     return _context
 
@@ -78,6 +80,29 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def broadcast_module(module: torch.nn.Module, buffers_only: bool = False) -> None:
+    """Give every rank rank 0's parameters (unless `buffers_only`) and buffers, in place.
+
+    Ranks need not share rank 0's disk (several machines), so weights that rank 0 read from
+    a file reach the others this way; buffers (batch-norm statistics) drift apart under DDP
+    because each rank updates them with its own batches.
+    """
+    if not _context.enabled:
+        return
+    import torch.distributed as dist
+
+    tensors = list(module.buffers()) if buffers_only else list(module.state_dict(keep_vars=True).values())
+    with torch.no_grad():
+        for t in tensors:
+            t = t.data if isinstance(t, torch.nn.Parameter) else t
+            if t.is_contiguous():
+                dist.broadcast(t, src=0)
+            else:  # channels-last weights: collectives want contiguous tensors
+                flat = t.contiguous()
+                dist.broadcast(flat, src=0)
+                t.copy_(flat)
 
 
 def shutdown() -> None:

@@ -225,21 +225,14 @@ class Trainer:
             run_dir = self.resume_dir
             progress = self._load_resume(run_dir)
         else:
-            run_dir = new_run_dir(self.run_name, cfg.out) if dist.is_main else Path(cfg.out or ".")
+            run_dir = new_run_dir(self.run_name, cfg.out) if dist.is_main else None
             progress = None
             if dist.is_main:
                 atomic_write_text(run_dir / "config.toml", to_toml(cfg.to_dict()))
+            # rank 0 may have picked runs/<name>-N: every rank needs that same path
+            run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir is not None else None))
         self.run_dir = run_dir
         distributed.barrier()
-        ddp_model = model
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ddp_model = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        forward = ddp_model
-        if cfg.compile:
-            forward = _try_compile(ddp_model)
 
         train = self.data.train
         n_train = len(train.labels)
@@ -272,6 +265,9 @@ class Trainer:
                     {"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
                 optimizer = build_optimizer(groups, cfg.optimizer, cfg.resolved_lr(),
                                             cfg.resolved_weight_decay(), cfg.momentum, cfg.nesterov)
+                # wrapped per phase: DDP registers the parameters that train at construction,
+                # and a phase that freezes some (finetune) would leave its reducer waiting
+                forward = self._wrap(model)
                 if progress and phase_index == start_phase and progress.get("optimizer_state"):
                     optimizer.load_state_dict(progress["optimizer_state"])
                 total_steps = steps_per_epoch * phase.epochs
@@ -301,6 +297,7 @@ class Trainer:
                     train_images += seen
                     val = None
                     if self.data.val is not None and len(self.data.val.labels):
+                        distributed.broadcast_module(model, buffers_only=True)
                         val = evaluate(model, self.data.val.images, self.data.val.labels, self.prepare,
                                        self.num_classes, self.class_names, cfg.eval_batch_size, self.device,
                                        amp=cfg.amp)
@@ -309,7 +306,7 @@ class Trainer:
                            "train_loss": stats["loss"], "train_top1": stats["top1"],
                            "val_loss": val.loss if val else None, "val_top1": val.top1 if val else None,
                            "lr": optimizer.param_groups[0]["lr"], "seconds": round(epoch_seconds, 3),
-                           "images_per_second": seen / epoch_seconds if epoch_seconds else None}
+                           "images_per_second": seen * world / epoch_seconds if epoch_seconds else None}
                     history.append(row)
                     improved = val is None or best is None or val.top1 > best
                     if improved:
@@ -351,9 +348,10 @@ class Trainer:
             distributed.barrier()
             from cnncli.checkpoint import load_checkpoint
 
-            if best_path.exists():
+            if dist.is_main and best_path.exists():
                 state_dict, _ = load_checkpoint(best_path)
                 load_state_strict(model, state_dict, best_path)
+            distributed.broadcast_module(model)
             test = evaluate(model, self.data.test.images, self.data.test.labels, self.prepare,
                             self.num_classes, self.class_names, cfg.eval_batch_size, self.device, amp=cfg.amp)
             if dist.is_main and best_path.exists():
@@ -440,6 +438,17 @@ class Trainer:
         distributed.all_reduce_sum(totals)
         n = max(1.0, float(totals[2]))
         return {"loss": float(totals[0]) / n, "top1": float(totals[1]) / n, "images": seen}
+
+    def _wrap(self, model: torch.nn.Module):
+        forward = model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg.compile:
+            forward = _try_compile(forward)
+        return forward
 
     def _interrupt(self, signum: int, run_dir: Path):
         distributed.barrier()
