@@ -1,0 +1,220 @@
+"""`cnncli predict`: the JSON-lines contract on checkpoints, ONNX files and registry weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torchvision.io import write_jpeg, write_png
+from typer.testing import CliRunner
+
+from cnncli import predict as pr
+from cnncli.checkpoint import load_model, save_checkpoint
+from cnncli.cli import app
+from cnncli.data.transforms import decode_image_file, prepare_images
+from cnncli.models.registry import create_model
+
+runner = CliRunner()
+CLASSES = ["cat", "dog", "bird"]
+
+
+def run_cli(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=3)
+    meta = {"kind": "model", "model": model.cnncli_spec, "num_classes": 3, "class_names": CLASSES,
+            "input_size": [1, 32, 32], "mean": [0.3], "std": [0.2], "dataset": "synthetic"}
+    return save_checkpoint(tmp_path_factory.mktemp("run") / "model.safetensors", model.state_dict(), meta)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(ckpt):
+    from cnncli.export import export_checkpoint
+
+    # the TorchScript-based exporter: a second, not half a minute (the default one is tested in test_export)
+    return export_checkpoint(ckpt, "onnx", exporter="torchscript").path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Good images of mixed sizes, channels and formats in a nested folder, a text file among
+    them, and a broken PNG in a folder of its own beside one good image."""
+    root = tmp_path_factory.mktemp("images")
+    g = torch.Generator().manual_seed(1)
+    (root / "sub").mkdir()
+    write_png(torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=g), str(root / "a.png"))
+    write_png(torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8, generator=g), str(root / "sub" / "b.png"))
+    write_jpeg(torch.randint(0, 256, (3, 64, 48), dtype=torch.uint8, generator=g), str(root / "c.jpg"))
+    (root / "notes.txt").write_text("not an image, and not picked up from a folder")
+    mixed = tmp_path_factory.mktemp("mixed")
+    write_png(torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8, generator=g), str(mixed / "good.png"))
+    (mixed / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
+    return root, mixed
+
+
+def expected_probs(ckpt, path):
+    model, meta = load_model(ckpt)
+    batch = prepare_images([decode_image_file(path)], meta["input_size"], meta["mean"], meta["std"])
+    with torch.inference_mode():
+        return torch.softmax(model(batch), dim=1)[0]
+
+
+def check_contract(doc, top_k):
+    assert set(doc) == {"path", "top"}
+    assert len(doc["top"]) == top_k
+    for entry in doc["top"]:
+        assert set(entry) == {"class", "index", "prob"}
+        assert entry["class"] == CLASSES[entry["index"]]
+        assert 0.0 <= entry["prob"] <= 1.0
+    probs = [e["prob"] for e in doc["top"]]
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_checkpoint_json_lines_match_the_network(ckpt, images):
+    root, _ = images
+    result = run_cli("predict", ckpt, root, "--json", "--top-k", 2)
+    assert result.exit_code == 0, result.stderr
+    docs = json_lines(result.stdout)
+    # a folder is walked (sorted, nested); files without an image extension in it are skipped
+    assert [d["path"] for d in docs] == [str(root / "a.png"), str(root / "c.jpg"), str(root / "sub" / "b.png")]
+    for doc in docs:
+        check_contract(doc, 2)
+        want = expected_probs(ckpt, doc["path"])
+        assert doc["top"][0]["index"] == int(want.argmax())
+        assert doc["top"][0]["prob"] == pytest.approx(float(want.max()), abs=1e-6)
+
+
+def test_a_folder_with_a_broken_image_reports_it_and_predicts_the_rest(ckpt, images):
+    _, mixed = images
+    result = run_cli("predict", ckpt, mixed, "--json")
+    assert result.exit_code == 1
+    assert [d["path"] for d in json_lines(result.stdout)] == [str(mixed / "good.png")]
+    err = [line for line in result.stderr.splitlines() if line.strip()]
+    assert sum("broken.png" in line for line in err) == 1
+    assert err[-1].startswith("error: 1 of 2 file(s)")
+
+
+def test_bad_files_among_good_ones_one_line_each(ckpt, images, tmp_path):
+    images, _ = images
+    missing = tmp_path / "missing.jpg"
+    args = [images / "a.png", images / "notes.txt", missing, images / "c.jpg"]
+    result = run_cli("predict", ckpt, *args, "--json", "-k", 3)
+    assert result.exit_code == 1
+    assert [d["path"] for d in json_lines(result.stdout)] == [str(images / "a.png"), str(images / "c.jpg")]
+    stderr = result.stderr.splitlines()
+    assert sum("notes.txt" in line for line in stderr) == 1
+    assert sum("missing.jpg" in line and "not found" in line for line in stderr) == 1
+    assert "2 of 4" in stderr[-1]
+
+
+def test_onnx_file_gives_the_same_answers_as_the_checkpoint(ckpt, onnx_file, images):
+    images, _ = images
+    files = [images / "a.png", images / "c.jpg", images / "sub" / "b.png"]
+    from_ckpt = json_lines(run_cli("predict", ckpt, *files, "--json", "-k", 3).stdout)
+    result = run_cli("predict", onnx_file, *files, "--json", "-k", 3)
+    assert result.exit_code == 0, result.stderr
+    from_onnx = json_lines(result.stdout)
+    assert len(from_onnx) == 3
+    for a, b in zip(from_ckpt, from_onnx):
+        check_contract(b, 3)
+        assert [e["index"] for e in a["top"]] == [e["index"] for e in b["top"]]
+        assert [e["prob"] for e in a["top"]] == pytest.approx([e["prob"] for e in b["top"]], abs=1e-5)
+
+
+def test_paths_from_stdin(ckpt, images):
+    images, _ = images
+    listing = f"{images / 'a.png'}\n\n{images / 'c.jpg'}\n"
+    result = run_cli("predict", ckpt, "-", images / "sub" / "b.png", "--json", "-k", 1, input=listing)
+    assert result.exit_code == 0, result.stderr
+    assert [d["path"] for d in json_lines(result.stdout)] == [
+        str(images / "a.png"), str(images / "c.jpg"), str(images / "sub" / "b.png")]
+
+
+def test_table_output(ckpt, images):
+    images, _ = images
+    result = run_cli("predict", ckpt, images / "a.png")
+    assert result.exit_code == 0, result.stderr
+    assert "a.png" in result.stdout and any(c in result.stdout for c in CLASSES)
+
+
+def test_registry_name_with_a_weights_file_answers_in_imagenet_classes(images, tmp_path):
+    images, _ = images
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = create_model("timm/test_resnet")  # 1000 classes, as a real ImageNet checkpoint
+    save_file(model.state_dict(), str(tmp_path / "plain.safetensors"))  # weights only, no cnncli metadata
+    result = run_cli("predict", "timm/test_resnet", images / "a.png", "--weights",
+                     tmp_path / "plain.safetensors", "--json", "-k", 5)
+    assert result.exit_code == 0, result.stderr
+    (doc,) = json_lines(result.stdout)
+    names = pr.class_names_for(1000)
+    assert names[0] == "tench" and len(set(names)) > 990
+    assert [e["class"] for e in doc["top"]] == [names[e["index"]] for e in doc["top"]]
+    # preprocessing follows timm's default config for that network
+    from cnncli.models.registry import get_model_info
+
+    info = get_model_info("timm/test_resnet")
+    predictor = pr.open_predictor("timm/test_resnet", weights=str(tmp_path / "plain.safetensors"), device="cpu")
+    assert predictor.meta["input_size"] == list(info.input_size) == [3, 160, 160]
+    assert predictor.meta["mean"] == list(info.mean) and predictor.meta["std"] == list(info.std)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["timm/test_resnet"], "without weights"),
+    (["lenet5", "--pretrained"], "no pretrained weights of its own"),
+    (["no_such_net", "--weights", "w.safetensors"], "unknown model"),
+])
+def test_registry_names_need_weights(args, message, images):
+    images, _ = images
+    result = run_cli("predict", args[0], images / "a.png", *args[1:])
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_checkpoint_with_weights_is_a_usage_error(ckpt, images):
+    images, _ = images
+    result = run_cli("predict", ckpt, images / "a.png", "--weights", ckpt)
+    assert result.exit_code == 2 and "apply to registry names" in result.stderr
+
+
+def test_empty_folder_and_foreign_onnx(ckpt, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_cli("predict", ckpt, tmp_path / "empty")
+    assert result.exit_code == 2 and "no image files" in result.stderr
+    import onnx
+
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "foreign.onnx"))
+    write_png(torch.zeros(1, 8, 8, dtype=torch.uint8), str(tmp_path / "x.png"))
+    result = run_cli("predict", tmp_path / "foreign.onnx", tmp_path / "x.png")
+    assert result.exit_code == 2 and "no cnncli metadata" in result.stderr
+
+
+def test_top_k_is_capped_at_the_number_of_classes():
+    probs = torch.tensor([[0.1, 0.7, 0.2]])
+    (top,) = pr.top_classes(probs, CLASSES, k=10)
+    assert [e["class"] for e in top] == ["dog", "bird", "cat"]
+    assert [e["prob"] for e in top] == pytest.approx([0.7, 0.2, 0.1])
+
+
+def test_expand_inputs_keeps_order_and_reads_stdin(tmp_path):
+    import io
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "z.png").write_bytes(b"")
+    (tmp_path / "d" / "A.JPG").write_bytes(b"")
+    (tmp_path / "d" / ".hidden.png").write_bytes(b"")
+    got = pr.expand_inputs(["x.png", "-", str(tmp_path / "d")], stdin=io.StringIO("s1.png\n \ns2.png\n"))
+    assert got == ["x.png", "s1.png", "s2.png", str(tmp_path / "d" / "A.JPG"), str(tmp_path / "d" / "z.png")]
