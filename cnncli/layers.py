@@ -582,7 +582,12 @@ class Network(nn.Module):
 
 def init_conv_relu(module: nn.Module) -> None:
     """torchvision's initialisation for ReLU networks without pretrained weights: He normal
-    (fan_out) convolutions, N(0, 0.01) linear layers, zero biases, unit batch norms."""
+    (fan_out) convolutions, N(0, 0.01) linear layers, zero biases, unit batch norms.
+
+    Skipped on the meta device: there is nothing to fill, and torch's random fills on meta
+    tensors import torch._dynamo (seconds), which `cnncli inspect` must not pay."""
+    if any(p.is_meta for p in module.parameters()):
+        return
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
