@@ -99,7 +99,7 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None):
+def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None, cpu_only: bool = False):
     """An onnxruntime session on the CPU (or CUDA where the GPU build is installed)."""
     ort = require_onnxruntime()
     options = ort.SessionOptions()
@@ -107,7 +107,8 @@ def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     available = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    wanted = ("CPUExecutionProvider",) if cpu_only else ("CUDAExecutionProvider", "CPUExecutionProvider")
+    providers = [p for p in wanted if p in available]
     source = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(source, sess_options=options, providers=providers)
