@@ -452,8 +452,6 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
         backbone = resolve_backbone(cfg.model, cfg.weights, cfg.pretrained)
         model, input_size, mean, std = backbone.model, backbone.input_size, backbone.mean, backbone.std
         source = backbone.source
-        output.note(f"pretrained weights: {_describe_source(source)}; {source.get('tensors_loaded', '?')} tensors, "
-                    f"classifier {source.get('classifier')}")
         extra = {"weights_source": source}
     base_name = model.cnncli_spec["name"] if hasattr(model, "cnncli_spec") else cfg.model
     data_name = cfg.data.split(":")[0]
@@ -464,6 +462,10 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
     # the new head for the dataset's classes (a resumed run's weights are loaded over it by fit)
     model.reset_classifier(trainer.num_classes)
     model.to(trainer.device)
+    if not resume and trainer.dist.is_main:
+        output.note(f"pretrained weights: {_describe_source(source)}; {source.get('tensors_loaded', '?')} tensors "
+                    f"loaded; the source's classifier: {source.get('classifier')}; a new head for "
+                    f"{trainer.num_classes} classes replaces it")
     plan = plan_stages(model, cfg.unfreeze)
     trainer.phases = stage_phases(plan, cfg.head_epochs, cfg.epochs, cfg.unfreeze_lr_factor)
     use_cache, why_not = cache_decision(cfg, trainer)

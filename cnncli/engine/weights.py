@@ -175,7 +175,7 @@ def map_in_order(source: dict[str, torch.Tensor], target: dict[str, Any]) -> dic
     for i, ((s_name, tensor), (t_name, t_value)) in enumerate(zip(source.items(), target.items())):
         t_shape = tuple(t_value.shape) if hasattr(t_value, "shape") else tuple(t_value)
         if tuple(tensor.shape) != t_shape or _kind(s_name) != _kind(t_name):
-            raise InputError(f"tensor {i} does not map: {s_name} {tuple(tensor.shape)} in the file vs "
+            raise InputError(f"tensor {i + 1} of {len(source)} does not map: {s_name} {tuple(tensor.shape)} in the file vs "
                              f"{t_name} {t_shape} in the network")
         mapped[t_name] = tensor
     return mapped
