@@ -13,7 +13,7 @@ viz_app = typer.Typer(
     no_args_is_help=True,
 )
 
-OUT = typer.Option(None, "--out", "-o", help="The PNG to write [default: a name made from the inputs].")
+OUT = typer.Option(None, "--out", "-o", help="The PNG to write (default: a name made from the inputs).")
 MODEL = typer.Argument(..., help="A cnncli checkpoint or run directory, or a registry name "
                        "(random weights unless --pretrained / --weights).")
 PRETRAINED = typer.Option(False, "--pretrained", help="Registry name: timm's pretrained weights.")
@@ -29,7 +29,7 @@ def feature_maps(
     model: str = MODEL,
     image: Path = typer.Argument(..., help="An image file (PNG, JPEG, WebP)."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer name as 'cnncli inspect' "
-                                        "shows it, e.g. features.0 [default: the first convolution]."),
+                                        "shows it, e.g. features.0 (default: the first convolution)."),
     max_maps: int = typer.Option(64, "--max-maps", min=1, help="Draw at most this many maps."),
     pretrained: bool = PRETRAINED,
     weights: Optional[str] = WEIGHTS,
@@ -45,7 +45,7 @@ def feature_maps(
 @viz_app.command("filters")
 def filters(
     model: str = MODEL,
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="A convolution layer [default: the first one, drawn in colour on RGB input]."),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="A convolution layer (default: the first one, drawn in colour on RGB input)."),
     max_filters: int = typer.Option(64, "--max-filters", min=1, help="Draw at most this many filters."),
     pretrained: bool = PRETRAINED,
     weights: Optional[str] = WEIGHTS,
