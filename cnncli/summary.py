@@ -2,9 +2,12 @@
 
 How the figures are obtained, rather than computed by hand-written formulas:
 
-* The network is built on PyTorch's `meta` device (shapes only: no memory, no weight
-  initialisation, so even VGG-16 builds instantly) and runs one forward pass on a meta image
-  of batch 1. Should an operation have no meta kernel, it is rebuilt and run on the CPU.
+* The network is built on PyTorch's `meta` device (no weight initialisation, so even VGG-16
+  builds instantly), its weights are then replaced by zero-filled CPU tensors and it runs one
+  forward pass on a zero image of batch 1 (CPU kernels are C++; many meta kernels are Python
+  whose first use imports torch._dynamo and sympy, which costs more than the whole command).
+  Networks with more than 1 GiB of weights run on the meta device instead; an operation that
+  cannot run without real data makes it rebuild with real weights on the CPU.
 * Multiply-adds come from PyTorch's own counter, `torch.utils.flop_counter.FlopCounterMode`,
   per module through its module hierarchy (MACs = FLOPs / 2; convolution and matrix products,
   as is the convention: bias, norms, pooling and activations are not counted).
@@ -25,13 +28,14 @@ How the figures are obtained, rather than computed by hand-written formulas:
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cnncli.errors import InputError
 
 FLOAT32_BYTES = 4
+# Networks whose weights fit in this run on the CPU with zero weights; bigger ones on meta.
+CPU_WEIGHT_LIMIT = 1 << 30
 
 # Rows that carry no information in a layer table.
 SKIP_TYPES = {"Dropout", "Flatten", "Identity"}
@@ -481,7 +485,7 @@ class _Recorded:
     activation: str | None = None
     activation_from_attr: bool = False
     field: tuple | None = None
-    merged_into: "_Recorded | None" = None
+    merged_into: _Recorded | None = None
     done: bool = False
 
 
@@ -601,22 +605,40 @@ def _device_of(model):
     return torch.device("cpu")
 
 
+def _flop_counter():
+    """torch's FlopCounterMode, without the import of torch._dynamo it would trigger.
+
+    torch wraps every dispatch mode's `__torch_dispatch__` in `torch._disable_dynamo`, whose
+    first call imports torch._dynamo: seconds, as long as the rest of `inspect` together. Nothing
+    is compiled here, so the raw function is registered as its own dynamo-disabled version (the
+    attribute that wrapper caches). Should torch's internals change, this silently does nothing.
+    """
+    from torch.utils import flop_counter
+
+    try:
+        raw = flop_counter._FlopCounterMode.__torch_dispatch__.__wrapped__
+        if getattr(raw, "__dynamo_disable", None) is None:
+            setattr(raw, "__dynamo_disable", raw)
+    except AttributeError:  # pragma: no cover - another torch version
+        pass
+    return flop_counter.FlopCounterMode(display=False)
+
+
 def _trace(model, input_size, planned):
     """Run one forward pass with the recorder, the receptive-field mode and the flop counter."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     device = _device_of(model)
     x = torch.zeros((1, *input_size), device=device)
     rf = _receptive_field_mode(tuple(input_size[1:]))
     rf.mark(x, (1.0, 1.0, 1.0, 1.0))
     recorder = _Recorder(model, planned, rf)
-    counter = FlopCounterMode(display=False)
+    counter = _flop_counter()
     recorder.attach()
     try:
         with torch.no_grad(), counter, rf:
             model(x)
-    except Exception as e:  # noqa: BLE001 - classified by the caller
+    except Exception as e:  # classified by the caller: the input, or meta's limits
         module = recorder.failing_module()
         path = recorder.names.get(module) if module is not None else None
         done = [r for r in recorder.rows if r.output is not None]
@@ -675,6 +697,57 @@ def _build(target: _Target, device: str):
     return model
 
 
+def _build_for_shapes(target: _Target):
+    """The network on the meta device (no weight initialisation), then, unless its weights
+    are huge, on the CPU with zero-filled tensors.
+
+    Why not run on meta: in torch 2.14 many meta kernels are Python references whose first
+    call imports torch._dynamo and sympy (seconds; more than everything else `inspect` does).
+    CPU kernels are C++, and zero-filled memory costs nothing until it is read.
+    """
+    try:
+        model = _build(target, "meta")
+    except (NotImplementedError, RuntimeError) as e:  # a constructor that needs real data
+        if not _meta_unsupported(e):
+            raise
+        return _build(target, "cpu")
+    if _weight_bytes(model) <= CPU_WEIGHT_LIMIT:
+        model = _zeros_on_cpu(model)
+    return model
+
+
+def _weight_bytes(model) -> int:
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _zeros_on_cpu(model):
+    """Replace every meta parameter and buffer by a zero-filled CPU tensor of the same shape
+    (`Module.to_empty` would go through meta's Python kernels, see _build_for_shapes)."""
+    import torch
+    from torch import nn
+
+    replaced: dict[int, tuple] = {}  # id(old) -> (old, new): keeps `old` alive, so ids stay unique
+
+    def zeros(old, parameter: bool):
+        entry = replaced.get(id(old))
+        if entry is None:
+            new = torch.zeros(tuple(old.shape), dtype=old.dtype)
+            if parameter:
+                new = nn.Parameter(new, requires_grad=old.requires_grad)
+            entry = replaced[id(old)] = (old, new)  # tied weights stay tied
+        return entry[1]
+
+    for module in model.modules():
+        for key, value in module._parameters.items():
+            if value is not None and value.is_meta:
+                module._parameters[key] = zeros(value, True)
+        for key, value in module._buffers.items():
+            if value is not None and value.is_meta:
+                module._buffers[key] = zeros(value, False)
+    return model
+
+
 def _meta_unsupported(error: BaseException) -> bool:
     return isinstance(error, NotImplementedError) or "meta" in str(error).lower()
 
@@ -700,18 +773,10 @@ def summarize(model_or_name, input_size=None, num_classes: int | None = None,
 
     if isinstance(model_or_name, str):
         target = _target(model_or_name, input_size, num_classes)
-        device = "meta"
-        try:
-            model = _build(target, device)
-        except (NotImplementedError, RuntimeError) as e:  # a constructor that needs real data
-            if not _meta_unsupported(e):
-                raise
-            device = "cpu"
-            model = _build(target, device)
         name = model_or_name
+        model = _build_for_shapes(target)
     else:
         model, target = model_or_name, None
-        device = str(_device_of(model).type)
         name = type(model).__name__
         if num_classes is not None:
             raise InputError("num_classes applies to a model built by name, not to a module")
@@ -726,16 +791,17 @@ def summarize(model_or_name, input_size=None, num_classes: int | None = None,
     try:
         recorder, counter = _trace(model, input_size, planned)
     except _ForwardFailed as failed:
-        if device == "meta" and _meta_unsupported(failed.error):
-            device = "cpu"
-            model = _build(target, device)
-            planned = _plan(model, depth)
-            try:
-                recorder, counter = _trace(model, input_size, planned)
-            except _ForwardFailed as again:
-                raise _input_error(name, model, input_size, default_input, again) from again.error
-        else:
+        if target is None or not _meta_unsupported(failed.error):
             raise _input_error(name, model, input_size, default_input, failed) from failed.error
+        # an operation that needs real data, or a tensor the constructor left on the meta
+        # device: build for real (initialised weights) on the CPU and try once more
+        model = _build(target, "cpu")
+        planned = _plan(model, depth)
+        try:
+            recorder, counter = _trace(model, input_size, planned)
+        except _ForwardFailed as again:
+            raise _input_error(name, model, input_size, default_input, again) from again.error
+    device = _device_of(model).type
 
     rows = _rows(model, recorder, counter)
     params = {id(p): p for p in model.parameters()}.values()
@@ -757,7 +823,7 @@ def summarize(model_or_name, input_size=None, num_classes: int | None = None,
         macs=int(counter.get_total_flops()) // 2,
         weight_bytes=int(weight_bytes),
         activation_bytes=recorder.activation_elements * FLOAT32_BYTES,
-        device=device,
+        device=str(device),
     )
 
 
