@@ -20,6 +20,16 @@ from typer.core import TyperGroup
 from cnncli import __version__
 from cnncli.errors import CnnError
 
+# typer >= 0.16 carries its own copy of click's exceptions; catch both families
+try:
+    from typer._click import exceptions as _typer_click
+except ImportError:  # older typer: plain click only
+    _typer_click = None
+_USAGE_ERRORS: tuple = (click.UsageError,) + ((_typer_click.UsageError,) if _typer_click else ())
+_CLICK_ERRORS: tuple = (click.ClickException,) + ((_typer_click.ClickException,) if _typer_click else ())
+_NO_ARGS_HELP: tuple = (_typer_click.NoArgsIsHelpError,) if _typer_click else ()
+_ABORTS: tuple = (click.exceptions.Abort, typer.Abort)
+
 
 def _pop_debug(args: list[str]) -> bool:
     """Remove every `--debug` before a `--` separator; return whether there was one."""
@@ -48,12 +58,15 @@ class CnnGroup(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.UsageError as e:
+        except _NO_ARGS_HELP as e:  # `cnncli viz` alone: show its help, as a usage error
+            e.show()
+            sys.exit(2)
+        except _USAGE_ERRORS as e:
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
             _fail(e.format_message().replace("\n", " ") + hint, 2)
-        except click.ClickException as e:
+        except _CLICK_ERRORS as e:
             _fail(e.format_message().replace("\n", " "), e.exit_code)
-        except click.exceptions.Abort:
+        except _ABORTS:
             _fail("aborted", 130)
         except CnnError as e:
             if debug:
