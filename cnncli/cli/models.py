@@ -64,13 +64,15 @@ def models(
     if not found:
         where = {"hand": "hand-built ", "timm": "timm ", "all": ""}[source.value]
         note(f"no {where}model matches '{pattern}'" if pattern else f"no {where}models")
-    if source is Source.hand:
+    if source is Source.hand and not as_json:
         note("timm's architectures are listed with --source timm (or all), e.g. "
              f"'cnncli models --source timm {pattern or 'resnet'}'")
 
 
 def _params(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.2f}M"
+    from cnncli.output import human_count
+
+    return human_count(n)  # None -> "-"
 
 
 def _with_timm_params(found):
