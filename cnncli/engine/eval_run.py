@@ -26,7 +26,7 @@ def evaluate_checkpoint(
     from cnncli.data import load_dataset
     from cnncli.data.transforms import prepare_batch
     from cnncli.engine import distributed
-    from cnncli.engine.device import resolve_device, set_threads
+    from cnncli.engine.device import resolve_device, set_threads, use_channels_last
     from cnncli.engine.evaluate import evaluate
     from cnncli.engine.trainer import channel_stats
 
@@ -75,6 +75,8 @@ def evaluate_checkpoint(
                              f"but '{data}' has {class_names[:3]}...: the classes do not match")
         input_size, mean, std = tuple(meta["input_size"]), meta["mean"], meta["std"]
         model_name = meta["model"]["name"]
+
+    use_channels_last(model, dev)
 
     def prepare(batch: torch.Tensor) -> torch.Tensor:
         return prepare_batch(batch, input_size, mean, std, dev)

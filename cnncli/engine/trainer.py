@@ -13,6 +13,7 @@ ends with the same weights as an uninterrupted one, on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import sys
@@ -28,7 +29,7 @@ from cnncli import output
 from cnncli.checkpoint import load_state_strict, save_checkpoint, versions
 from cnncli.engine import distributed
 from cnncli.engine.config import TrainConfig, to_toml
-from cnncli.engine.device import resolve_device, set_threads
+from cnncli.engine.device import bf16_is_slow, resolve_device, set_threads, use_channels_last
 from cnncli.engine.evaluate import EvalResult, evaluate
 from cnncli.engine.optim import build_optimizer, lr_factor, set_lr
 from cnncli.engine.runs import new_run_dir
@@ -140,6 +141,11 @@ class Trainer:
         self.quiet = quiet
         self.dist = distributed.init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
+        if cfg.amp and bf16_is_slow(self.device):
+            if self.dist.is_main:
+                output.warn("--amp: this CPU has no bf16 instructions (AVX512-BF16 or AMX) and emulated bf16 "
+                            "runs ~10x slower than float32 here; training in float32")
+            cfg = self.cfg = dataclasses.replace(cfg, amp=False)
         set_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -185,6 +191,7 @@ class Trainer:
         if adaptation and self.dist.is_main:
             output.note(f"note: {self.cfg.model} expects {'x'.join(map(str, self.input_size))} input: {adaptation}")
         self.model.to(self.device)
+        use_channels_last(self.model, self.device)
 
     # ---------------------------------------------------------------- helpers
     def prepare(self, batch: torch.Tensor) -> torch.Tensor:
