@@ -7,7 +7,8 @@ the same global batch) and DDP averages the two half-batch gradients into the fu
 one, so a distributed run must end where a single-process run ends, up to float rounding.
 
 - a helper run through the library: the ranks' parameters after every epoch (all-gathered)
-  are identical, and `cnncli eval` under torchrun gives what it gives in one process;
+  are identical, `cnncli eval` under torchrun gives what it gives in one process, and a run
+  whose second phase freezes all but the classifier (as finetune does) trains;
 - `torchrun -m cnncli train ...`, stopped by Ctrl-C (SIGINT to the launcher) during
   training, then `--resume`d under torchrun: it ends with the uninterrupted run's weights;
 - the distributed checkpoint is an ordinary one: `cnncli eval` loads it in one process and
@@ -60,10 +61,28 @@ WORKER = textwrap.dedent('''
     trainer_module.evaluate = checked_evaluate  # val after each epoch, then test
     result = trainer_module.Trainer(build_config(None, options), quiet=True).fit()
     evaluated = evaluate_checkpoint(str(result.checkpoint), device="cpu")  # sharded over the ranks
+
+    # phases that change what trains (finetune's head-only stage): DDP must follow them
+    def everything(model):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+
+    def head_only(model):
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("out."))
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
+    trainer_module.evaluate = real_evaluate
+    phased = trainer_module.Trainer(
+        build_config(None, {**options, "epochs": 1, "out": options["out"] + "-phased"}), quiet=True,
+        phases=[trainer_module.Phase("all", 1, param_groups=everything),
+                trainer_module.Phase("head", 1, param_groups=head_only)]).fit()
     if dist.get_rank() == 0:
         with open(out_file, "w") as f:
             json.dump({"world_size": dist.get_world_size(), "drift": drift, "result": result.to_dict(),
-                       "eval": {"top1": evaluated["top1"], "loss": evaluated["loss"], "n": evaluated["n"]}}, f)
+                       "eval": {"top1": evaluated["top1"], "loss": evaluated["loss"], "n": evaluated["n"]},
+                       "phased_epochs": phased.epochs}, f)
 ''')
 
 
@@ -141,6 +160,12 @@ def test_ranks_hold_identical_weights_after_every_epoch(runs):
     assert worker["world_size"] == 2
     assert len(worker["drift"]) == EPOCHS + 1  # a validation per epoch and the test
     assert max(worker["drift"]) == 0.0, worker["drift"]
+
+
+def test_a_phase_that_freezes_parameters_trains_under_ddp(runs):
+    # DDP registers the parameters that train when it is built: a wrapper built once for the
+    # whole run waited forever for the frozen ones' gradients in the head-only phase
+    assert runs["worker"]["phased_epochs"] == 2
 
 
 def test_distributed_eval_matches_single_process_eval(runs):
