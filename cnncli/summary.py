@@ -224,6 +224,9 @@ def layer_type_of(module) -> str:
             str(getattr(module, "pool_type", "")), str(getattr(module, "pool_type", "")))
         return f"Global {kind} pooling".replace("  ", " ")
     found = _class_lookup(module, _ATOMIC_TYPES) or _class_lookup(module, _BLOCK_TYPES)
+    if found is None and name in ("Sequential", "ModuleList"):
+        count = len(module)  # a collapsed stage of a backbone
+        return f"Stage ({count} block{'s' if count != 1 else ''})"
     if found == "Convolution":
         groups, in_ch = getattr(module, "groups", 1), getattr(module, "in_channels", 0)
         if groups > 1 and groups == in_ch:
@@ -250,7 +253,7 @@ def _plan(model, depth: int | None, open_all: bool = False) -> dict:
         planned[model] = _Planned(type(model).__name__, 0, "layer")
         return planned
 
-    def visit(module, prefix: str, level: int) -> None:
+    def visit(module, prefix: str, level: int, cap: int | None = None) -> None:
         for name, child in module.named_children():
             if child in planned:  # a module registered twice is one row
                 continue
@@ -262,11 +265,16 @@ def _plan(model, depth: int | None, open_all: bool = False) -> dict:
                 planned[child] = _Planned(path, level, "activation")
             elif role in ("atomic", "leaf"):
                 planned[child] = _Planned(path, level, "layer")
+            elif not open_all and depth is None and level == 1 and name == "backbone":
+                # a model file's backbone runs through forward_features, never its own
+                # forward: show it by its stages (stem, blocks.N, ...), the head layer by layer
+                visit(child, path + ".", level + 1, cap=level + 2)
             elif not open_all and ((depth is None and role == "block")
-                                   or (depth is not None and level >= depth)):
+                                   or (depth is not None and level >= depth)
+                                   or (cap is not None and level >= cap)):
                 planned[child] = _Planned(path, level, "layer")
             else:
-                visit(child, path + ".", level + 1)
+                visit(child, path + ".", level + 1, cap)
 
     visit(model, "", 1)
     return planned
@@ -306,6 +314,8 @@ def _geometry_source(module):
 
 
 def _padding(module) -> str | list[int] | None:
+    if type(module).__name__ in ("Conv2dSame", "MaxPool2dSame", "AvgPool2dSame"):
+        return "same"  # timm's TF-style layers pad per input size, their .padding is 0
     value = getattr(module, "padding_spec", None)
     if value is None:
         value = getattr(module, "padding", None)

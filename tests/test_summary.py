@@ -279,3 +279,27 @@ def test_timm_model():
     assert s.rows[1].activation == "relu"  # bn1 + act1 read as one row
     assert s.rows[-1].output_shape == [7]
     assert s.rows[-2].receptive_field == [435, 435]
+
+
+def test_backbone_plus_head_file_shows_backbone_stages_then_head_layers():
+    from pathlib import Path
+
+    import tempfile
+
+    from cnncli.summary import summarize
+
+    text = (
+        '[model]\nname = "bb"\ninput = [1, 28, 28]\nnum_classes = 10\n'
+        '[backbone]\nmodel = "typical_cnn"\n'
+        '[[head]]\ntype = "global_avgpool"\n[[head]]\ntype = "dense"\nunits = "num_classes"\n'
+    )
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "bb.toml"
+        path.write_text(text)
+        rows = summarize(str(path)).rows
+    names = [r.name for r in rows]
+    assert any(n.startswith("backbone.") for n in names), names
+    assert names[-1].endswith("dense1") or rows[-1].type == "Fully connected"
+    # the backbone's own classifier is gone, the head follows the backbone's last row
+    first_head = next(i for i, r in enumerate(rows) if not r.name.startswith("backbone."))
+    assert all(r.name.startswith("backbone.") for r in rows[:first_head])
