@@ -75,8 +75,9 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _write_error(path: Path, e: OSError) -> Exception:
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
-        return InputError(f"cannot write {path}: {e.strerror or e}; choose another --out folder")
+    # ENOENT: a folder that cannot be created where it was asked for (e.g. under /proc)
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOENT):
+        return InputError(f"cannot write {path}: {e.strerror or e}; choose another place to write to")
     if e.errno == errno.ENOSPC:
         return RuntimeFailure(f"could not write {path}: no space left on device (the previous version is intact)")
     return RuntimeFailure(f"could not write {path}: {e.strerror or e}")
