@@ -23,9 +23,10 @@ def predict(
     device: Device = typer.Option(Device.auto, "--device", help="auto picks cuda, then mps, then cpu (ONNX runs on onnxruntime)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
 ) -> None:
-    """Predict the classes of images; unreadable files are reported on stderr and exit code 1."""
+    """Predict the classes of images; unreadable files are reported on stderr and exit code 1
+    (a single file that cannot be read: its one line and exit code 2)."""
     from cnncli import output
-    from cnncli.errors import RuntimeFailure
+    from cnncli.errors import InputError, RuntimeFailure
     from cnncli.predict import expand_inputs, open_predictor, predict_files
 
     paths = expand_inputs(inputs)
@@ -34,6 +35,8 @@ def predict(
     failed, rows = 0, []
     for result in predict_files(predictor, paths, top_k=top_k, batch_size=batch_size):
         if result.error is not None:
+            if len(paths) == 1:  # the one file asked for is bad input: its line is the whole answer
+                raise InputError(result.error)
             failed += 1
             output.warn(result.error)
         elif json_out:
