@@ -168,3 +168,12 @@ def test_train_config_defaults_are_sensible():
     cfg = TrainConfig(model="lenet5")
     assert cfg.resolved_lr() == 1e-3 and cfg.resolved_weight_decay() == 0.05
     assert TrainConfig(model="x", optimizer="sgd").resolved_lr() == 0.05
+
+
+def test_recipe_model_file_is_found_next_to_the_recipe(tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "net.toml").write_text("[model]\n")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('model = "models/net.toml"\n')
+    monkeypatch.chdir("/")
+    assert read_recipe(recipe)["model"] == str(tmp_path / "models" / "net.toml")

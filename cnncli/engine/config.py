@@ -139,7 +139,13 @@ def read_recipe(path: str | Path, cls=TrainConfig) -> dict[str, Any]:
     # A recipe may group its options under [train]; both forms mean the same
     if set(doc) == {"train"} and isinstance(doc["train"], dict):
         doc = doc["train"]
-    return coerce_options(doc, f"recipe {path}", cls)
+    options = coerce_options(doc, f"recipe {path}", cls)
+    # a model file named in a recipe is found next to the recipe when not from where we are
+    model = options.get("model")
+    if isinstance(model, str) and model.endswith(".toml") and not Path(model).is_absolute() \
+            and not Path(model).exists() and (path.parent / model).exists():
+        options["model"] = str(path.parent / model)
+    return options
 
 
 def build_config(recipe: str | None, overrides: dict[str, Any], cls=TrainConfig):
