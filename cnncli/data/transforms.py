@@ -10,6 +10,7 @@ whose images come one file at a time in any size.
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from collections.abc import Sequence
@@ -120,6 +121,35 @@ def _decoder_message(error: Exception) -> str:
     return f"cannot decode the image: {(match.group(1) if match else text).strip()}"
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _decode_png(path: Path, data: bytes) -> torch.Tensor:
+    """A PNG through Pillow: torchvision 0.29's decode_png crashes the process (SIGSEGV) on a
+    PNG whose compressed data is corrupt (libpng's error jump), where Pillow raises an error."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: keep the high byte
+                    array = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
+                elif image.mode in ("1", "L", "LA", "La"):
+                    array = np.asarray(image.convert("L"))
+                else:  # RGB, RGBA, palette, 16-bit colour (Pillow gives 8 bits): colour, alpha dropped
+                    array = np.asarray(image.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - corrupt data surfaces as OSError, SyntaxError, ValueError, zlib.error...
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise InputError(f"{path}: cannot decode the image: {reason}") from None
+    if array.size == 0:
+        raise InputError(f"{path}: unsupported image layout {array.shape}")
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
 def decode_image_file(path: str | Path) -> torch.Tensor:
     """One image file as uint8 (C, H, W) with C 1 (gray) or 3 (colour); InputError naming the file."""
     from torchvision.io import decode_image
@@ -135,6 +165,8 @@ def decode_image_file(path: str | Path) -> torch.Tensor:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
     if not data:
         raise InputError(f"{path}: empty file, not an image")
+    if data.startswith(_PNG_SIGNATURE):
+        return _decode_png(path, data)
     try:
         with warnings.catch_warnings():
             # torchvision 0.29 announces its decoders move to torchcodec; they work, and the
