@@ -3,11 +3,12 @@
 Reuse a pretrained network's layers as the base, put a new classifier (the head) on top for
 the dataset's classes, then train in two stages:
 
-1. `head`: the base is frozen (no gradients, and it runs in inference mode: its batch-norm
-   layers keep their pretrained statistics and its dropout is off, even though the trainer
-   calls model.train() every epoch); only the head trains, for `head_epochs`.
+1. `head`: the base is frozen (no gradients, and its blocks run in inference mode: batch
+   norm keeps its pretrained statistics, no path is dropped, even though the trainer calls
+   model.train() every epoch); only the head trains, for `head_epochs`.
 2. `unfreeze`: the top K blocks of the base (`unfreeze`, or "all") train together with the
-   head, at the learning rate times `unfreeze_lr_factor`, for `epochs`.
+   head, at the learning rate times `unfreeze_lr_factor`, for `epochs`. The base's batch
+   norm layers keep their pretrained statistics here too (their scale and shift train).
 
 "Blocks" are what the network itself declares: `stages()` for hand-built networks and model
 files, timm's coarse group matcher (the same grouping timm uses for layer-wise lr decay) or,
@@ -214,6 +215,30 @@ def set_frozen_modes(model: torch.nn.Module) -> None:
         set_frozen_modes(child)
 
 
+def keep_batchnorm_statistics(model: torch.nn.Module, base_params: set[str]) -> None:
+    """Batch-norm layers of the base stay in eval mode even where their block is unfrozen.
+
+    Their scale and shift still train; only the running statistics stay the pretrained ones,
+    so the unfrozen blocks keep computing what the head was trained on in stage 1 (Keras's
+    fine-tuning advice, and what small fine-tuning batches need: their own statistics would be
+    noisy and would shift every feature the head has learnt at once).
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm):
+            own = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
+            if any(p in base_params for p in own):
+                module.eval()
+
+
+def prefers_channels_last(model: torch.nn.Module) -> bool:
+    """Depthwise convolutions (MobileNet, EfficientNet) run several times faster channels-last
+    on oneDNN CPUs (measured 2-4x for EfficientNet-Lite0); plain convolutions gain nothing."""
+    return any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+               for m in model.modules())
+
+
 @dataclass
 class StagePlan:
     """What trains in each stage, in parameter names (for the phases, the tests and the run record)."""
@@ -246,6 +271,8 @@ def stage_phases(plan: StagePlan, head_epochs: int, epochs: int, lr_factor: floa
     """The Trainer phases of the two stages (a stage with no epochs or nothing unfrozen is left out)."""
     from cnncli.engine.trainer import Phase
 
+    base_params = {p for b in plan.blocks for p in b.params}
+
     def phase(stage: str, n_epochs: int, scale: float, runner=None) -> Phase:
         names = plan.stage_params(stage)
 
@@ -256,6 +283,7 @@ def stage_phases(plan: StagePlan, head_epochs: int, epochs: int, lr_factor: floa
         def prepare_model(model):
             set_trainable(model, names)
             set_frozen_modes(model)
+            keep_batchnorm_statistics(model, base_params)
 
         return Phase(stage, n_epochs, param_groups=param_groups, prepare_model=prepare_model, epoch_runner=runner)
 
@@ -462,6 +490,8 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
     # the new head for the dataset's classes (a resumed run's weights are loaded over it by fit)
     model.reset_classifier(trainer.num_classes)
     model.to(trainer.device)
+    if prefers_channels_last(model):
+        model.to(memory_format=torch.channels_last)  # the checkpoint is written contiguous
     if not resume and trainer.dist.is_main:
         output.note(f"pretrained weights: {_describe_source(source)}; {source.get('tensors_loaded', '?')} tensors "
                     f"loaded; the source's classifier: {source.get('classifier')}; a new head for "

@@ -75,8 +75,12 @@ def test_stage_two_unfreezes_the_top_blocks_at_the_lower_rate():
     expected = {n for n, _ in model.named_parameters()
                 if n.startswith(("blocks.3.", "blocks.4.", "conv_head.", "bn2.", "classifier."))}
     assert trainable == expected
-    bns = _bns(model)
-    assert {n for n, bn in bns.items() if bn.training} == {n for n in bns if n.startswith(("blocks.3", "blocks.4", "bn2"))}
+    # unfrozen batch norm learns its scale and shift but keeps the pretrained statistics
+    assert not any(bn.training for bn in _bns(model).values())
+    assert model.blocks[4][0].bn1.weight.requires_grad and not model.blocks[2][0].bn1.weight.requires_grad
+    before = model.blocks[4][0].bn1.running_mean.clone()
+    model(torch.randn(4, 3, 32, 32))
+    assert torch.equal(model.blocks[4][0].bn1.running_mean, before)
     optimizer = build_optimizer(groups, "adamw", 1e-3, 0.05)
     assert {round(g["lr"], 12) for g in optimizer.param_groups} == {1e-4}
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(expected)
@@ -89,7 +93,7 @@ def test_unfreeze_all_trains_everything_and_zero_skips_stage_two():
     _, unfreeze = stage_phases(plan_stages(model, "all"), head_epochs=1, epochs=5, lr_factor=0.1)
     _enter(unfreeze, model)
     assert all(p.requires_grad for p in model.parameters())
-    assert all(bn.training for bn in _bns(model).values())
+    assert model.training and model.layer1.training and not any(bn.training for bn in _bns(model).values())
 
 
 @pytest.mark.parametrize("name,k,top", [
