@@ -34,9 +34,18 @@ def build_optimizer(param_groups, optimizer: str, lr: float, weight_decay: float
     if not groups:
         raise ValueError("no trainable parameters")
     if optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                               foreach=True)
-    return torch.optim.AdamW(groups, lr=lr, foreach=True)
+        return _fastest(torch.optim.SGD, groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+    return _fastest(torch.optim.AdamW, groups, lr=lr)
+
+
+def _fastest(cls, groups, **kwargs) -> torch.optim.Optimizer:
+    """The fused implementation (one kernel over all parameters) where torch has one for the
+    parameters' device, else foreach. On the 2-core CPU the AdamW step of typical_cnn took
+    2.0 ms fused, 13.6 ms foreach, 17.6 ms with the default loop (bench/README.md)."""
+    try:
+        return cls(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device or dtype
+        return cls(groups, foreach=True, **kwargs)
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int,

@@ -277,6 +277,7 @@ class Trainer:
                 forward = self._wrap(model)
                 if progress and phase_index == start_phase and progress.get("optimizer_state"):
                     optimizer.load_state_dict(progress["optimizer_state"])
+                    _match_layouts(optimizer)
                 total_steps = steps_per_epoch * phase.epochs
                 warmup = int(cfg.warmup_epochs * steps_per_epoch)
                 first = start_epoch_in_phase if phase_index == start_phase else 0
@@ -499,6 +500,21 @@ class Trainer:
             output.note(f"resuming {run_dir} after epoch {progress['epoch']}"
                         + (f", step {progress['step']}" if progress.get("step") else ""))
         return progress
+
+
+def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded optimizer buffer its parameter's memory format (channels-last).
+
+    The state file holds contiguous tensors; the fused kernels then take another path than
+    an uninterrupted run, whose buffers were made like their channels-last parameters, and
+    the last bits differ. Same layout, same arithmetic: a resumed run ends bit for bit equal.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _try_compile(model):
