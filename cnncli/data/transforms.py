@@ -138,15 +138,15 @@ def _decode_png(path: Path, data: bytes) -> torch.Tensor:
                 if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: keep the high byte
                     array = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
                 elif image.mode in ("1", "L", "LA", "La"):
-                    array = np.asarray(image.convert("L"))
+                    array = np.array(image.convert("L"))  # a writable copy for torch
                 else:  # RGB, RGBA, palette, 16-bit colour (Pillow gives 8 bits): colour, alpha dropped
-                    array = np.asarray(image.convert("RGB"))
+                    array = np.array(image.convert("RGB"))
     except Exception as e:  # noqa: BLE001 - corrupt data surfaces as OSError, SyntaxError, ValueError, zlib.error...
         reason = " ".join(str(e).split()) or type(e).__name__
         raise InputError(f"{path}: cannot decode the image: {reason}") from None
     if array.size == 0:
         raise InputError(f"{path}: unsupported image layout {array.shape}")
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = torch.from_numpy(array)
     return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
