@@ -464,6 +464,9 @@ def export_checkpoint(
     if out_path.resolve() == source.resolve():
         raise InputError(f"--out {out_path} is the checkpoint itself; choose another file")
     model, meta = load_model(source)
+    from cnncli.fileio import ensure_writable_dir
+
+    ensure_writable_dir(out_path.parent)  # an unwritable --out is said now, not after converting
     meta = {**meta, "exported_from": str(source)}
     c, h, w = (int(v) for v in meta["input_size"])
     example = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
