@@ -61,6 +61,8 @@ def resolve_recipe(recipe: Optional[Path], resume: Optional[Path]) -> Optional[s
         config = resume / "config.toml"
         if config.exists():
             return str(config)
+        if not (resume / "train_state.safetensors").exists():
+            raise InputError(f"{resume} is not a cnncli run (no config.toml or train_state.safetensors in it)")
     return None
 
 
