@@ -99,7 +99,7 @@ def child_env() -> dict[str, str]:
 
 
 def run_ok(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(cmd, check=False, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return proc
 
