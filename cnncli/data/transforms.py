@@ -122,6 +122,28 @@ def _decoder_message(error: Exception) -> str:
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The most pixels an image may have (a 100-megapixel photo): a header can claim 60000x60000 in a
+# 1 KB file, and the decoders would allocate all of it (11 GB) before finding the data missing.
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+def _check_pixel_count(path: Path, data: bytes) -> None:
+    """Refuse an image whose header claims more than MAX_IMAGE_PIXELS, before decoding it."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                width, height = image.size
+        size = f"{width}x{height} pixels is"
+    except Image.DecompressionBombError:  # Pillow's own, higher limit
+        width, height, size = MAX_IMAGE_PIXELS + 1, 1, "its size is"
+    except Exception:  # noqa: BLE001 - not something Pillow reads: the decoder says what is wrong
+        return
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"{path}: {size} more than cnncli decodes ({MAX_IMAGE_PIXELS // 1_000_000} "
+                         "megapixels at most); resize it first")
 
 
 def _decode_png(path: Path, data: bytes) -> torch.Tensor:
@@ -165,6 +187,7 @@ def decode_image_file(path: str | Path) -> torch.Tensor:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
     if not data:
         raise InputError(f"{path}: empty file, not an image")
+    _check_pixel_count(path, data)
     if data.startswith(_PNG_SIGNATURE):
         return _decode_png(path, data)
     try:
