@@ -136,6 +136,8 @@ def read_recipe(path: str | Path, cls=TrainConfig) -> dict[str, Any]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"recipe {path} is not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise InputError(f"recipe {path} is not a recipe: its arrays or tables nest too deeply") from None
     # A recipe may group its options under [train]; both forms mean the same
     if set(doc) == {"train"} and isinstance(doc["train"], dict):
         doc = doc["train"]

@@ -61,7 +61,7 @@ def load_train_state(path: str | Path) -> tuple[dict, dict, dict[str, Any]]:
     try:
         doc = json.loads(metadata["cnncli"])
         progress = doc["train_state"]
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, TypeError, json.JSONDecodeError, RecursionError):
         raise InputError(f"{path} is not a cnncli training state") from None
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     optim_sd = optimizer_from_tensors({k: v for k, v in tensors.items() if k.startswith("optim.")},

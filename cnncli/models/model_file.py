@@ -318,6 +318,8 @@ def loads_spec(text: str, source: str = "") -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{_prefix(source)}not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise InputError(f"{_prefix(source)}not a model file: its arrays or tables nest too deeply") from None
 
 
 # ---------------------------------------------------------------------------------------------
