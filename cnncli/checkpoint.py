@@ -18,6 +18,7 @@ allocated, so a truncated or hostile file is refused with one clear line.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -60,7 +61,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]
         raise InputError(f"cannot read {path}: permission denied") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # deep nesting: RecursionError
         raise InputError(f"{path}: corrupt safetensors header (not JSON)") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: corrupt safetensors header")
@@ -122,12 +123,54 @@ def _parse_meta(path, metadata: dict[str, str]) -> dict[str, Any]:
         )
     try:
         meta = json.loads(metadata[META_KEY])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise InputError(f"{path}: corrupt cnncli metadata (not JSON)") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict) \
             or not isinstance(meta["model"].get("name"), str):
         raise InputError(f"{path}: cnncli metadata without a model name")
+    _check_meta_values(path, meta)
     return meta
+
+
+def _count(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _numbers(value) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+
+
+# What the rebuilding code relies on, checked here so that a damaged or hand-edited document is
+# refused in one line instead of failing (or allocating without bound) inside a constructor.
+_META_CHECKS = {
+    "model.num_classes": (lambda v: _count(v, 1, 1_000_000), "a number of classes from 1 to 1,000,000"),
+    "model.in_chans": (lambda v: _count(v, 1, 1024), "a number of channels from 1 to 1024"),
+    "model.kwargs": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and k.isidentifier() for k in v),
+                     "a table of keyword arguments"),
+    "model.model_file": (lambda v: isinstance(v, dict), "a model file's table"),
+    "num_classes": (lambda v: _count(v, 1, 1_000_000), "a number of classes from 1 to 1,000,000"),
+    "class_names": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of names"),
+    "input_size": (lambda v: isinstance(v, list) and len(v) == 3 and _count(v[0], 1, 1024)
+                   and all(_count(d, 1, 65536) for d in v[1:]), "[C, H, W]"),
+    "mean": (_numbers, "a list of numbers"),
+    "std": (lambda v: _numbers(v) and all(s > 0 for s in v), "a list of positive numbers"),
+    "dataset": (lambda v: isinstance(v, str), "a dataset name"),
+}
+
+
+def _check_meta_values(path, meta: dict[str, Any]) -> None:
+    for key, (ok, what) in _META_CHECKS.items():
+        holder, _, name = key.rpartition(".")
+        table = meta[holder] if holder else meta
+        value = table.get(name)
+        if value is not None and not ok(value):
+            raise InputError(f"{path}: corrupt cnncli metadata: '{key}' must be {what}, "
+                             f"got {json.dumps(value)[:60]}")
+    if isinstance(meta.get("class_names"), list) and isinstance(meta.get("num_classes"), int) \
+            and len(meta["class_names"]) != meta["num_classes"]:
+        raise InputError(f"{path}: corrupt cnncli metadata: {len(meta['class_names'])} class names for "
+                         f"{meta['num_classes']} classes")
 
 
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict[str, Any]) -> Path:
@@ -183,15 +226,19 @@ def model_from_meta(meta: dict[str, Any], device: str | None = None):
 
     spec = meta["model"]
     name = spec["name"]
-    if spec.get("model_file"):
-        from cnncli.models.model_file import create_model_from_spec
+    try:
+        if spec.get("model_file"):
+            from cnncli.models.model_file import create_model_from_spec
 
-        model, _ = create_model_from_spec(spec["model_file"], num_classes=spec.get("num_classes"),
-                                          in_chans=spec.get("in_chans"), source=name)
-        model.cnncli_spec = dict(spec)
-        return model
-    return create_model(name, num_classes=spec.get("num_classes"), in_chans=spec.get("in_chans"),
-                        device=device, **(spec.get("kwargs") or {}))
+            model, _ = create_model_from_spec(spec["model_file"], num_classes=spec.get("num_classes"),
+                                              in_chans=spec.get("in_chans"), source=name)
+            model.cnncli_spec = dict(spec)
+            return model
+        return create_model(name, num_classes=spec.get("num_classes"), in_chans=spec.get("in_chans"),
+                            device=device, **(spec.get("kwargs") or {}))
+    except (TypeError, ValueError, RuntimeError) as e:  # arguments the constructor does not take
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise InputError(f"the checkpoint's network '{name}' cannot be rebuilt from its metadata: {reason}") from None
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
