@@ -117,7 +117,7 @@ def read_batch(path: str | Path, num_classes: int = 10) -> tuple[np.ndarray, np.
         raise InputError(f"{path}: expected a dict with 'data' and 'labels', got {type(batch).__name__}")
     data, labels = _key(batch, "data"), _key(batch, "labels")
     if data is None or labels is None:
-        keys = ", ".join(sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch))
+        keys = ", ".join(sorted(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k) for k in batch))
         raise InputError(f"{path}: expected keys 'data' and 'labels', found: {keys or 'none'}")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         what = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
