@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -42,6 +43,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             except OSError:
                 pass
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writes killed midway (SIGKILL, power loss) left in `folder`.
+
+    They are hidden (`.NAME.XXXXXXXX.tmp`, mkstemp's pattern above) and never read; call this
+    only where no other process is writing, e.g. when a run is resumed.
+    """
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if re.fullmatch(r"\..+\.[A-Za-z0-9_]{8}\.tmp", path.name):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
 
 
 def _umask() -> int:
