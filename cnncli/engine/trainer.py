@@ -32,10 +32,10 @@ from cnncli.engine.config import TrainConfig, to_toml
 from cnncli.engine.device import bf16_is_slow, resolve_device, set_threads, use_channels_last
 from cnncli.engine.evaluate import EvalResult, evaluate
 from cnncli.engine.optim import build_optimizer, lr_factor, set_lr
-from cnncli.engine.runs import new_run_dir
+from cnncli.engine.runs import check_out_dir, new_run_dir
 from cnncli.engine.state import load_train_state, save_train_state
 from cnncli.errors import CnnError, InputError, RuntimeFailure
-from cnncli.fileio import atomic_write_text
+from cnncli.fileio import atomic_write_text, remove_stale_temporaries
 
 
 class TrainingInterrupted(CnnError):
@@ -150,6 +150,14 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)
+        # a bad --out or --resume folder is said before the data is loaded (and before any note)
+        if self.resume_dir is not None:
+            if not (self.resume_dir / "train_state.safetensors").exists() \
+                    and not (self.resume_dir / "config.toml").exists():
+                raise InputError(f"{self.resume_dir} is not a cnncli run (no train_state.safetensors "
+                                 "or config.toml in it)")
+        elif cfg.out and self.dist.is_main:
+            check_out_dir(cfg.out)
 
         from cnncli.data import load_dataset
 
@@ -173,6 +181,8 @@ class Trainer:
         if cfg.img_size:
             net_size = (net_size[0], cfg.img_size, cfg.img_size)
         self.input_size = tuple(int(v) for v in net_size)
+        if cfg.img_size:
+            self._check_input_fits()
         self.mean = list(mean) if mean is not None else channel_stats(self.data.mean, self.input_size[0])
         self.std = list(std) if std is not None else channel_stats(self.data.std, self.input_size[0])
         self.phases = phases or [Phase("train", cfg.epochs)]
@@ -194,6 +204,22 @@ class Trainer:
         use_channels_last(self.model, self.device)
 
     # ---------------------------------------------------------------- helpers
+    def _check_input_fits(self) -> None:
+        """--img-size may be too small for the network: one forward of a zero image says so now."""
+        was_training = self.model.training
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                self.model(torch.zeros((1, *self.input_size), device=next(self.model.parameters()).device))
+        except RuntimeError as e:
+            from cnncli.summary import summarize
+
+            summarize(self.model, self.input_size)  # raises an InputError naming the layer
+            raise InputError(f"--img-size {self.cfg.img_size} does not fit {self.cfg.model}: "
+                             f"{str(e).strip().splitlines()[0]}") from None
+        finally:
+            self.model.train(was_training)
+
     def prepare(self, batch: torch.Tensor) -> torch.Tensor:
         return self._prepare_batch(batch, self.input_size, self.mean, self.std, self.device)
 
@@ -483,10 +509,15 @@ class Trainer:
         except ImportError:  # matplotlib missing: the numbers are in metrics.jsonl
             pass
 
-    def _load_resume(self, run_dir: Path) -> dict:
+    def _load_resume(self, run_dir: Path) -> dict | None:
+        if self.dist.is_main:
+            remove_stale_temporaries(run_dir)  # what writes killed midway left behind
         path = run_dir / "train_state.safetensors"
         if not path.exists():
-            raise InputError(f"{run_dir} has no train_state.safetensors to resume from")
+            # stopped (even killed) before its first epoch ended: continue from the start
+            if self.dist.is_main:
+                output.note(f"{run_dir} stopped before its first epoch ended; starting it again")
+            return None
         model_sd, optim_sd, doc = load_train_state(path)
         load_state_strict(self.model, model_sd, path)
         self.model.to(self.device)
