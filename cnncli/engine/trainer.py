@@ -191,11 +191,11 @@ class Trainer:
             self.weights_source = self.extra_meta.get("weights_source")
         self.run_name = run_name or f"{Path(cfg.model).stem if cfg.model.endswith('.toml') else cfg.model.replace('/', '_')}-{cfg.data.split(':')[0]}"
 
-        from cnncli.data.augment import BatchAugment, parse_augment
+        from cnncli.data.augment import parse_augment
         from cnncli.data.transforms import needs_adaptation, prepare_batch
 
         self._prepare_batch = prepare_batch
-        self.augment = BatchAugment(parse_augment(",".join(cfg.augment))) if cfg.augment else None
+        self.augment = parse_augment(cfg.augment) if cfg.augment else None
         data_shape = tuple(self.data.train.images.shape[1:])
         adaptation = needs_adaptation(data_shape, self.input_size)
         if adaptation and self.dist.is_main:
@@ -236,7 +236,7 @@ class Trainer:
             "mean": self.mean,
             "std": self.std,
             "dataset": self.cfg.data,
-            "data_source": getattr(self.data, "source", None),
+            "data_source": getattr(self.data, "info", None),
             "epoch": epoch,
             "metrics": metrics,
             "seed": self.cfg.seed,
