@@ -251,23 +251,37 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     return model, meta
 
 
+def describe_mismatch(own: dict, state: dict, own_keys=None, file_keys=None) -> str | None:
+    """What keeps a state dict from fitting a network, in one phrase; None when it fits.
+
+    `own_keys` / `file_keys` restrict the comparison (finetune compares the base only).
+    """
+    own_keys = list(own) if own_keys is None else list(own_keys)
+    file_keys = list(state) if file_keys is None else list(file_keys)
+    missing = [k for k in own_keys if k not in state]
+    unexpected = [k for k in file_keys if k not in own]
+    reshaped = [k for k in own_keys if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    parts = []
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} with other shapes (e.g. {k}: {tuple(state[k].shape)} in the file, "
+                     f"{tuple(own[k].shape)} in the network)")
+    if missing:
+        parts.append(f"{len(missing)} missing from the file (e.g. {_first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} not in the network (e.g. {_first(unexpected)})")
+    return "; ".join(parts) or None
+
+
+def _first(keys: list[str]) -> str:
+    return keys[0] + (f" and {len(keys) - 1} more" if len(keys) > 1 else "")
+
+
 def load_state_strict(model, state: dict, source) -> None:
     """Load weights, naming the keys that do not fit instead of ignoring them."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            k = mismatched[0]
-            parts.append(f"{len(mismatched)} with other shapes (e.g. {k}: {tuple(state[k].shape)} "
-                         f"in the file, {tuple(own[k].shape)} in the network)")
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise InputError(f"weights in {source} do not fit the network: " + "; ".join(parts))
+    problem = describe_mismatch(model.state_dict(), state)
+    if problem:
+        raise InputError(f"weights in {source} do not fit the network: {problem}")
     model.load_state_dict(state, strict=True)
 
 

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import torch
 
+from cnncli.checkpoint import describe_mismatch
 from cnncli.errors import InputError
 
 
@@ -116,10 +117,6 @@ def is_classifier_key(key: str, heads: list[str]) -> bool:
     return any(key == h or key.startswith(h + ".") for h in heads)
 
 
-def _first(keys: list[str]) -> str:
-    return keys[0] + (f" and {len(keys) - 1} more" if len(keys) > 1 else "")
-
-
 def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
     """Load every tensor of the base exactly; the classifier only when its shape fits.
 
@@ -130,21 +127,10 @@ def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     heads = classifier_names(model)
     base_own = [k for k in own if not is_classifier_key(k, heads)]
     base_file = [k for k in state if not is_classifier_key(k, heads)]
-    missing = [k for k in base_own if k not in state]
-    unexpected = [k for k in base_file if k not in own]
-    reshaped = [k for k in base_own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or reshaped:
-        parts = []
-        if reshaped:
-            k = reshaped[0]
-            parts.append(f"{len(reshaped)} with other shapes (e.g. {k}: {tuple(state[k].shape)} in the file, "
-                         f"{tuple(own[k].shape)} in the network)")
-        if missing:
-            parts.append(f"{len(missing)} missing from the file (e.g. {_first(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} not in the network (e.g. {_first(unexpected)})")
+    problem = describe_mismatch(own, state, base_own, base_file)
+    if problem:
         name = getattr(model, "cnncli_spec", {}).get("name", type(model).__name__)
-        raise InputError(f"weights in {source} do not fit {name}: " + "; ".join(parts))
+        raise InputError(f"weights in {source} do not fit {name}: {problem}")
     head_own = {k: own[k] for k in own if is_classifier_key(k, heads)}
     head_file = {k: state[k] for k in state if is_classifier_key(k, heads)}
     to_load = {k: state[k] for k in base_own}
