@@ -335,10 +335,11 @@ class FeatureCache:
 
         t0 = time.perf_counter()
         model, images = trainer.model, trainer.data.train.images
+        step = max(1, trainer.cfg.batch_size)  # training-sized chunks: faster than big ones on a CPU
         chunks = []
         with torch.no_grad():
-            for start in range(0, len(images), trainer.cfg.eval_batch_size):
-                x = trainer.prepare(images[start:start + trainer.cfg.eval_batch_size])
+            for start in range(0, len(images), step):
+                x = trainer.prepare(images[start:start + step])
                 with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.cfg.amp):
                     f = model.forward_features(x)
                 chunks.append(f if self.keep_on_device else f.cpu())

@@ -12,8 +12,14 @@ from typer.testing import CliRunner
 from cnncli.cli import app
 from cnncli.engine.optim import build_optimizer
 from cnncli.errors import InputError
-from cnncli.finetune import (FinetuneConfig, backbone_blocks, finetune, parse_unfreeze, plan_stages,
-                             stage_phases)
+from cnncli.finetune import (
+    FinetuneConfig,
+    backbone_blocks,
+    finetune,
+    parse_unfreeze,
+    plan_stages,
+    stage_phases,
+)
 from cnncli.models.registry import create_model
 
 runner = CliRunner()

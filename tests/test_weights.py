@@ -8,7 +8,6 @@ device. When the package is installed, the slow tests also check the real file.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest

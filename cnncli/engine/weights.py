@@ -340,10 +340,13 @@ def resolve_backbone(model_ref: str, weights: str | None = None, pretrained: boo
     checkpoint/run. `weights`: a state-dict file (wins over everything). `pretrained`: allow
     timm to download its weights when they are not in the local cache.
     """
-    from cnncli.checkpoint import is_checkpoint_ref, load_checkpoint, model_from_meta, resolve_checkpoint_path
-    from cnncli.models.registry import TIMM_PREFIX, create_model
-
-    from cnncli.models.registry import is_model_file
+    from cnncli.checkpoint import (
+        is_checkpoint_ref,
+        load_checkpoint,
+        model_from_meta,
+        resolve_checkpoint_path,
+    )
+    from cnncli.models.registry import TIMM_PREFIX, create_model, is_model_file
 
     meta = None
     if not is_checkpoint_ref(model_ref) and is_model_file(model_ref):
