@@ -43,7 +43,7 @@ WORKER = textwrap.dedent('''
     import json, sys
     import torch
     import torch.distributed as dist
-    from cnncli.engine import trainer as trainer_module
+    from cnncli.engine import distributed, trainer as trainer_module
     from cnncli.engine.config import build_config
     from cnncli.engine.eval_run import evaluate_checkpoint
 
@@ -83,6 +83,7 @@ WORKER = textwrap.dedent('''
             json.dump({"world_size": dist.get_world_size(), "drift": drift, "result": result.to_dict(),
                        "eval": {"top1": evaluated["top1"], "loss": evaluated["loss"], "n": evaluated["n"]},
                        "phased_epochs": phased.epochs}, f)
+    distributed.shutdown()  # every rank together, as the CLI does after a command
 ''')
 
 

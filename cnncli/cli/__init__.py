@@ -45,6 +45,13 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _end_distributed() -> None:
+    """After a successful command under torchrun, end the process group on all ranks together."""
+    distributed = sys.modules.get("cnncli.engine.distributed")  # only loaded if a command used it
+    if distributed is not None:
+        distributed.shutdown(synchronize=True)
+
+
 class CnnGroup(TyperGroup):
     """Typer's group with cnncli's error contract applied to every subcommand."""
 
@@ -78,6 +85,7 @@ class CnnGroup(TyperGroup):
             _fail(
                 f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1
             )
+        _end_distributed()
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -7,6 +7,7 @@ epoch; metrics are summed across ranks. Without torchrun everything here is a no
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -49,6 +50,10 @@ def init_distributed(device_name: str = "auto") -> DistContext:
         # with CUDA, NCCL carries the gradients and gloo the CPU tensors (metric totals,
         # confusion matrices, flags): NCCL alone cannot reduce a CPU tensor
         dist.init_process_group(backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo")
+        # a process group still alive when the interpreter finalizes is torn down by C++
+        # destructors after Python's threads are gone, which can abort the process
+        # ("terminate called without an active exception") after all the work succeeded
+        atexit.register(shutdown, synchronize=False)
     _context = DistContext(rank=rank, world_size=world, local_rank=local_rank if use_cuda else None)
     return _context
 
@@ -105,11 +110,19 @@ def broadcast_module(module: torch.nn.Module, buffers_only: bool = False) -> Non
                 t.copy_(flat)
 
 
-def shutdown() -> None:
-    global _context
-    if _context.enabled:
-        import torch.distributed as dist
+def shutdown(synchronize: bool = True) -> None:
+    """End the process group. Call it once the work is done, on every rank.
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    `synchronize` waits for all ranks first, so that no rank tears down its connections while
+    another still has a collective in flight; the at-exit fallback skips the wait, since a
+    rank that failed must not leave the others blocked in a barrier.
+    """
+    global _context
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        if synchronize and _context.enabled:
+            dist.barrier()
+        dist.destroy_process_group()
     _context = DistContext()
