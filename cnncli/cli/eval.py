@@ -11,11 +11,14 @@ from cnncli.cli.common import Device, enum_value
 
 
 def eval_command(
-    checkpoint: str = typer.Argument(..., help="A cnncli checkpoint or run directory (or a registry name with --weights)."),
+    checkpoint: str = typer.Argument(..., help="A cnncli checkpoint or run directory (or a registry name with --weights or --pretrained)."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset [default: the one it was trained on]."),
-    split: str = typer.Option("test", "--split", help="train, val or test."),
+    split: str = typer.Option("test", "--split", help="train, val, test, or all (every image of the dataset)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Weights for a registry name."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Weights for a registry name, trained for the dataset's classes."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Registry name: its pretrained weights as is, scored "
+                                    "on the dataset classes that are among its own (ImageNet's), matched by name, "
+                                    "WordNet ID or index."),
     batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, help="Images per forward pass."),
     max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Evaluate at most N images, stratified."),
     device: Device = typer.Option(Device.auto, "--device", help="auto picks cuda, then mps, then cpu."),
@@ -23,14 +26,18 @@ def eval_command(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the confusion matrix to this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
-    """Evaluate a checkpoint: rebuilt from its metadata alone, on a dataset split."""
+    """Evaluate a checkpoint: rebuilt from its metadata alone, on a dataset split.
+
+    With --pretrained, check a pretrained network before fine-tuning it: top-1/top-5 are over
+    all of its classes, and folders named like its classes ('tabby cat', n02123045) are scored.
+    """
     from cnncli import output
     from cnncli.engine import distributed
     from cnncli.engine.eval_run import evaluate_checkpoint
 
     doc = evaluate_checkpoint(checkpoint, data=data, split=split, data_dir=data_dir, weights=weights,
                               batch_size=batch_size, device=enum_value(device), threads=threads,
-                              max_samples=max_samples)
+                              max_samples=max_samples, pretrained=pretrained)
     if not distributed.context().is_main:
         return
     if plot is not None:
@@ -55,6 +62,8 @@ def _render(doc: dict) -> None:
                        footer=[f"top-1 {doc['top1']:.4f}   top-5 {doc['top5']:.4f}   loss {doc['loss']:.4f}   "
                                f"{doc['images_per_second']:.0f} images/s"])
     names = [n[:9] for n in doc["class_names"]]
-    matrix = [[names[i]] + [str(v) for v in row] for i, row in enumerate(doc["confusion"])]
-    output.render_rows(["true \\ predicted"] + names, matrix, title="confusion matrix",
-                       justify=["left"] + ["right"] * len(names))
+    other = doc.get("predicted_other")  # a pretrained network's predictions outside these classes
+    matrix = [[names[i]] + [str(v) for v in row] + ([str(other[i])] if other else [])
+              for i, row in enumerate(doc["confusion"])]
+    output.render_rows(["true \\ predicted"] + names + (["other"] if other else []), matrix,
+                       title="confusion matrix", justify=["left"] + ["right"] * (len(names) + bool(other)))

@@ -19,51 +19,59 @@ def evaluate_checkpoint(
     threads: int | None = None,
     max_samples: int | None = None,
     download: bool = False,
+    pretrained: bool = False,
 ) -> dict[str, Any]:
+    """Evaluate a checkpoint, a registry network with a weights file for the dataset's classes,
+    or (`pretrained`) a pretrained network as is: its own classes (ImageNet's), with the
+    dataset's classes matched onto them by name, WordNet ID or index (cnncli.class_match)."""
     import torch
 
     from cnncli.checkpoint import is_checkpoint_ref, load_model
-    from cnncli.data import load_dataset
     from cnncli.data.transforms import prepare_batch
     from cnncli.engine import distributed
     from cnncli.engine.device import resolve_device, set_threads, use_channels_last
     from cnncli.engine.evaluate import evaluate
     from cnncli.engine.trainer import channel_stats
 
-    if split not in ("train", "val", "test"):
-        raise InputError(f"--split must be train, val or test; got '{split}'")
+    if split not in SPLITS:
+        raise InputError(f"--split must be one of {', '.join(SPLITS)}; got '{split}'")
+    if pretrained and is_checkpoint_ref(checkpoint):
+        raise InputError("--pretrained applies to registry names; a checkpoint is evaluated on its own classes")
+    if pretrained and weights:
+        raise InputError("pass either --pretrained or --weights, not both")
     ctx = distributed.init_distributed(device)
     dev = resolve_device(device, ctx.local_rank)
     set_threads(threads)
-    if is_checkpoint_ref(checkpoint) and weights is None:
+    meta = None
+    if pretrained:
+        if not data:
+            raise InputError("--pretrained needs --data: a dataset whose classes are among the network's")
+    elif is_checkpoint_ref(checkpoint) and weights is None:
         model, meta = load_model(checkpoint, device=str(dev))
         data = data or meta.get("dataset")
         if not data:
             raise InputError(f"{checkpoint} does not record its dataset; pass --data NAME")
-    else:
-        meta = None
-    splits = load_dataset(data, data_dir=data_dir, download=download, val_fraction=0.1 if split == "val" else 0.0,
-                          max_samples=None, seed=(meta or {}).get("seed", 0))
-    subset = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
-    if subset is None or len(subset.labels) == 0:
-        raise InputError(f"dataset '{data}' has no {split} split")
+    subset, class_names, stats = _load_split(data, split, data_dir, download, (meta or {}).get("seed", 0))
     if max_samples:
         subset = _first_per_class(subset, max_samples)
-    class_names = list(splits.class_names)
-    if meta is None:
+    extra: dict[str, Any] = {}
+    if pretrained:
+        model, input_size, mean, std, model_name, subset, extra = _pretrained_as_is(checkpoint, subset, class_names)
+        model.to(dev).eval()
+    elif meta is None:
         from cnncli.checkpoint import load_state_strict
         from cnncli.engine.weights import read_state_dict
         from cnncli.models.registry import create_model
 
         if weights is None:
             raise InputError(f"'{checkpoint}' is not a checkpoint; to evaluate a registry network pass "
-                             "--weights FILE too")
+                             "--weights FILE (trained for the dataset's classes) or --pretrained (as is)")
         model = create_model(checkpoint, num_classes=len(class_names))
         load_state_strict(model, read_state_dict(weights), weights)
         model.to(dev).eval()
         input_size = tuple(model.cnncli_info.input_size)
-        mean = channel_stats(splits.mean, input_size[0])
-        std = channel_stats(splits.std, input_size[0])
+        mean = channel_stats(stats[0], input_size[0])
+        std = channel_stats(stats[1], input_size[0])
         model_name = checkpoint
     else:
         if meta["num_classes"] != len(class_names):
@@ -81,11 +89,95 @@ def evaluate_checkpoint(
     def prepare(batch: torch.Tensor) -> torch.Tensor:
         return prepare_batch(batch, input_size, mean, std, dev)
 
-    result = evaluate(model, subset.images, subset.labels, prepare, len(class_names), class_names,
-                      batch_size=batch_size, device=dev)
-    doc = {"checkpoint": str(checkpoint), "model": model_name, "dataset": data, "split": split,
-           **result.to_dict(), "class_names": class_names}
-    return doc
+    if pretrained:
+        out_names = extra.pop("_network_names")
+        result = evaluate(model, subset.images, subset.labels, prepare, len(out_names), out_names,
+                          batch_size=batch_size, device=dev)
+        doc_result = _restricted(result.to_dict(), extra["class_map"], class_names)
+    else:
+        result = evaluate(model, subset.images, subset.labels, prepare, len(class_names), class_names,
+                          batch_size=batch_size, device=dev)
+        doc_result = result.to_dict()
+    return {"checkpoint": str(checkpoint), "model": model_name, "dataset": data, "split": split,
+            "class_names": class_names, **doc_result, **extra}
+
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def _load_split(data: str, split: str, data_dir: str | None, download: bool, seed: int):
+    """The images of one split (`all`: every image the dataset has), the dataset's class names and
+    its training split's per-channel (mean, std)."""
+    import torch
+
+    from cnncli.data import load_dataset
+    from cnncli.data.splits import ImageData
+
+    splits = load_dataset(data, data_dir=data_dir, download=download, val_fraction=0.1 if split == "val" else 0.0,
+                          max_samples=None, seed=seed)
+    if split == "all":
+        parts = [s for s in (splits.train, splits.val, splits.test) if s is not None and len(s.labels)]
+        first = parts[0]
+        subset = ImageData(torch.cat([s.images for s in parts]), torch.cat([s.labels for s in parts]),
+                           first.class_names, first.name, first.source)
+    else:
+        subset = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
+    if subset is None or len(subset.labels) == 0:
+        raise InputError(f"dataset '{data}' has no {split} split")
+    return subset, list(splits.class_names), (splits.mean, splits.std)
+
+
+def _pretrained_as_is(name: str, subset, class_names: list[str]):
+    """A pretrained network with its own classifier, and the split relabelled onto its outputs."""
+    from cnncli import output
+    from cnncli.class_match import match_classes
+    from cnncli.engine.weights import imagenet_class_names, imagenet_wordnet_ids, resolve_backbone
+    from cnncli.models.registry import resolve_path_or_name
+
+    backbone = resolve_backbone(resolve_path_or_name(name), pretrained=True)
+    model = backbone.model
+    n_out = int(getattr(model, "num_classes", 0) or model.cnncli_info.num_classes)
+    names = backbone.class_names if backbone.class_names and len(backbone.class_names) == n_out else None
+    if names is None:
+        names = [str(i) for i in range(n_out)]
+    ids = imagenet_wordnet_ids() if n_out == 1000 and names == imagenet_class_names() else None
+    match = match_classes(class_names, names, ids)
+    import torch
+
+    lookup = torch.full((len(class_names),), -1, dtype=torch.int64)
+    for d, net_index in match.network_index.items():
+        lookup[d] = net_index
+    relabelled = lookup[subset.labels]
+    keep = (relabelled >= 0).nonzero().flatten()
+    if match.left_out:
+        output.note(f"{len(match.left_out)} class(es) are not among the network's {n_out} and are left out "
+                    f"with their {len(subset.labels) - len(keep)} images: {', '.join(match.left_out[:6])}"
+                    + (" ..." if len(match.left_out) > 6 else ""))
+    subset = subset.subset(keep)
+    subset.labels = relabelled[keep]
+    short = [n.split(",")[0].strip() for n in names]
+    class_map = [{"class": class_names[d], "index": i, "network_class": short[i]}
+                 for d, i in sorted(match.network_index.items())]
+    extra = {"pretrained_source": backbone.source, "network_classes": n_out, "matched_by": match.by,
+             "class_map": class_map, "classes_left_out": match.left_out, "_network_names": short}
+    return model, tuple(backbone.input_size), list(backbone.mean), list(backbone.std), name, subset, extra
+
+
+def _restricted(result: dict[str, Any], class_map: list[dict], class_names: list[str]) -> dict[str, Any]:
+    """Top-1, top-5 and loss stay over all the network's outputs; the confusion matrix and the
+    per-class report keep the dataset's (matched) classes, with a count of the predictions
+    that fell on any other class of the network."""
+    from cnncli.engine.metrics import per_class_report
+
+    index = [m["index"] for m in class_map]
+    full = result["confusion"]
+    matrix = [[full[r][c] for c in index] for r in index]
+    other = [sum(full[r]) - sum(row) for r, row in zip(index, matrix)]
+    names = [m["class"] for m in class_map]
+    # recall and support count every image of a class, those predicted as "other" included
+    with_other = [row + [o] for row, o in zip(matrix, other)] + [[0] * (len(index) + 1)]
+    per_class = per_class_report(with_other, names + ["other"])[:-1]
+    return {**result, "confusion": matrix, "per_class": per_class, "predicted_other": other, "class_names": names}
 
 
 def _first_per_class(subset, n: int):

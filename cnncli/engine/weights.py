@@ -327,6 +327,17 @@ def imagenet_class_names() -> list[str] | None:
         return None
 
 
+def imagenet_wordnet_ids() -> list[str] | None:
+    """ImageNet-1k's WordNet IDs (n01440764, ...) in output order: the names of its folders."""
+    try:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_label_name(i) for i in range(info.num_classes())]
+    except Exception:  # an older timm without the bundled files
+        return None
+
+
 def _label_names(label_set: str | None, classes: int | None) -> list[str] | None:
     if label_set == "imagenet-1k" and classes == 1000:
         return imagenet_class_names()
