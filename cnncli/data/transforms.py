@@ -241,9 +241,24 @@ def prepare_images(
     std: Sequence[float],
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Images of different sizes and channel counts (uint8 (C, H, W) each) as one normalized batch."""
+    """Images of different sizes and channel counts (uint8 (C, H, W) each) as one normalized batch.
+
+    Images of one shape are stacked and prepared together (one batched resize, in float, as
+    `eval` prepares a dataset's batch), so a folder of same-sized files costs one call, and an
+    image comes out the same whatever else is in its batch.
+    """
     channels, height, width = (int(v) for v in input_size)
     if not images:
         return torch.zeros((0, channels, height, width), device=device)
-    same = [resize_uint8(_adapt_channels(img.unsqueeze(0), channels)[0], height, width) for img in images]
-    return prepare_batch(torch.stack(same), input_size, mean, std, device=device)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(tuple(img.shape), []).append(i)
+    if len(groups) == 1:
+        return prepare_batch(torch.stack(list(images)), input_size, mean, std, device=device)
+    out = None
+    for members in groups.values():
+        batch = prepare_batch(torch.stack([images[i] for i in members]), input_size, mean, std, device=device)
+        if out is None:
+            out = batch.new_empty((len(images), *batch.shape[1:]))
+        out[members] = batch
+    return out
