@@ -137,6 +137,12 @@ def render_filters(model: str, layer: str | None = None, out: str | os.PathLike 
     layer = layer or first_conv_layer(net)
     module = find_layer(net, layer)
     weight = getattr(module, "weight", None)
+    if weight is None or weight.dim() != 4:
+        # a block named like its convolution (conv1_1 = conv + batch norm + ReLU): its one conv
+        inner = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+        if len(inner) == 1:
+            layer = f"{layer}.{inner[0][0]}"
+            module, weight = inner[0][1], inner[0][1].weight
     if not isinstance(module, nn.Conv2d) and (weight is None or weight.dim() != 4):
         raise InputError(f"layer '{layer}' is not a convolution; convolution layers are: "
                          f"{', '.join(conv_layer_names(net)[:12])}")

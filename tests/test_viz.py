@@ -4,6 +4,7 @@ numbers behind it (the seed's line filters, hooked feature maps) are the right o
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from cnncli import viz
 from cnncli.checkpoint import load_model, save_checkpoint
+from cnncli.errors import InputError
 from cnncli.cli import app
 from cnncli.models.registry import create_model
 from cnncli.plots import plot_confusion, plot_curves, plot_feature_maps, plot_filters
@@ -135,6 +137,15 @@ def test_first_layer_filters_of_an_rgb_network_are_in_colour(tmp_path):
     image = open_png(out, (100, 100)).float()
     # coloured pixels: the channels differ somewhere (a gray picture has R == G == B everywhere)
     assert (image[0] - image[1]).abs().max() > 20 or (image[1] - image[2]).abs().max() > 20
+
+
+def test_filters_of_a_block_named_like_its_convolution(tmp_path):
+    """Model files name a conv + batch norm + ReLU block 'conv1_1'; its filters are its one conv's."""
+    model_file = Path(__file__).resolve().parent.parent / "recipes" / "models" / "fashion_fast.toml"
+    path = viz.render_filters(str(model_file), layer="conv1_2", out=tmp_path / "f.png")
+    assert open_png(path, (100, 100)).shape[0] in (1, 3, 4)
+    with pytest.raises(InputError, match="'pool1' is not a convolution"):
+        viz.render_filters(str(model_file), layer="pool1", out=tmp_path / "g.png")
 
 
 def test_filters_of_a_layer_that_is_not_a_convolution(ckpt, tmp_path):
