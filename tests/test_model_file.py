@@ -407,6 +407,40 @@ def test_a_backbone_with_head_checkpoint_rebuilds_without_the_file(tmp_path):
         assert torch.equal(rebuilt(x), model.eval()(x))
 
 
+def test_train_loads_the_backbone_weights_a_model_file_asks_for(tmp_path):
+    """`train` on a file whose [backbone] names weights starts from them (as Keras' weights=),
+    records where they came from, and trains the whole network; without a request it starts random."""
+    import timm
+    from safetensors.torch import save_file
+
+    from cnncli.checkpoint import load_checkpoint
+
+    torch.manual_seed(7)
+    base = timm.create_model("test_efficientnet", num_classes=0)
+    (tmp_path / "w").mkdir()
+    save_file(base.state_dict(), str(tmp_path / "w" / "base.safetensors"))
+    head = '[[head]]\ntype = "global_avgpool"\n\n[[head]]\ntype = "dense"\nunits = "num_classes"\n'
+    asks = tmp_path / "asks.toml"
+    asks.write_text('[model]\nname = "bh"\ninput = [3, 32, 32]\nnum_classes = 4\n\n'
+                    '[backbone]\nmodel = "timm/test_efficientnet"\nweights = "w/base.safetensors"\n\n' + head)
+    result = CliRunner().invoke(app, ["train", str(asks), "--data", "synthetic:size=32,channels=3,n=64",
+                                      "--epochs", "1", "--lr", "1e-12", "--out", str(tmp_path / "runs"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    state, meta = load_checkpoint(json.loads(result.stdout)["checkpoint"])
+    assert meta["weights_source"]["kind"] == "file"
+    assert meta["weights_source"]["path"] == str((tmp_path / "w" / "base.safetensors").resolve())
+    assert torch.allclose(state["backbone.conv_stem.weight"], base.conv_stem.weight, atol=1e-8)  # as loaded
+
+    random_start = tmp_path / "random.toml"
+    random_start.write_text(asks.read_text().replace('weights = "w/base.safetensors"', "pretrained = false"))
+    result = CliRunner().invoke(app, ["train", str(random_start), "--data", "synthetic:size=32,channels=3,n=64",
+                                      "--epochs", "1", "--lr", "1e-12", "--out", str(tmp_path / "runs2"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    state, meta = load_checkpoint(json.loads(result.stdout)["checkpoint"])
+    assert meta.get("weights_source") is None
+    assert not torch.allclose(state["backbone.conv_stem.weight"], base.conv_stem.weight, atol=1e-3)
+
+
 def test_hand_built_backbone_loses_its_dense_layers_and_keeps_its_stages():
     model, _ = create_model_from_spec(_head_spec("typical_cnn", input_=(1, 28, 28)))
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 4)

@@ -168,13 +168,19 @@ class Trainer:
         self.num_classes = len(self.class_names)
 
         if model is None:
-            from cnncli.models.registry import create_model
+            from cnncli.models.registry import create_model, is_model_file
 
             model = create_model(cfg.model, num_classes=self.num_classes)
             if cfg.weights:
                 from cnncli.engine.weights import load_initial_weights
 
                 self.weights_source = load_initial_weights(model, cfg.weights)
+            elif is_model_file(cfg.model):
+                from cnncli.engine.weights import load_requested_backbone
+
+                requested = load_requested_backbone(model, cfg.model)
+                if requested is not None:
+                    self.weights_source = requested
         self.model = model
         info = getattr(model, "cnncli_info", None)
         net_size = tuple(input_size or (info.input_size if info else self.data.train.images.shape[1:]))

@@ -451,6 +451,16 @@ def resolve_backbone(model_ref: str, weights: str | None = None, pretrained: boo
                      "MODEL, --pretrained with a network (timm models), or a weight package listed above")
 
 
+def load_requested_backbone(model: torch.nn.Module, model_ref: str) -> dict | None:
+    """For `train` on a model file whose `[backbone]` asks for weights (`pretrained = true` or
+    `weights = FILE`): load them into the backbone, as Keras' `weights="imagenet"` does, and
+    return where they came from; None when the file asks for none (the backbone starts random)."""
+    wants = (getattr(model.cnncli_info, "extra", None) or {}).get("backbone_weights")
+    if not wants or not hasattr(model, "backbone") or not (wants.get("pretrained") or wants.get("weights")):
+        return None
+    return _resolve_file_backbone(model, model_ref, wants, None, False).source
+
+
 def _resolve_file_backbone(model, model_ref: str, wants: dict, weights: str | None, pretrained: bool) -> Backbone:
     """A model file's `[backbone]` with its own head: pretrained weights go into `model.backbone`.
 

@@ -85,7 +85,8 @@ hand-built network's hidden dense layers, the final conv some timm families keep
 head), so no dead parameter is counted, trained or saved. Its `stages()` are the backbone's
 (its own declaration, or timm's `group_matcher`); the head layers are in no stage: they are
 what fine-tuning trains first. `pretrained` and `weights` (relative to the model file) are
-requests recorded in `ModelInfo.extra["backbone_weights"]`; building never loads weights.
+requests recorded in `ModelInfo.extra["backbone_weights"]`; building never loads weights
+(`finetune`, and `train` through `weights.load_requested_backbone`, do).
 
 The built network (`FileNetwork`, `BackboneWithHead`) has the layers as named children (the
 layer's `name`, or type + running number) and the timm-like API of the hand-built networks
