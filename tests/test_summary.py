@@ -282,9 +282,8 @@ def test_timm_model():
 
 
 def test_backbone_plus_head_file_shows_backbone_stages_then_head_layers():
-    from pathlib import Path
-
     import tempfile
+    from pathlib import Path
 
     from cnncli.summary import summarize
 

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from cnncli import viz
 from cnncli.checkpoint import load_model, save_checkpoint
-from cnncli.errors import InputError
 from cnncli.cli import app
+from cnncli.errors import InputError
 from cnncli.models.registry import create_model
 from cnncli.plots import plot_confusion, plot_curves, plot_feature_maps, plot_filters
 

@@ -107,7 +107,6 @@ def train(
     the network), last.safetensors, train_state.safetensors (for --resume), config.toml,
     metrics.jsonl and curves.png.
     """
-    from cnncli import output
     from cnncli.engine.config import build_config
     from cnncli.engine.trainer import train as run_training
 

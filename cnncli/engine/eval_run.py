@@ -131,6 +131,7 @@ def _pretrained_as_is(name: str, subset, class_names: list[str]):
     """A pretrained network with its own classifier, and the split relabelled onto its outputs."""
     from cnncli import output
     from cnncli.class_match import match_classes
+    from cnncli.engine import distributed
     from cnncli.engine.weights import imagenet_class_names, imagenet_wordnet_ids, resolve_backbone
     from cnncli.models.registry import resolve_path_or_name
 
@@ -149,7 +150,7 @@ def _pretrained_as_is(name: str, subset, class_names: list[str]):
         lookup[d] = net_index
     relabelled = lookup[subset.labels]
     keep = (relabelled >= 0).nonzero().flatten()
-    if match.left_out:
+    if match.left_out and distributed.context().is_main:
         output.note(f"{len(match.left_out)} class(es) are not among the network's {n_out} and are left out "
                     f"with their {len(subset.labels) - len(keep)} images: {', '.join(match.left_out[:6])}"
                     + (" ..." if len(match.left_out) > 6 else ""))
