@@ -140,9 +140,9 @@ def test_first_layer_filters_of_an_rgb_network_are_in_colour(tmp_path):
 
 
 def test_filters_of_a_block_named_like_its_convolution(tmp_path):
-    """Model files name a conv + batch norm + ReLU block 'conv1_1'; its filters are its one conv's."""
+    """Model files name a conv + batch norm + ReLU block (conv2_2); its filters are its one conv's."""
     model_file = Path(__file__).resolve().parent.parent / "recipes" / "models" / "fashion_fast.toml"
-    path = viz.render_filters(str(model_file), layer="conv1_2", out=tmp_path / "f.png")
+    path = viz.render_filters(str(model_file), layer="conv2_2", out=tmp_path / "f.png")
     assert open_png(path, (100, 100)).shape[0] in (1, 3, 4)
     with pytest.raises(InputError, match="'pool1' is not a convolution"):
         viz.render_filters(str(model_file), layer="pool1", out=tmp_path / "g.png")
