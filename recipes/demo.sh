@@ -27,7 +27,7 @@ fi
 
 say "cnncli train recipes/models/fashion_fast.toml --data $DATA --epochs $EPOCHS"
 rm -rf "$OUT/run"
-cnncli train recipes/models/fashion_fast.toml --data "$DATA" --epochs "$EPOCHS" --augment shift,flip \
+cnncli train recipes/models/fashion_fast.toml --data "$DATA" --epochs "$EPOCHS" --augment flip \
   --out "$OUT/run" --json | tee "$OUT/train.json"
 
 say "cnncli eval $OUT/run"
