@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,9 @@ def evaluate_checkpoint(
         subset = _first_per_class(subset, max_samples)
     extra: dict[str, Any] = {}
     if pretrained:
-        model, input_size, mean, std, model_name, subset, extra = _pretrained_as_is(checkpoint, subset, class_names)
-        model.to(dev).eval()
+        as_is = _pretrained_as_is(checkpoint, subset, class_names)
+        model, subset, extra = as_is.model.to(dev).eval(), as_is.subset, as_is.record
+        input_size, mean, std, model_name = as_is.input_size, as_is.mean, as_is.std, checkpoint
     elif meta is None:
         from cnncli.checkpoint import load_state_strict
         from cnncli.engine.weights import read_state_dict
@@ -90,10 +92,9 @@ def evaluate_checkpoint(
         return prepare_batch(batch, input_size, mean, std, dev)
 
     if pretrained:
-        out_names = extra.pop("_network_names")
-        result = evaluate(model, subset.images, subset.labels, prepare, len(out_names), out_names,
-                          batch_size=batch_size, device=dev)
-        doc_result = _restricted(result.to_dict(), extra["class_map"], class_names)
+        result = evaluate(model, subset.images, subset.labels, prepare, len(as_is.network_names),
+                          as_is.network_names, batch_size=batch_size, device=dev)
+        doc_result = _restricted(result.to_dict(), extra["class_map"])
     else:
         result = evaluate(model, subset.images, subset.labels, prepare, len(class_names), class_names,
                           batch_size=batch_size, device=dev)
@@ -127,8 +128,22 @@ def _load_split(data: str, split: str, data_dir: str | None, download: bool, see
     return subset, list(splits.class_names), (splits.mean, splits.std)
 
 
-def _pretrained_as_is(name: str, subset, class_names: list[str]):
+@dataclass
+class _AsIs:
     """A pretrained network with its own classifier, and the split relabelled onto its outputs."""
+
+    model: Any
+    subset: Any  # ImageData, labels = the network's output indices
+    input_size: tuple[int, ...]
+    mean: list[float]
+    std: list[float]
+    network_names: list[str]  # the short name of every output
+    record: dict[str, Any]  # what the result document adds: source, class map, classes left out
+
+
+def _pretrained_as_is(name: str, subset, class_names: list[str]) -> _AsIs:
+    import torch
+
     from cnncli import output
     from cnncli.class_match import match_classes
     from cnncli.engine import distributed
@@ -143,8 +158,6 @@ def _pretrained_as_is(name: str, subset, class_names: list[str]):
         names = [str(i) for i in range(n_out)]
     ids = imagenet_wordnet_ids() if n_out == 1000 and names == imagenet_class_names() else None
     match = match_classes(class_names, names, ids)
-    import torch
-
     lookup = torch.full((len(class_names),), -1, dtype=torch.int64)
     for d, net_index in match.network_index.items():
         lookup[d] = net_index
@@ -159,12 +172,12 @@ def _pretrained_as_is(name: str, subset, class_names: list[str]):
     short = [n.split(",")[0].strip() for n in names]
     class_map = [{"class": class_names[d], "index": i, "network_class": short[i]}
                  for d, i in sorted(match.network_index.items())]
-    extra = {"pretrained_source": backbone.source, "network_classes": n_out, "matched_by": match.by,
-             "class_map": class_map, "classes_left_out": match.left_out, "_network_names": short}
-    return model, tuple(backbone.input_size), list(backbone.mean), list(backbone.std), name, subset, extra
+    record = {"pretrained_source": backbone.source, "network_classes": n_out, "matched_by": match.by,
+              "class_map": class_map, "classes_left_out": match.left_out}
+    return _AsIs(model, subset, tuple(backbone.input_size), list(backbone.mean), list(backbone.std), short, record)
 
 
-def _restricted(result: dict[str, Any], class_map: list[dict], class_names: list[str]) -> dict[str, Any]:
+def _restricted(result: dict[str, Any], class_map: list[dict]) -> dict[str, Any]:
     """Top-1, top-5 and loss stay over all the network's outputs; the confusion matrix and the
     per-class report keep the dataset's (matched) classes, with a count of the predictions
     that fell on any other class of the network."""
