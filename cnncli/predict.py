@@ -157,13 +157,11 @@ def _with(info, backbone):
 def class_names_for(num_classes: int) -> list[str]:
     """ImageNet-1k's class names (timm's table, its first synonym) for 1000 classes; else numbers."""
     if num_classes == 1000:
-        try:
-            from timm.data import ImageNetInfo
+        from cnncli.engine.weights import imagenet_class_names
 
-            info = ImageNetInfo()
-            return [info.index_to_description(i).split(",")[0].strip() for i in range(1000)]
-        except Exception:  # pragma: no cover - older timm without the table
-            pass
+        names = imagenet_class_names()
+        if names:
+            return [n.split(",")[0].strip() for n in names]
     return [str(i) for i in range(num_classes)]
 
 

@@ -318,22 +318,20 @@ class Backbone:
 
 def imagenet_class_names() -> list[str] | None:
     """The 1000 ImageNet-1k class descriptions from timm's bundled metadata (offline)."""
-    try:
-        from timm.data import ImageNetInfo
-
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(info.num_classes())]
-    except Exception:  # an older timm without the bundled files
-        return None
+    return _imagenet_table("index_to_description")
 
 
 def imagenet_wordnet_ids() -> list[str] | None:
     """ImageNet-1k's WordNet IDs (n01440764, ...) in output order: the names of its folders."""
+    return _imagenet_table("index_to_label_name")
+
+
+def _imagenet_table(lookup: str) -> list[str] | None:
     try:
         from timm.data import ImageNetInfo
 
         info = ImageNetInfo()
-        return [info.index_to_label_name(i) for i in range(info.num_classes())]
+        return [getattr(info, lookup)(i) for i in range(info.num_classes())]
     except Exception:  # an older timm without the bundled files
         return None
 
