@@ -156,6 +156,16 @@ def test_fashion_mnist_has_one_imagenet_class_and_cifar_like_names_none(stub_bac
     assert result.exit_code == 2 and "none of the dataset's classes ('airplane', 'truck')" in result.stderr
 
 
+def test_split_all_takes_every_image_of_a_folder_too_small_to_hold_out_a_test_split(stub_backbone, tmp_path):
+    root = _folder(tmp_path / "data", {"tabby": 1, "tench": 1})  # one photo per class
+    result = run_cli("eval", "timm/test_efficientnet", "--pretrained", "--data", f"imagefolder:{root}",
+                     "--split", "all", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["n"] == 2
+    result = run_cli("eval", "timm/test_efficientnet", "--pretrained", "--data", f"imagefolder:{root}")
+    assert result.exit_code == 2 and "too small to hold out a test split" in result.stderr
+
+
 @pytest.mark.slow
 def test_real_imagenet_weights_recognise_a_real_photo(tmp_path):
     """EfficientNet-Lite0's real weights (the pip package): Grace Hopper, in uniform, three crops."""

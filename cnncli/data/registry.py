@@ -262,6 +262,7 @@ def load_dataset(
     max_samples: int | None = None,
     seed: int = 0,
     fallback_to_embedded: bool = False,
+    hold_out_test: bool = True,
     **options: Any,
 ):
     """Load a dataset by name into memory and split it: a `DatasetSplits`.
@@ -269,7 +270,10 @@ def load_dataset(
     Validation is held out of the training set (`val_fraction`, stratified, fixed by `seed`);
     `max_samples` caps the training set, equal per class. `fallback_to_embedded`: when the
     full fashion-mnist is not found (and not downloading), load `fashion-mnist-mini` and say
-    so once on stderr. Options: see the module doc; options given as None are ignored.
+    so once on stderr. `hold_out_test=False`: an image folder without a test folder keeps all
+    its images in train and has an empty test split (for `eval --split all`, which uses every
+    image anyway, even of a folder too small to hold anything out). Options: see the module
+    doc; options given as None are ignored.
     """
     from cnncli.data.splits import make_splits
 
@@ -322,7 +326,12 @@ def load_dataset(
     options = _check_options("imagefolder", options, spec.options)
     test_fraction = float(options.get("test_fraction", 0.2))
     train, test = load_image_folder(path_arg, options.get("image_size"))
-    if test is None:
+    if test is None and not hold_out_test:
+        import torch
+
+        test = train.subset(torch.zeros(0, dtype=torch.int64))
+        info["test_split"] = "none (not held out)"
+    elif test is None:
         # the test split must not move when --seed changes, so its seed is fixed
         keep, held = stratified_holdout(train.labels, test_fraction, seed=0)
         if len(held) == 0:

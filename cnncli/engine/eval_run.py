@@ -115,7 +115,7 @@ def _load_split(data: str, split: str, data_dir: str | None, download: bool, see
     from cnncli.data.splits import ImageData
 
     splits = load_dataset(data, data_dir=data_dir, download=download, val_fraction=0.1 if split == "val" else 0.0,
-                          max_samples=None, seed=seed)
+                          max_samples=None, seed=seed, hold_out_test=split != "all")
     if split == "all":
         parts = [s for s in (splits.train, splits.val, splits.test) if s is not None and len(s.labels)]
         first = parts[0]
