@@ -42,23 +42,34 @@ _DTYPE_SIZES = {
 def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
     """Validate a safetensors file's header against its size; return (tensors, metadata)."""
     path = Path(path)
+    with _open_for_reading(path) as f:
+        return _read_valid_header(path, f)
+
+
+def _open_for_reading(path: Path):
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise InputError(f"{path}: not a safetensors file (only {len(head)} bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or n + 8 > size:
-                raise InputError(f"{path}: not a safetensors file or truncated (header of {n} bytes "
-                                 f"in a file of {size})")
-            raw = f.read(n)
+        return open(path, "rb")
     except FileNotFoundError:
         raise InputError(f"file not found: {path}") from None
     except IsADirectoryError:
         raise InputError(f"{path} is a folder, not a safetensors file") from None
     except PermissionError:
         raise InputError(f"cannot read {path}: permission denied") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _read_valid_header(path: Path, f) -> tuple[dict[str, Any], dict[str, str]]:
+    # the size comes from the open file, not the name: a writer may replace the name meanwhile
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(8)
+    if len(head) < 8:
+        raise InputError(f"{path}: not a safetensors file (only {len(head)} bytes)")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER_BYTES or n + 8 > size:
+        raise InputError(f"{path}: not a safetensors file or truncated (header of {n} bytes "
+                         f"in a file of {size})")
+    raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # deep nesting: RecursionError
@@ -97,15 +108,29 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]
 
 
 def load_tensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict, dict[str, str]]:
-    """All tensors and the raw metadata of a validated safetensors file."""
-    _, metadata = read_header(path)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """All tensors and the raw metadata of a validated safetensors file.
 
+    The file is opened once and read whole through that one handle. safetensors' own
+    `load_file` maps the file by its name a second time, so a reader racing a writer that
+    atomically replaces the file (rank 0 rewriting model.safetensors while another rank, or
+    `cnncli eval` in a second terminal, loads it) could pair one version's header with the
+    other's bytes and get shifted, wrong weights without any error.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    with _open_for_reading(path) as f:
+        _, metadata = _read_valid_header(path, f)  # refuses a hostile file before reading the rest
+        f.seek(0)
+        data = f.read()
     try:
-        tensors = load_file(str(path), device=device)
-    except (SafetensorError, OSError, ValueError) as e:
+        tensors = load(data)
+    except (SafetensorError, ValueError) as e:
         raise InputError(f"{path}: unreadable safetensors file ({e})") from None
+    del data
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, metadata
 
 

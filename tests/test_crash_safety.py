@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 
 from cnncli import output
 from cnncli.checkpoint import load_checkpoint, save_checkpoint
+from cnncli.fileio import atomic_write_bytes
 from cnncli.cli import app
 from cnncli.engine.state import load_train_state
 
@@ -184,8 +185,6 @@ def test_sigkill_while_writing_leaves_the_old_or_the_new_file(tmp_path):
     """The atomic writer itself, killed at random moments while it rewrites a checkpoint in a loop."""
     from safetensors.torch import save
 
-    from cnncli.fileio import atomic_write_bytes
-
     target = tmp_path / "model.safetensors"
     versions = [save({"w": torch.full((1 << 20,), float(i))}, metadata={"cnncli": json.dumps({"v": i})})
                 for i in range(2)]  # 4 MB each: writing takes a while
@@ -207,6 +206,63 @@ def test_sigkill_while_writing_leaves_the_old_or_the_new_file(tmp_path):
         assert target.read_bytes() in versions  # complete, old or new, never torn
         for leftover in tmp_path.glob(".*.tmp"):
             leftover.unlink()  # what a killed writer leaves is a hidden temporary file, never the target
+
+
+def _two_versions() -> list[bytes]:
+    """Checkpoints whose headers differ in length, so a header paired with the other version's
+    bytes would point every tensor at the wrong offset."""
+    from safetensors.torch import save
+
+    return [save({f"layer{k}.weight": torch.full((64, 64), float(i)) for k in range(8)},
+                 metadata={"cnncli": json.dumps({"model": {"name": "x"}, "v": i, "note": "x" * 40 * i})})
+            for i in range(2)]
+
+
+def test_loading_while_another_process_replaces_the_file_gives_one_whole_version(tmp_path):
+    # rank 0 rewrites model.safetensors after the test split while other ranks (or `cnncli eval`
+    # in a second terminal) load it; safetensors' load_file maps the file by name a second time
+    # and read a mix of the two versions about once in thirty loads here
+    target = tmp_path / "model.safetensors"
+    versions = _two_versions()
+    target.write_bytes(versions[0])
+    pid = os.fork()
+    if pid == 0:  # the child rewrites the file until it is killed; no torch in here
+        try:
+            i = 0
+            while True:
+                i += 1
+                atomic_write_bytes(target, versions[i % 2])
+        finally:
+            os._exit(0)
+    try:
+        for _ in range(300):
+            state, meta = load_checkpoint(target)
+            values = {float(t.unique().item()) if t.unique().numel() == 1 else None for t in state.values()}
+            assert values == {float(meta["v"])}, f"header of version {meta['v']}, tensors hold {values}"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_a_replacement_after_the_header_is_read_does_not_reach_the_reader(tmp_path, monkeypatch):
+    """The deterministic form of the race above: the name points at a new file between reading
+    the header and reading the tensors; the reader keeps the file it opened."""
+    import cnncli.checkpoint as checkpoint
+
+    target = tmp_path / "model.safetensors"
+    versions = _two_versions()
+    target.write_bytes(versions[0])
+    read_header = checkpoint._read_valid_header
+
+    def header_then_replace(path, f):
+        header = read_header(path, f)
+        atomic_write_bytes(target, versions[1])
+        return header
+
+    monkeypatch.setattr(checkpoint, "_read_valid_header", header_then_replace)
+    state, meta = load_checkpoint(target)
+    assert meta["v"] == 0 and all(bool((t == 0).all()) for t in state.values())
+    assert target.read_bytes() == versions[1]
 
 
 # ------------------------------------------------------------------------------ in-process failures

@@ -404,6 +404,8 @@ class Trainer:
 
                 atomic_write_text(run_dir / "eval.json", to_json({"split": "test", **test.to_dict(),
                                                                   "class_names": self.class_names}))
+            # every rank returns once the run's files are final: the caller may read them next
+            distributed.barrier()
         seconds = time.perf_counter() - wall_start
         return RunResult(run_dir=run_dir, checkpoint=best_path, epochs=global_epoch, best_val_top1=best,
                          test=test, seconds=seconds,
