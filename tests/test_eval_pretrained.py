@@ -144,6 +144,14 @@ def test_usage_errors(stub_backbone, args, message):
     assert re.search(message, result.stderr), result.stderr
 
 
+def test_pretrained_is_refused_for_a_checkpoint(tmp_path):
+    # a trained checkpoint has its own classes; "as is" would silently mean something else
+    result = run_cli("eval", str(tmp_path / "model.safetensors"), "--pretrained", "--data", "synthetic")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: --pretrained applies to registry names; a checkpoint is "
+                                     "evaluated on its own classes")
+
+
 def test_fashion_mnist_has_one_imagenet_class_and_cifar_like_names_none(stub_backbone, tmp_path):
     result = run_cli("eval", "timm/test_efficientnet", "--pretrained", "--data", "fashion-mnist-mini", "--json")
     assert result.exit_code == 0, result.stderr
