@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint test bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash recipes/demo.sh
 
-test: setup
+# the rule set (bugs, not style) is in pyproject.toml
+lint: setup
+	$(BIN)/ruff check --quiet .
+
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: setup
