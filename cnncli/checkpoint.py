@@ -123,7 +123,10 @@ def load_tensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict, di
     with _open_for_reading(path) as f:
         _, metadata = _read_valid_header(path, f)  # refuses a hostile file before reading the rest
         f.seek(0)
-        data = f.read()
+        try:
+            data = f.read()
+        except OSError as e:  # an I/O error of the disk, not a wrong file: still one line
+            raise InputError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         tensors = load(data)
     except (SafetensorError, ValueError) as e:
