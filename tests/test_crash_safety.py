@@ -31,9 +31,9 @@ from typer.testing import CliRunner
 
 from cnncli import output
 from cnncli.checkpoint import load_checkpoint, save_checkpoint
-from cnncli.fileio import atomic_write_bytes
 from cnncli.cli import app
 from cnncli.engine.state import load_train_state
+from cnncli.fileio import atomic_write_bytes
 
 DATA = "synthetic:n=192,n_test=32,classes=4,size=28"
 EPOCHS = 5
