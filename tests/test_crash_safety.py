@@ -181,6 +181,20 @@ def test_killed_at_random_moments_then_resumed_ends_with_the_uninterrupted_weigh
     print(f"interrupted by {interrupted}; {leftovers} temporary files left by killed writes")
 
 
+def _rewriter(target: Path, versions: list[bytes]) -> int:
+    """Fork a process that atomically rewrites `target` with each version in turn until killed."""
+    pid = os.fork()
+    if pid == 0:  # no torch in the child: only the writer runs here
+        try:
+            i = 0
+            while True:
+                i += 1
+                atomic_write_bytes(target, versions[i % 2])
+        finally:
+            os._exit(0)
+    return pid
+
+
 def test_sigkill_while_writing_leaves_the_old_or_the_new_file(tmp_path):
     """The atomic writer itself, killed at random moments while it rewrites a checkpoint in a loop."""
     from safetensors.torch import save
@@ -191,15 +205,7 @@ def test_sigkill_while_writing_leaves_the_old_or_the_new_file(tmp_path):
     target.write_bytes(versions[0])
     rng = random.Random(7)
     for _ in range(15):
-        pid = os.fork()
-        if pid == 0:  # the child rewrites the file until it is killed; no torch in here
-            try:
-                i = 0
-                while True:
-                    i += 1
-                    atomic_write_bytes(target, versions[i % 2])
-            finally:
-                os._exit(0)
+        pid = _rewriter(target, versions)
         time.sleep(rng.uniform(0.0, 0.05))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -225,15 +231,7 @@ def test_loading_while_another_process_replaces_the_file_gives_one_whole_version
     target = tmp_path / "model.safetensors"
     versions = _two_versions()
     target.write_bytes(versions[0])
-    pid = os.fork()
-    if pid == 0:  # the child rewrites the file until it is killed; no torch in here
-        try:
-            i = 0
-            while True:
-                i += 1
-                atomic_write_bytes(target, versions[i % 2])
-        finally:
-            os._exit(0)
+    pid = _rewriter(target, versions)
     try:
         for _ in range(300):
             state, meta = load_checkpoint(target)
