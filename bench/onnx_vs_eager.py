@@ -74,11 +74,11 @@ def bench_model(name: str, batches: list[int], seconds: float, rounds: int, thre
             x = torch.randn(batch, *meta["input_size"])
             x_np = x.numpy()
 
-            def eager():
+            def eager(x=x):
                 with torch.inference_mode():
                     model(x)
 
-            def ort():
+            def ort(x_np=x_np):
                 session.run(None, {input_name: x_np})
 
             eager_runs, ort_runs = [], []

@@ -101,7 +101,7 @@ def _read_valid_header(path: Path, f) -> tuple[dict[str, Any], dict[str, str]]:
             raise InputError(f"{path}: truncated (tensor '{name}' ends past the end of the file)")
         spans.append(tuple(offsets))
     spans.sort()
-    for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+    for (_a0, a1), (b0, _b1) in zip(spans, spans[1:]):
         if b0 < a1:
             raise InputError(f"{path}: corrupt safetensors file (tensors overlap)")
     return header, metadata

@@ -12,7 +12,8 @@ import io
 import json
 import math
 import sys
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 _quiet = False
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cnncli.errors import InputError
 from cnncli.fileio import atomic_write_bytes

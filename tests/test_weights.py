@@ -56,7 +56,7 @@ def test_lite0_mapping_is_complete_and_shape_exact(lite0_meta):
     source = {n: torch.empty(v.shape, device="meta") for n, v in zip(names, lite0_meta.values())}
     mapped = W.map_in_order(source, lite0_meta)
     assert list(mapped) == list(lite0_meta)  # every tensor of the network, none twice
-    for (s_name, s), (t_name, t) in zip(source.items(), mapped.items()):
+    for (_s_name, s), (t_name, t) in zip(source.items(), mapped.items()):
         assert s is t and tuple(t.shape) == tuple(lite0_meta[t_name].shape)
     # spot checks of the correspondence efficientnet_pytorch <-> timm
     pairs = dict(zip(names, lite0_meta))

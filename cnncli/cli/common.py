@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
 
 from cnncli.errors import InputError
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
     mps = "mps"
 
 
-class Optimizer(str, Enum):
+class Optimizer(StrEnum):
     sgd = "sgd"
     adamw = "adamw"
 
 
-class Schedule(str, Enum):
+class Schedule(StrEnum):
     cosine = "cosine"
     onecycle = "onecycle"
     step = "step"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,18 +11,18 @@ from cnncli.cli.common import Device, enum_value
 
 def eval_command(
     checkpoint: str = typer.Argument(..., help="A cnncli checkpoint or run directory (or a registry name with --weights or --pretrained)."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset [default: the one it was trained on]."),
+    data: str | None = typer.Option(None, "--data", "-d", help="Dataset [default: the one it was trained on]."),
     split: str = typer.Option("test", "--split", help="train, val, test, or all (every image of the dataset)."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Weights for a registry name, trained for the dataset's classes."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    weights: str | None = typer.Option(None, "--weights", help="Weights for a registry name, trained for the dataset's classes."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Registry name: its pretrained weights as is, scored "
                                     "on the dataset classes that are among its own (ImageNet's), matched by name, "
                                     "WordNet ID or index."),
     batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Evaluate at most N images, stratified."),
+    max_samples: int | None = typer.Option(None, "--max-samples", min=1, help="Evaluate at most N images, stratified."),
     device: Device = typer.Option(Device.auto, "--device", help="auto picks cuda, then mps, then cpu."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for PyTorch."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the confusion matrix to this PNG."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for PyTorch."),
+    plot: Path | None = typer.Option(None, "--plot", help="Draw the confusion matrix to this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Evaluate a checkpoint: rebuilt from its metadata alone, on a dataset split.

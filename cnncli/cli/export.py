@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     onnx = "onnx"
     torchscript = "torchscript"
     safetensors = "safetensors"
@@ -18,13 +17,13 @@ class ExportFormat(str, Enum):
 def export(
     checkpoint: str = typer.Argument(..., help="A cnncli checkpoint (.safetensors) or run directory."),
     fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="What to write."),
-    out: Optional[Path] = typer.Option(
+    out: Path | None = typer.Option(
         None, "--out", "-o", help="Output file (default: next to the checkpoint: model.onnx, model.pt, "
         "model.fp16.safetensors, ...)."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 18)."),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: 18)."),
     half: bool = typer.Option(False, "--half", help="safetensors only: store the weights as float16."),
     bf16: bool = typer.Option(False, "--bf16", help="safetensors only: store the weights as bfloat16."),
-    verify: Optional[bool] = typer.Option(
+    verify: bool | None = typer.Option(
         None, "--verify/--no-verify",
         help="Run the exported file and compare with PyTorch (max abs diff <= 1e-4 in fp32, or "
         "1e-2 / 6e-2 of the logits' scale in fp16 / bf16); exit 1 and write nothing if it disagrees "

@@ -14,14 +14,14 @@ Choices, and why:
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import typer
 
 TIMM_PARAMS_LIMIT = 20
 
 
-class Source(str, Enum):
+class Source(StrEnum):
     hand = "hand"
     timm = "timm"
     all = "all"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import typer
 
 from cnncli.cli.common import Device, enum_value
@@ -13,15 +11,15 @@ def predict(
     model: str = typer.Argument(
         ..., help="A cnncli checkpoint or run directory, an .onnx file from 'cnncli export', or a "
         "registry name with --pretrained / --weights (ImageNet classes)."),
-    inputs: List[str] = typer.Argument(
+    inputs: list[str] = typer.Argument(
         ..., help="Image files (PNG, JPEG, WebP) or folders of them; '-' reads paths from stdin, one a line."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
     json_out: bool = typer.Option(False, "--json", help="One JSON line per image: {path, top: [{class, index, prob}]}."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Registry name: timm's pretrained weights (needs the hub or its cache)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Registry name: weights from this .safetensors / .pth file."),
+    weights: str | None = typer.Option(None, "--weights", help="Registry name: weights from this .safetensors / .pth file."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: Device = typer.Option(Device.auto, "--device", help="auto picks cuda, then mps, then cpu (ONNX runs on onnxruntime)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads."),
 ) -> None:
     """Predict the classes of images; unreadable files are reported on stderr and exit code 1
     (a single file that cannot be read: its one line and exit code 2)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -49,7 +48,7 @@ def collect(**options) -> dict:
     return {k: enum_value(v) for k, v in options.items()}
 
 
-def resolve_recipe(recipe: Optional[Path], resume: Optional[Path]) -> Optional[str]:
+def resolve_recipe(recipe: Path | None, resume: Path | None) -> str | None:
     """A resumed run reuses its own config.toml unless another recipe is given."""
     if recipe is not None:
         return str(recipe)
@@ -67,37 +66,37 @@ def resolve_recipe(recipe: Optional[Path], resume: Optional[Path]) -> Optional[s
 
 
 def train(
-    model: Optional[str] = typer.Argument(None, help="Registry name (see 'cnncli models'), timm/<name>, or a TOML model file."),
-    data: Optional[str] = DATA,
-    data_dir: Optional[str] = DATA_DIR,
-    download: Optional[bool] = DOWNLOAD,
-    recipe: Optional[Path] = RECIPE,
-    epochs: Optional[int] = EPOCHS,
-    batch_size: Optional[int] = BATCH,
-    optimizer: Optional[Optimizer] = OPTIM,
-    lr: Optional[float] = LR,
-    momentum: Optional[float] = MOMENTUM,
-    nesterov: Optional[bool] = NESTEROV,
-    weight_decay: Optional[float] = WD,
-    schedule: Optional[Schedule] = SCHEDULE,
-    warmup_epochs: Optional[float] = WARMUP,
-    label_smoothing: Optional[float] = SMOOTH,
-    clip_grad: Optional[float] = CLIP,
-    augment: Optional[str] = AUGMENT,
-    patience: Optional[int] = PATIENCE,
-    seed: Optional[int] = SEED,
-    deterministic: Optional[bool] = DETERMINISTIC,
-    device: Optional[Device] = DEVICE,
-    threads: Optional[int] = THREADS,
-    img_size: Optional[int] = IMG_SIZE,
-    val_fraction: Optional[float] = VAL,
-    max_samples: Optional[int] = MAX_SAMPLES,
-    out: Optional[str] = OUT,
-    name: Optional[str] = NAME,
-    resume: Optional[Path] = RESUME,
-    amp: Optional[bool] = AMP,
-    compile: Optional[bool] = COMPILE,
-    weights: Optional[str] = WEIGHTS,
+    model: str | None = typer.Argument(None, help="Registry name (see 'cnncli models'), timm/<name>, or a TOML model file."),
+    data: str | None = DATA,
+    data_dir: str | None = DATA_DIR,
+    download: bool | None = DOWNLOAD,
+    recipe: Path | None = RECIPE,
+    epochs: int | None = EPOCHS,
+    batch_size: int | None = BATCH,
+    optimizer: Optimizer | None = OPTIM,
+    lr: float | None = LR,
+    momentum: float | None = MOMENTUM,
+    nesterov: bool | None = NESTEROV,
+    weight_decay: float | None = WD,
+    schedule: Schedule | None = SCHEDULE,
+    warmup_epochs: float | None = WARMUP,
+    label_smoothing: float | None = SMOOTH,
+    clip_grad: float | None = CLIP,
+    augment: str | None = AUGMENT,
+    patience: int | None = PATIENCE,
+    seed: int | None = SEED,
+    deterministic: bool | None = DETERMINISTIC,
+    device: Device | None = DEVICE,
+    threads: int | None = THREADS,
+    img_size: int | None = IMG_SIZE,
+    val_fraction: float | None = VAL,
+    max_samples: int | None = MAX_SAMPLES,
+    out: str | None = OUT,
+    name: str | None = NAME,
+    resume: Path | None = RESUME,
+    amp: bool | None = AMP,
+    compile: bool | None = COMPILE,
+    weights: str | None = WEIGHTS,
     json_out: bool = JSON,
     quiet: bool = QUIET,
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -28,12 +27,12 @@ def _done(path) -> None:
 def feature_maps(
     model: str = MODEL,
     image: Path = typer.Argument(..., help="An image file (PNG, JPEG, WebP)."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer name as 'cnncli inspect' "
+    layer: str | None = typer.Option(None, "--layer", "-l", help="Layer name as 'cnncli inspect' "
                                         "shows it, e.g. features.0 (default: the first convolution)."),
     max_maps: int = typer.Option(64, "--max-maps", min=1, help="Draw at most this many maps."),
     pretrained: bool = PRETRAINED,
-    weights: Optional[str] = WEIGHTS,
-    out: Optional[Path] = OUT,
+    weights: str | None = WEIGHTS,
+    out: Path | None = OUT,
 ) -> None:
     """The feature maps one layer produces for one image, as a grid."""
     from cnncli.viz import render_feature_maps
@@ -45,11 +44,11 @@ def feature_maps(
 @viz_app.command("filters")
 def filters(
     model: str = MODEL,
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="A convolution layer (default: the first one, drawn in colour on RGB input)."),
+    layer: str | None = typer.Option(None, "--layer", "-l", help="A convolution layer (default: the first one, drawn in colour on RGB input)."),
     max_filters: int = typer.Option(64, "--max-filters", min=1, help="Draw at most this many filters."),
     pretrained: bool = PRETRAINED,
-    weights: Optional[str] = WEIGHTS,
-    out: Optional[Path] = OUT,
+    weights: str | None = WEIGHTS,
+    out: Path | None = OUT,
 ) -> None:
     """The filters (kernels) of a convolution layer."""
     from cnncli.viz import render_filters
@@ -61,7 +60,7 @@ def filters(
 def seed_filters(
     image: Path = typer.Argument(..., help="An image file (PNG, JPEG, WebP)."),
     size: int = typer.Option(7, "--size", min=1, help="Filter size (odd)."),
-    out: Optional[Path] = OUT,
+    out: Path | None = OUT,
 ) -> None:
     """The seed's fig. 8 on any image: a vertical-line and a horizontal-line filter and their feature maps."""
     from cnncli.viz import render_seed_filters
@@ -72,7 +71,7 @@ def seed_filters(
 @viz_app.command("curves")
 def curves(
     run_dir: Path = typer.Argument(..., help="A run directory (its metrics.jsonl)."),
-    out: Optional[Path] = OUT,
+    out: Path | None = OUT,
 ) -> None:
     """Training and validation loss and top-1 per epoch."""
     from cnncli.viz import render_curves
@@ -84,7 +83,7 @@ def curves(
 def confusion(
     source: Path = typer.Argument(..., help="A run directory with eval.json, or an 'eval --json' document."),
     normalize: bool = typer.Option(False, "--normalize", help="Divide each row by its total (recall on the diagonal)."),
-    out: Optional[Path] = OUT,
+    out: Path | None = OUT,
 ) -> None:
     """The confusion matrix of an evaluation."""
     from cnncli.viz import render_confusion
