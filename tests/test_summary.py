@@ -236,11 +236,11 @@ class _NeedsRealData(nn.Module):
 
 
 def test_meta_and_zero_weight_cpu_runs_agree(monkeypatch):
-    from cnncli import summary
+    from cnncli.summary import build
 
-    on_cpu = summary.summarize("googlenet", input_size=(3, 64, 64), depth=2)
-    monkeypatch.setattr(summary, "CPU_WEIGHT_LIMIT", 0)  # as for a network with huge weights
-    on_meta = summary.summarize("googlenet", input_size=(3, 64, 64), depth=2)
+    on_cpu = summarize("googlenet", input_size=(3, 64, 64), depth=2)
+    monkeypatch.setattr(build, "CPU_WEIGHT_LIMIT", 0)  # as for a network with huge weights
+    on_meta = summarize("googlenet", input_size=(3, 64, 64), depth=2)
     assert (on_cpu.device, on_meta.device) == ("cpu", "meta")
     assert on_meta.rows == on_cpu.rows
     assert (on_meta.macs, on_meta.total_params, on_meta.activation_bytes, on_meta.weight_bytes) == (
@@ -248,12 +248,12 @@ def test_meta_and_zero_weight_cpu_runs_agree(monkeypatch):
 
 
 def test_falls_back_to_a_real_cpu_build_when_meta_cannot_run(monkeypatch):
-    from cnncli import summary
+    from cnncli.summary import build
 
-    monkeypatch.setattr(summary, "CPU_WEIGHT_LIMIT", 0)
-    monkeypatch.setattr(summary, "_target", lambda name, size, classes: summary._Target(
+    monkeypatch.setattr(build, "CPU_WEIGHT_LIMIT", 0)
+    monkeypatch.setattr(build, "resolve_target", lambda name, size, classes: build.Target(
         name, lambda device: _NeedsRealData().to(device), (1, 8, 8)))
-    s = summary.summarize("needs-real-data")
+    s = summarize("needs-real-data")
     assert s.device == "cpu"
     assert s.rows[0].output_shape == [2, 6, 6] and s.total_params == 20
 
