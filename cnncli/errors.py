@@ -1,10 +1,17 @@
 """Expected errors and the exit codes they map to.
 
 The library raises these; the CLI turns each into one line on stderr and an exit code
-(see `cnncli.cli.CnnGroup`). Anything else is a bug and keeps its traceback under --debug.
+(see `cnncli.cli.CnnGroup`), in the one form `error_line` gives it. Anything else is a bug
+and keeps its traceback under --debug.
 """
 
 from __future__ import annotations
+
+
+def error_line(message: object) -> str:
+    """The one form of an expected error on stderr: 'error: ' and the message, on one line."""
+    lines = [line.strip() for line in str(message).strip().splitlines()]
+    return "error: " + " ".join(line for line in lines if line)
 
 
 class CnnError(Exception):

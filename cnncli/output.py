@@ -145,3 +145,8 @@ def human_bytes(n: float | int) -> str:
         if n >= scale:
             return f"{n / scale:.2f} {unit}"
     return f"{int(n)} B"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """1 -> '1 epoch', 2 -> '2 epochs' (`many` for irregular plurals)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"

@@ -189,7 +189,7 @@ def render_seed_filters(image: str, out: str | os.PathLike | None = None,
     target = (1, max(1, round(h * scale)), max(1, round(w * scale)))
     gray = prepare_images([img], target, mean=[0.0], std=[1.0])[0, 0]  # [0, 1], as the seed's figure
     vertical, horizontal, filters = seed_feature_maps(gray, size)
-    out = out or f"seed-filters-{Path(image).stem}.png"
+    out = out or f"line-filters-{Path(image).stem}.png"
     return plot_seed_filters(gray, vertical, horizontal, filters[0, 0], filters[1, 0], out)
 
 

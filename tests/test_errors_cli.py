@@ -274,8 +274,8 @@ def test_empty_image_folder_and_class_folder_without_images(tmp_path, run_dir):
     (["--lr", "-0.1"], "--lr must be positive"),
     (["--augment", "rotate"], "unknown augmentation 'rotate'"),
     (["--augment", "shift,twirl"], "unknown augmentation 'twirl'"),
-    (["--epochs", "many"], "Invalid value for '--epochs'"),
-    (["--optimizer", "adam"], "Invalid value for '--optimizer'"),
+    (["--epochs", "many"], "invalid value for '--epochs' / '-e': 'many' is not a whole number"),
+    (["--optimizer", "adam"], "invalid value for '--optimizer': 'adam' is not one of 'sgd', 'adamw'"),
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
 ])
 @pytest.mark.parametrize("command", ["train", "finetune"])
@@ -286,7 +286,8 @@ def test_impossible_option_values(command, args, fragment, tmp_path):
 
 
 def test_usage_error_points_to_help():
-    fails_cleanly(["train", "lenet5", "--no-such-flag"], 2, "No such option", "cnncli train --help")
+    fails_cleanly(["train", "lenet5", "--no-such-flag"], 2, "error: no such option: --no-such-flag",
+                  "cnncli train --help")
 
 
 # ------------------------------------------------------------------------------ output folders

@@ -100,7 +100,7 @@ def test_a_folder_with_a_broken_image_reports_it_and_predicts_the_rest(ckpt, ima
     assert [d["path"] for d in json_lines(result.stdout)] == [str(mixed / "good.png")]
     err = [line for line in result.stderr.splitlines() if line.strip()]
     assert sum("broken.png" in line for line in err) == 1
-    assert err[-1].startswith("error: 1 of 2 file(s)")
+    assert err[-1].startswith("error: 1 of 2 files could not be predicted")
 
 
 def test_bad_files_among_good_ones_one_line_each(ckpt, images, tmp_path):

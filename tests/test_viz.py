@@ -76,16 +76,17 @@ def test_vertical_filter_enhances_vertical_lines_and_horizontal_horizontal():
     assert vmap[5, 12] == 0  # the vertical filter does not spread a vertical line sideways
 
 
-def test_seed_filters_cli(lines_png, tmp_path):
+@pytest.mark.parametrize("name", ["line-filters", "seed-filters"])  # the first name still works
+def test_line_filters_cli(lines_png, tmp_path, name):
     out = tmp_path / "fig8.png"
-    result = run_cli("viz", "seed-filters", lines_png, "--out", out)
+    result = run_cli("viz", name, lines_png, "--out", out)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == str(out)
     open_png(out, (300, 400))
 
 
-def test_seed_filters_rejects_an_even_size(lines_png, tmp_path):
-    result = run_cli("viz", "seed-filters", lines_png, "--size", 4, "--out", tmp_path / "x.png")
+def test_line_filters_rejects_an_even_size(lines_png, tmp_path):
+    result = run_cli("viz", "line-filters", lines_png, "--size", 4, "--out", tmp_path / "x.png")
     assert result.exit_code == 2 and "odd" in result.stderr
 
 

@@ -12,22 +12,17 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from typing import Annotated
 
 import click
 import typer
 from typer.core import TyperGroup
 
 from cnncli import __version__
-from cnncli.errors import CnnError
+from cnncli.cli.common import command
+from cnncli.cli.failures import CLICK_ERRORS, NO_ARGS_HELP, USAGE_ERRORS, usage_message
+from cnncli.errors import CnnError, error_line
 
-# typer >= 0.16 carries its own copy of click's exceptions; catch both families
-try:
-    from typer._click import exceptions as _typer_click
-except ImportError:  # older typer: plain click only
-    _typer_click = None
-_USAGE_ERRORS: tuple = (click.UsageError,) + ((_typer_click.UsageError,) if _typer_click else ())
-_CLICK_ERRORS: tuple = (click.ClickException,) + ((_typer_click.ClickException,) if _typer_click else ())
-_NO_ARGS_HELP: tuple = (_typer_click.NoArgsIsHelpError,) if _typer_click else ()
 _ABORTS: tuple = (click.exceptions.Abort, typer.Abort)
 
 
@@ -41,7 +36,7 @@ def _pop_debug(args: list[str]) -> bool:
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(error_line(message), file=sys.stderr, flush=True)
     sys.exit(code)
 
 
@@ -65,20 +60,19 @@ class CnnGroup(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except _NO_ARGS_HELP as e:  # `cnncli viz` alone: show its help, as a usage error
+        except NO_ARGS_HELP as e:  # `cnncli viz` alone: show its help (on stderr), as a usage error
             e.show()
             sys.exit(2)
-        except _USAGE_ERRORS as e:
-            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            _fail(e.format_message().replace("\n", " ") + hint, 2)
-        except _CLICK_ERRORS as e:
-            _fail(e.format_message().replace("\n", " "), e.exit_code)
+        except USAGE_ERRORS as e:
+            _fail(usage_message(e), 2)
+        except CLICK_ERRORS as e:
+            _fail(usage_message(e), e.exit_code)
         except _ABORTS:
             _fail("aborted", 130)
         except CnnError as e:
             if debug:
                 traceback.print_exc()
-            _fail(str(e).replace("\n", " "), e.exit_code)
+            _fail(str(e), e.exit_code)
         except Exception as e:  # a bug, not a user's mistake: say so, keep the traceback for --debug
             if debug:
                 raise
@@ -107,15 +101,14 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+VersionOpt = Annotated[bool, typer.Option(
+    "--version", callback=_version, is_eager=True, help="Print the version and exit.")]
+DebugOpt = Annotated[bool, typer.Option(
+    "--debug", help="Show full tracebacks for errors (also accepted after the command).")]
+
+
 @app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-    debug: bool = typer.Option(
-        False, "--debug", help="Show full tracebacks for errors (also accepted after the command)."
-    ),
-) -> None:
+def _root(version: VersionOpt = False, debug: DebugOpt = False) -> None:
     """cnncli: inspect, train, fine-tune, evaluate and export convolutional networks."""
 
 
@@ -130,15 +123,15 @@ from cnncli.cli import predict as _predict  # noqa: E402
 from cnncli.cli import train as _train  # noqa: E402
 from cnncli.cli import viz as _viz  # noqa: E402
 
-app.command("models")(_models.models)
-app.command("inspect")(_inspect.inspect)
-app.command("new-model")(_new_model.new_model)
-app.command("datasets")(_datasets.datasets)
-app.command("train")(_train.train)
-app.command("finetune")(_finetune.finetune)
-app.command("eval")(_eval.eval_command)
-app.command("export")(_export.export)
-app.command("predict")(_predict.predict)
+command(app, "models", _models.models)
+command(app, "inspect", _inspect.inspect)
+command(app, "new-model", _new_model.new_model)
+command(app, "datasets", _datasets.datasets)
+command(app, "train", _train.train)
+command(app, "finetune", _finetune.finetune)
+command(app, "eval", _eval.eval_command)
+command(app, "export", _export.export)
+command(app, "predict", _predict.predict)
 app.add_typer(_viz.viz_app, name="viz")
 
 

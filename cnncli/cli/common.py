@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from enum import Enum, StrEnum
 
 from cnncli.errors import InputError
 
 
 class Device(StrEnum):
+    """The device names without an index (`--device` itself takes cuda:N and N too: parse_device)."""
+
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
@@ -26,8 +29,41 @@ class Schedule(StrEnum):
     constant = "constant"
 
 
+def reflow(doc: str | None) -> str | None:
+    """A docstring as help text: paragraphs kept, the line breaks inside each one removed.
+
+    Typer joins the lines of a help text's first paragraph only; the later ones would keep
+    the source's line breaks and come out ragged at any terminal width.
+    """
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def command(group, name: str, function, **settings) -> None:
+    """Register `function` as the command `name` of a Typer app, its docstring reflowed."""
+    group.command(name, help=reflow(function.__doc__), **settings)(function)
+
+
 def enum_value(value):
     return value.value if isinstance(value, Enum) else value
+
+
+def parse_device(text: str) -> str:
+    """A --device value as every peer spells it: auto, cpu, cuda, cuda:N, N (GPU N), mps.
+
+    Returns the name the engine resolves ('1' -> 'cuda:1'); raises ValueError (which Typer
+    turns into a usage error, exit 2) for anything else. Whether the device exists is the
+    engine's question (cnncli.engine.device.resolve_device), asked when the work starts.
+    """
+    name = str(text).strip().lower()
+    if name in ("auto", "cpu", "cuda", "mps"):
+        return name
+    index = name.removeprefix("cuda:")
+    if index.isdigit() and index.isascii():
+        return f"cuda:{int(index)}"
+    raise ValueError(f"'{text}' is not a device; use auto, cpu, cuda, cuda:N, N (a GPU index) or mps")
 
 
 def parse_size(text: str, what: str = "--input") -> tuple[int, int, int]:

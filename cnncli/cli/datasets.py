@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", help="Also look in this folder first (as train/eval --data-dir do).")]
 
-def datasets(
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
-    data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Also look in this folder first (as train/eval --data-dir do)."
-    ),
-) -> None:
+
+def datasets(json_out: JsonOpt = False, data_dir: DataDirOpt = None) -> None:
     """List the datasets: classes, image size, channels, and where each was found (or not).
 
     Looked up in order: --data-dir, $CNNCLI_DATA, the cache folder (~/.cache/cnncli), and

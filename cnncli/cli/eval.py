@@ -3,27 +3,42 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from cnncli.cli.common import Device, enum_value
+from cnncli.cli.options import CommandDeviceOpt, CommandThreadsOpt, InferenceBatchSizeOpt, JsonOpt
+
+CheckpointArg = Annotated[str, typer.Argument(
+    help="A cnncli checkpoint or run directory (or a registry name with --weights or --pretrained).")]
+DataOpt = Annotated[str | None, typer.Option(
+    "--data", "-d", help="Dataset.", show_default="the one it was trained on")]
+SplitOpt = Annotated[str, typer.Option(
+    "--split", help="train, val, test, or all (every image of the dataset).")]
+DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder holding the dataset files.")]
+WeightsOpt = Annotated[str | None, typer.Option(
+    "--weights", help="Weights for a registry name, trained for the dataset's classes.")]
+PretrainedOpt = Annotated[bool, typer.Option(
+    "--pretrained", help="Registry name: its pretrained weights as is, scored on the dataset classes "
+    "that are among its own (ImageNet's), matched by name, WordNet ID or index.")]
+MaxSamplesOpt = Annotated[int | None, typer.Option(
+    "--max-samples", min=1, help="Evaluate at most N images, stratified.", show_default="all")]
+PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Draw the confusion matrix to this PNG.")]
 
 
 def eval_command(
-    checkpoint: str = typer.Argument(..., help="A cnncli checkpoint or run directory (or a registry name with --weights or --pretrained)."),
-    data: str | None = typer.Option(None, "--data", "-d", help="Dataset [default: the one it was trained on]."),
-    split: str = typer.Option("test", "--split", help="train, val, test, or all (every image of the dataset)."),
-    data_dir: str | None = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
-    weights: str | None = typer.Option(None, "--weights", help="Weights for a registry name, trained for the dataset's classes."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="Registry name: its pretrained weights as is, scored "
-                                    "on the dataset classes that are among its own (ImageNet's), matched by name, "
-                                    "WordNet ID or index."),
-    batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    max_samples: int | None = typer.Option(None, "--max-samples", min=1, help="Evaluate at most N images, stratified."),
-    device: Device = typer.Option(Device.auto, "--device", help="auto picks cuda, then mps, then cpu."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for PyTorch."),
-    plot: Path | None = typer.Option(None, "--plot", help="Draw the confusion matrix to this PNG."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    checkpoint: CheckpointArg,
+    data: DataOpt = None,
+    split: SplitOpt = "test",
+    data_dir: DataDirOpt = None,
+    weights: WeightsOpt = None,
+    pretrained: PretrainedOpt = False,
+    batch_size: InferenceBatchSizeOpt = 512,
+    max_samples: MaxSamplesOpt = None,
+    device: CommandDeviceOpt = "auto",
+    threads: CommandThreadsOpt = None,
+    plot: PlotOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Evaluate a checkpoint: rebuilt from its metadata alone, on a dataset split.
 
@@ -35,7 +50,7 @@ def eval_command(
     from cnncli.engine.eval_run import evaluate_checkpoint
 
     doc = evaluate_checkpoint(checkpoint, data=data, split=split, data_dir=data_dir, weights=weights,
-                              batch_size=batch_size, device=enum_value(device), threads=threads,
+                              batch_size=batch_size, device=device, threads=threads,
                               max_samples=max_samples, pretrained=pretrained)
     if not distributed.context().is_main:
         return
@@ -56,7 +71,8 @@ def _render(doc: dict) -> None:
     rows = [[p["class"], f"{p['precision']:.4f}", f"{p['recall']:.4f}", f"{p['f1']:.4f}", p["support"]]
             for p in doc["per_class"]]
     output.render_rows(["class", "precision", "recall", "F1", "support"], rows,
-                       title=f"{doc['model']} on {doc['dataset']} ({doc['split']}, {doc['n']} images)",
+                       title=f"{doc['model']} on {doc['dataset']} ({doc['split']}, "
+                       f"{output.plural(doc['n'], 'image')})",
                        justify=["left", "right", "right", "right", "right"],
                        footer=[f"top-1 {doc['top1']:.4f}   top-5 {doc['top5']:.4f}   loss {doc['loss']:.4f}   "
                                f"{doc['images_per_second']:.0f} images/s"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -14,22 +15,32 @@ class ExportFormat(StrEnum):
     safetensors = "safetensors"
 
 
+CheckpointArg = Annotated[str, typer.Argument(
+    help="A cnncli checkpoint (.safetensors) or run directory.")]
+FormatOpt = Annotated[ExportFormat, typer.Option("--format", "-f", help="What to write.")]
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", help="Output file.",
+    show_default="next to the checkpoint: model.onnx, model.pt, model.fp16.safetensors, ...")]
+OpsetOpt = Annotated[int | None, typer.Option("--opset", help="ONNX opset.", show_default="18")]
+HalfOpt = Annotated[bool, typer.Option("--half", help="safetensors only: store the weights as float16.")]
+Bf16Opt = Annotated[bool, typer.Option("--bf16", help="safetensors only: store the weights as bfloat16.")]
+VerifyOpt = Annotated[bool | None, typer.Option(
+    "--verify/--no-verify", show_default="on where the runtime is installed",
+    help="Run the exported file and compare with PyTorch (max abs diff <= 1e-4 in fp32, or "
+    "1e-2 / 6e-2 of the logits' scale in fp16 / bf16); exit 1 and write nothing if it disagrees.")]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Print one JSON document: path, format, bytes, max_abs_diff, verified, ...")]
+
+
 def export(
-    checkpoint: str = typer.Argument(..., help="A cnncli checkpoint (.safetensors) or run directory."),
-    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="What to write."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output file (default: next to the checkpoint: model.onnx, model.pt, "
-        "model.fp16.safetensors, ...)."),
-    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: 18)."),
-    half: bool = typer.Option(False, "--half", help="safetensors only: store the weights as float16."),
-    bf16: bool = typer.Option(False, "--bf16", help="safetensors only: store the weights as bfloat16."),
-    verify: bool | None = typer.Option(
-        None, "--verify/--no-verify",
-        help="Run the exported file and compare with PyTorch (max abs diff <= 1e-4 in fp32, or "
-        "1e-2 / 6e-2 of the logits' scale in fp16 / bf16); exit 1 and write nothing if it disagrees "
-        "(default: on where the runtime is installed)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document: path, format, bytes, "
-                                  "max_abs_diff, verified, ..."),
+    checkpoint: CheckpointArg,
+    fmt: FormatOpt = ExportFormat.onnx,
+    out: OutOpt = None,
+    opset: OpsetOpt = None,
+    half: HalfOpt = False,
+    bf16: Bf16Opt = False,
+    verify: VerifyOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to ONNX, TorchScript or (half-precision) safetensors, metadata included."""
     from cnncli import output

@@ -15,6 +15,7 @@ Choices, and why:
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 import typer
 
@@ -27,19 +28,25 @@ class Source(StrEnum):
     all = "all"
 
 
+PatternArg = Annotated[str | None, typer.Argument(
+    metavar="[PATTERN]", show_default=False,
+    help="Glob (resnet*, timm/efficientnet_b?) or a plain word matched anywhere in the name.")]
+SourceOpt = Annotated[Source, typer.Option(
+    "--source", "-s",
+    help="hand: the networks written from the papers (instant); timm: every timm "
+    "architecture (imports timm); all: both.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON list on stdout.")]
+ParamsOpt = Annotated[bool, typer.Option(
+    "--params",
+    help=f"Count the parameters of every matching timm model (without it: only when at most "
+    f"{TIMM_PARAMS_LIMIT} match).")]
+
+
 def models(
-    pattern: str | None = typer.Argument(
-        None, metavar="[PATTERN]",
-        help="Glob (resnet*, timm/efficientnet_b?) or a plain word matched anywhere in the name."),
-    source: Source = typer.Option(
-        Source.hand, "--source", "-s",
-        help="hand: the networks written from the papers (instant); timm: every timm "
-        "architecture (imports timm); all: both."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON list on stdout."),
-    params: bool = typer.Option(
-        False, "--params",
-        help=f"Count the parameters of every matching timm model (default: only when at most "
-        f"{TIMM_PARAMS_LIMIT} match)."),
+    pattern: PatternArg = None,
+    source: SourceOpt = Source.hand,
+    as_json: JsonOpt = False,
+    params: ParamsOpt = False,
 ) -> None:
     """List the networks cnncli can build: name, source, parameters, default input, description."""
     from cnncli.models.registry import list_models

@@ -1,4 +1,4 @@
-"""`cnncli new-model NAME`: write a TOML model file that follows the seed's good practice.
+"""`cnncli new-model NAME`: write a TOML model file that follows the lecture's design rules.
 
 The design lives in the library (`cnncli.models.model_file.good_practice_toml`); this command
 parses the options, checks the file it is about to write by building it (on the meta device:
@@ -8,35 +8,48 @@ shapes only), writes it atomically and never overwrites a file without --force.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+NameArg = Annotated[str, typer.Argument(
+    metavar="NAME",
+    help="Name of the model; the file is NAME.toml (NAME may be a path ending in .toml).")]
+InputOpt = Annotated[str, typer.Option(
+    "--input", "-i", metavar="CxHxW",
+    help="Input image shape, e.g. 1x28x28 (Fashion-MNIST) or 3x32x32 (CIFAR-10).")]
+ClassesOpt = Annotated[int, typer.Option("--classes", "-c", min=1, help="Number of classes.")]
+BlocksOpt = Annotated[int, typer.Option(
+    "--blocks", min=1, help="Convolution blocks, each ending with 2x2 max pooling.")]
+WidthOpt = Annotated[int, typer.Option(
+    "--width", min=1, help="Filters of the first block (doubled after each pooling layer).")]
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", help="Where to write the file.", show_default="NAME.toml")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of the path.")]
+
 
 def new_model(
-    name: str = typer.Argument(
-        ..., metavar="NAME",
-        help="Name of the model; the file is NAME.toml (NAME may be a path ending in .toml)."),
-    input_size: str = typer.Option(
-        "1x28x28", "--input", "-i", metavar="CxHxW",
-        help="Input image shape, e.g. 1x28x28 (Fashion-MNIST) or 3x32x32 (CIFAR-10)."),
-    classes: int = typer.Option(10, "--classes", "-c", min=1, help="Number of classes."),
-    blocks: int = typer.Option(
-        3, "--blocks", min=1, help="Convolution blocks, each ending with 2x2 max pooling."),
-    width: int = typer.Option(
-        64, "--width", min=1, help="Filters of the first block (doubled after each pooling layer)."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Where to write the file (default: NAME.toml)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON document instead of the path."),
+    name: NameArg,
+    input_size: InputOpt = "1x28x28",
+    classes: ClassesOpt = 10,
+    blocks: BlocksOpt = 3,
+    width: WidthOpt = 64,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Write a model file following the seed's good practice (7x7 then 3x3 filters doubling after
-    each pooling, ReLU, shrinking dense layers with dropout 0.5), ready to edit; print its path."""
+    """Write a model file following the lecture's design rules for a CNN, ready to edit; print its path.
+
+    A 7x7 first filter then 3x3 filters, their number doubling after each pooling layer, ReLU,
+    then dense layers that shrink, each with dropout 0.5.
+    """
     from cnncli.cli.common import parse_size
     from cnncli.errors import InputError
     from cnncli.fileio import atomic_write_text
     from cnncli.models.model_file import create_model_from_spec, good_practice_toml, loads_spec
     from cnncli.models.registry import count_params
-    from cnncli.output import emit_json, note
+    from cnncli.output import emit_json, note, plural
 
     model_name = Path(name).name.removesuffix(".toml")
     if not model_name:
@@ -62,5 +75,5 @@ def new_model(
                    "layers": len(spec["layers"]), "params": params})
         return
     print(path)
-    note(f"{model_name}: {len(spec['layers'])} layers, {params:,} parameters; "
+    note(f"{model_name}: {plural(len(spec['layers']), 'layer')}, {params:,} parameters; "
          f"next: cnncli inspect {path}")

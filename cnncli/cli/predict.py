@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from cnncli.cli.common import Device, enum_value
+from cnncli.cli.options import (
+    CommandDeviceOpt,
+    CommandThreadsOpt,
+    InferenceBatchSizeOpt,
+    RegistryPretrainedOpt,
+    RegistryWeightsOpt,
+)
+
+ModelArg = Annotated[str, typer.Argument(
+    help="A cnncli checkpoint or run directory, an .onnx file from 'cnncli export', or a "
+    "registry name with --pretrained / --weights (ImageNet classes).")]
+InputsArg = Annotated[list[str], typer.Argument(
+    help="Image files (PNG, JPEG, WebP) or folders of them; '-' reads paths from stdin, one a line.")]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")]
+JsonLinesOpt = Annotated[bool, typer.Option(
+    "--json", help="One JSON line per image: {path, top: [{class, index, prob}]}.")]
 
 
 def predict(
-    model: str = typer.Argument(
-        ..., help="A cnncli checkpoint or run directory, an .onnx file from 'cnncli export', or a "
-        "registry name with --pretrained / --weights (ImageNet classes)."),
-    inputs: list[str] = typer.Argument(
-        ..., help="Image files (PNG, JPEG, WebP) or folders of them; '-' reads paths from stdin, one a line."),
-    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON line per image: {path, top: [{class, index, prob}]}."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="Registry name: timm's pretrained weights (needs the hub or its cache)."),
-    weights: str | None = typer.Option(None, "--weights", help="Registry name: weights from this .safetensors / .pth file."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    device: Device = typer.Option(Device.auto, "--device", help="auto picks cuda, then mps, then cpu (ONNX runs on onnxruntime)."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads."),
+    model: ModelArg,
+    inputs: InputsArg,
+    top_k: TopKOpt = 5,
+    json_out: JsonLinesOpt = False,
+    pretrained: RegistryPretrainedOpt = False,
+    weights: RegistryWeightsOpt = None,
+    batch_size: InferenceBatchSizeOpt = 32,
+    device: CommandDeviceOpt = "auto",
+    threads: CommandThreadsOpt = None,
 ) -> None:
     """Predict the classes of images; unreadable files are reported on stderr and exit code 1
     (a single file that cannot be read: its one line and exit code 2)."""
@@ -29,7 +43,7 @@ def predict(
 
     paths = expand_inputs(inputs)
     predictor = open_predictor(model, pretrained=pretrained, weights=weights,
-                               device=enum_value(device), threads=threads)
+                               device=device, threads=threads)
     failed, rows = 0, []
     for result in predict_files(predictor, paths, top_k=top_k, batch_size=batch_size):
         if result.error is not None:
@@ -47,4 +61,4 @@ def predict(
         output.render_rows(["image", "class", "prob", "next"], rows,
                            justify=["left", "left", "right", "left"])
     if failed:
-        raise RuntimeFailure(f"{failed} of {len(paths)} file(s) could not be predicted (see above)")
+        raise RuntimeFailure(f"{failed} of {output.plural(len(paths), 'file')} could not be predicted (see above)")

@@ -3,36 +3,53 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from cnncli.cli.common import command
+from cnncli.cli.options import PngOutOpt, RegistryPretrainedOpt, RegistryWeightsOpt
+
 viz_app = typer.Typer(
     name="viz",
-    help="Draw feature maps, filters, the seed's fig. 8, training curves and confusion matrices as PNG.",
+    help="Draw feature maps, filters, the lecture's line filters (fig. 8), training curves and "
+    "confusion matrices as PNG.",
     no_args_is_help=True,
 )
 
-OUT = typer.Option(None, "--out", "-o", help="The PNG to write (default: a name made from the inputs).")
-MODEL = typer.Argument(..., help="A cnncli checkpoint or run directory, or a registry name "
-                       "(random weights unless --pretrained / --weights).")
-PRETRAINED = typer.Option(False, "--pretrained", help="Registry name: timm's pretrained weights.")
-WEIGHTS = typer.Option(None, "--weights", help="Registry name: weights from this .safetensors / .pth file.")
+ModelArg = Annotated[str, typer.Argument(
+    help="A cnncli checkpoint or run directory, or a registry name "
+    "(random weights unless --pretrained / --weights).")]
+ImageArg = Annotated[Path, typer.Argument(help="An image file (PNG, JPEG, WebP).")]
+FeatureLayerOpt = Annotated[str | None, typer.Option(
+    "--layer", "-l", show_default="the first convolution",
+    help="Layer name as 'cnncli inspect' shows it, e.g. features.0.")]
+FilterLayerOpt = Annotated[str | None, typer.Option(
+    "--layer", "-l", show_default="the first convolution, drawn in colour on RGB input",
+    help="A convolution layer.")]
+MaxMapsOpt = Annotated[int, typer.Option("--max-maps", min=1, help="Draw at most this many maps.")]
+MaxFiltersOpt = Annotated[int, typer.Option(
+    "--max-filters", min=1, help="Draw at most this many filters.")]
+LineSizeOpt = Annotated[int, typer.Option("--size", min=1, help="Filter size (odd).")]
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory (its metrics.jsonl).")]
+EvalSourceArg = Annotated[Path, typer.Argument(
+    help="A run directory with eval.json, or an 'eval --json' document.")]
+NormalizeOpt = Annotated[bool, typer.Option(
+    "--normalize", help="Divide each row by its total (recall on the diagonal).")]
 
 
 def _done(path) -> None:
     print(path)  # stdout carries the data: where the picture is
 
 
-@viz_app.command("feature-maps")
 def feature_maps(
-    model: str = MODEL,
-    image: Path = typer.Argument(..., help="An image file (PNG, JPEG, WebP)."),
-    layer: str | None = typer.Option(None, "--layer", "-l", help="Layer name as 'cnncli inspect' "
-                                        "shows it, e.g. features.0 (default: the first convolution)."),
-    max_maps: int = typer.Option(64, "--max-maps", min=1, help="Draw at most this many maps."),
-    pretrained: bool = PRETRAINED,
-    weights: str | None = WEIGHTS,
-    out: Path | None = OUT,
+    model: ModelArg,
+    image: ImageArg,
+    layer: FeatureLayerOpt = None,
+    max_maps: MaxMapsOpt = 64,
+    pretrained: RegistryPretrainedOpt = False,
+    weights: RegistryWeightsOpt = None,
+    out: PngOutOpt = None,
 ) -> None:
     """The feature maps one layer produces for one image, as a grid."""
     from cnncli.viz import render_feature_maps
@@ -41,14 +58,13 @@ def feature_maps(
                               max_maps=max_maps))
 
 
-@viz_app.command("filters")
 def filters(
-    model: str = MODEL,
-    layer: str | None = typer.Option(None, "--layer", "-l", help="A convolution layer (default: the first one, drawn in colour on RGB input)."),
-    max_filters: int = typer.Option(64, "--max-filters", min=1, help="Draw at most this many filters."),
-    pretrained: bool = PRETRAINED,
-    weights: str | None = WEIGHTS,
-    out: Path | None = OUT,
+    model: ModelArg,
+    layer: FilterLayerOpt = None,
+    max_filters: MaxFiltersOpt = 64,
+    pretrained: RegistryPretrainedOpt = False,
+    weights: RegistryWeightsOpt = None,
+    out: PngOutOpt = None,
 ) -> None:
     """The filters (kernels) of a convolution layer."""
     from cnncli.viz import render_filters
@@ -56,36 +72,31 @@ def filters(
     _done(render_filters(model, layer, out, pretrained=pretrained, weights=weights, max_filters=max_filters))
 
 
-@viz_app.command("seed-filters")
-def seed_filters(
-    image: Path = typer.Argument(..., help="An image file (PNG, JPEG, WebP)."),
-    size: int = typer.Option(7, "--size", min=1, help="Filter size (odd)."),
-    out: Path | None = OUT,
-) -> None:
-    """The seed's fig. 8 on any image: a vertical-line and a horizontal-line filter and their feature maps."""
+def line_filters(image: ImageArg, size: LineSizeOpt = 7, out: PngOutOpt = None) -> None:
+    """The lecture's fig. 8 on any image: a vertical-line and a horizontal-line filter and the
+    feature maps they produce."""
     from cnncli.viz import render_seed_filters
 
     _done(render_seed_filters(str(image), out, size=size))
 
 
-@viz_app.command("curves")
-def curves(
-    run_dir: Path = typer.Argument(..., help="A run directory (its metrics.jsonl)."),
-    out: Path | None = OUT,
-) -> None:
+def curves(run_dir: RunDirArg, out: PngOutOpt = None) -> None:
     """Training and validation loss and top-1 per epoch."""
     from cnncli.viz import render_curves
 
     _done(render_curves(run_dir, out))
 
 
-@viz_app.command("confusion")
-def confusion(
-    source: Path = typer.Argument(..., help="A run directory with eval.json, or an 'eval --json' document."),
-    normalize: bool = typer.Option(False, "--normalize", help="Divide each row by its total (recall on the diagonal)."),
-    out: Path | None = OUT,
-) -> None:
+def confusion(source: EvalSourceArg, normalize: NormalizeOpt = False, out: PngOutOpt = None) -> None:
     """The confusion matrix of an evaluation."""
     from cnncli.viz import render_confusion
 
     _done(render_confusion(source, out, normalize=normalize))
+
+
+command(viz_app, "feature-maps", feature_maps)
+command(viz_app, "filters", filters)
+command(viz_app, "line-filters", line_filters)
+command(viz_app, "seed-filters", line_filters, hidden=True)  # its first name, kept for scripts
+command(viz_app, "curves", curves)
+command(viz_app, "confusion", confusion)

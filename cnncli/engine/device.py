@@ -15,11 +15,18 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
             name = "mps"
         else:
             name = "cpu"
+    if name.isdigit():  # a GPU index, as `--device 1` means in the peers' CLIs
+        name = f"cuda:{int(name)}"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InputError("--device cuda asked for, but this machine has no usable CUDA device")
+            raise InputError(f"--device {name}: no CUDA device is available on this machine "
+                             "(use --device cpu, or auto)")
         if name == "cuda" and local_rank is not None:
             name = f"cuda:{local_rank}"
+        index = name.partition(":")[2]
+        if index.isdigit() and int(index) >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: there is no CUDA device {index}; this machine has "
+                             f"{torch.cuda.device_count()} (numbered from 0)")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InputError("--device mps asked for, but MPS is not available here")
     return torch.device(name)

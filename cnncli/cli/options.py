@@ -1,0 +1,188 @@
+"""Every option of the command line, declared once as an `Annotated` alias.
+
+A command names its parameters with these aliases and gives the default in its own signature
+(`epochs: EpochsOpt = 10`), so that `--help` shows the default through Typer's `show_default`
+and a flag reads the same in every command that has it. `train` and `finetune` take the
+recipe overrides from the click context (`given_options`): only the flags the user actually
+typed override a recipe, whatever their defaults are.
+
+Light on purpose (typer and the standard library only): `cnncli --help` imports this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cnncli.cli.common import Optimizer, Schedule, enum_value, parse_device
+
+# rich help panels of train and finetune (the other commands have few options: one panel)
+DATA = "Data"
+MODEL = "Model"
+OPTIMISATION = "Optimisation"
+AUGMENTATION = "Augmentation"
+RUN = "Run/output"
+DEVICE = "Device"
+
+DEVICE_METAVAR = "auto|cpu|cuda[:N]|N|mps"
+DEVICE_HELP = "auto picks cuda, then mps, then cpu; cuda:N or N picks a GPU by index."
+
+# ------------------------------------------------------------------------------ data
+DataOpt = Annotated[str, typer.Option(
+    "--data", "-d", rich_help_panel=DATA,
+    help="Dataset: fashion-mnist, fashion-mnist-mini, cifar10, imagefolder:PATH, synthetic.")]
+DataDirOpt = Annotated[str | None, typer.Option(
+    "--data-dir", rich_help_panel=DATA, help="Folder holding the dataset files.")]
+DownloadOpt = Annotated[bool, typer.Option(
+    "--download/--no-download", rich_help_panel=DATA,
+    help="Fetch the dataset through torchvision (needs a network).")]
+ValFractionOpt = Annotated[float, typer.Option(
+    "--val-fraction", rich_help_panel=DATA,
+    help="Share of the training set held out for validation.")]
+MaxSamplesOpt = Annotated[int | None, typer.Option(
+    "--max-samples", rich_help_panel=DATA,
+    help="Cap the training set at N images, stratified by class.")]
+ImgSizeOpt = Annotated[int | None, typer.Option(
+    "--img-size", rich_help_panel=DATA,
+    help="Resize images to this square size for the network.", show_default="the dataset's size")]
+FinetuneImgSizeOpt = Annotated[int | None, typer.Option(
+    "--img-size", rich_help_panel=DATA, show_default="the backbone's input size",
+    help="Resize images to this square size; smaller is much faster on a CPU.")]
+
+# ------------------------------------------------------------------------------ model
+WeightsOpt = Annotated[str | None, typer.Option(
+    "--weights", rich_help_panel=MODEL,
+    help="Initial weights: a .safetensors or .pth state dict.")]
+PretrainedWeightsOpt = Annotated[str | None, typer.Option(
+    "--weights", rich_help_panel=MODEL,
+    help="Pretrained weights: a .safetensors or .pth/.bin state dict in the network's naming.")]
+PretrainedDownloadOpt = Annotated[bool, typer.Option(
+    "--pretrained/--no-pretrained", rich_help_panel=MODEL,
+    help="Let timm download its pretrained weights when they are not in the local cache "
+    "(needs a network).")]
+UnfreezeOpt = Annotated[str, typer.Option(
+    "--unfreeze", rich_help_panel=MODEL,
+    help="Stage 2: unfreeze the top K blocks of the base (K or 'all'; 0 skips stage 2).")]
+
+# ------------------------------------------------------------------------------ optimisation
+EpochsOpt = Annotated[int, typer.Option(
+    "--epochs", "-e", rich_help_panel=OPTIMISATION, help="Epochs to train.")]
+UnfrozenEpochsOpt = Annotated[int, typer.Option(
+    "--epochs", "-e", rich_help_panel=OPTIMISATION,
+    help="Stage 2: epochs with the top blocks unfrozen.")]
+HeadEpochsOpt = Annotated[int, typer.Option(
+    "--head-epochs", rich_help_panel=OPTIMISATION,
+    help="Stage 1: epochs training only the new head on the frozen base.")]
+UnfreezeLrFactorOpt = Annotated[float, typer.Option(
+    "--unfreeze-lr-factor", rich_help_panel=OPTIMISATION,
+    help="Stage 2 learning rate = --lr times this.")]
+CacheFeaturesOpt = Annotated[bool | None, typer.Option(
+    "--cache-features/--no-cache-features", rich_help_panel=OPTIMISATION,
+    show_default="on unless augmenting",
+    help="Stage 1: compute the frozen base's features once.")]
+BatchSizeOpt = Annotated[int, typer.Option(
+    "--batch-size", "-b", rich_help_panel=OPTIMISATION, help="Batch size (global under torchrun).")]
+OptimizerOpt = Annotated[Optimizer, typer.Option(
+    "--optimizer", rich_help_panel=OPTIMISATION, help="Optimizer.")]
+LrOpt = Annotated[float | None, typer.Option(
+    "--lr", rich_help_panel=OPTIMISATION, show_default="1e-3 with adamw, 0.05 with sgd",
+    help="Peak learning rate.")]
+MomentumOpt = Annotated[float, typer.Option(
+    "--momentum", rich_help_panel=OPTIMISATION, help="SGD momentum.")]
+NesterovOpt = Annotated[bool, typer.Option(
+    "--nesterov/--no-nesterov", rich_help_panel=OPTIMISATION, help="Nesterov momentum for SGD.")]
+WeightDecayOpt = Annotated[float | None, typer.Option(
+    "--weight-decay", rich_help_panel=OPTIMISATION, show_default="0.05 with adamw, 5e-4 with sgd",
+    help="Weight decay.")]
+ScheduleOpt = Annotated[Schedule, typer.Option(
+    "--schedule", rich_help_panel=OPTIMISATION, help="Learning-rate schedule.")]
+WarmupEpochsOpt = Annotated[float, typer.Option(
+    "--warmup-epochs", rich_help_panel=OPTIMISATION,
+    help="Linear warm-up, in epochs (may be fractional).")]
+LabelSmoothingOpt = Annotated[float, typer.Option(
+    "--label-smoothing", rich_help_panel=OPTIMISATION, help="Label smoothing in [0, 1).")]
+ClipGradOpt = Annotated[float | None, typer.Option(
+    "--clip-grad", rich_help_panel=OPTIMISATION,
+    help="Clip the gradient norm to this value.", show_default="no clipping")]
+PatienceOpt = Annotated[int | None, typer.Option(
+    "--patience", rich_help_panel=OPTIMISATION, show_default="no early stop",
+    help="Stop after this many epochs without a better validation top-1.")]
+
+# ------------------------------------------------------------------------------ augmentation
+AugmentOpt = Annotated[str | None, typer.Option(
+    "--augment", rich_help_panel=AUGMENTATION, show_default="none",
+    help="Batch augmentations, comma-separated: shift,flip,lighting,erase.")]
+
+# ------------------------------------------------------------------------------ run / output
+RecipeOpt = Annotated[Path | None, typer.Option(
+    "--recipe", "-r", rich_help_panel=RUN,
+    help="TOML recipe with any of these options; flags given on the command line override it.")]
+RunOutOpt = Annotated[str | None, typer.Option(
+    "--out", "-o", rich_help_panel=RUN, show_default="runs/<model>-<data>",
+    help="Run directory.")]
+RunNameOpt = Annotated[str | None, typer.Option(
+    "--name", rich_help_panel=RUN, help="Run name under runs/.")]
+ResumeOpt = Annotated[Path | None, typer.Option(
+    "--resume", rich_help_panel=RUN, help="Continue the run in this directory.")]
+SeedOpt = Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Random seed.")]
+DeterministicOpt = Annotated[bool, typer.Option(
+    "--deterministic/--no-deterministic", rich_help_panel=RUN,
+    help="Use only deterministic algorithms.")]
+RunJsonOpt = Annotated[bool, typer.Option(
+    "--json", rich_help_panel=RUN, help="Print one JSON document with the results on stdout.")]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", rich_help_panel=RUN, help="No progress bar or per-epoch lines.")]
+
+# ------------------------------------------------------------------------------ device
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", rich_help_panel=DEVICE, parser=parse_device, metavar=DEVICE_METAVAR,
+    help=DEVICE_HELP)]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", rich_help_panel=DEVICE, help="CPU threads for PyTorch.",
+    show_default="PyTorch's choice")]
+AmpOpt = Annotated[bool, typer.Option(
+    "--amp/--no-amp", rich_help_panel=DEVICE,
+    help="bf16 autocast (CUDA, or CPUs that support it).")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile/--no-compile", rich_help_panel=DEVICE,
+    help="torch.compile the network (falls back to eager).")]
+
+# ------------------------------------------------------------------------------ other commands
+# (one panel each: these commands have few options)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+CommandDeviceOpt = Annotated[str, typer.Option(
+    "--device", parser=parse_device, metavar=DEVICE_METAVAR, help=DEVICE_HELP)]
+CommandThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", min=1, help="CPU threads for PyTorch.", show_default="PyTorch's choice")]
+InferenceBatchSizeOpt = Annotated[int, typer.Option(
+    "--batch-size", "-b", min=1, help="Images per forward pass.")]
+RegistryPretrainedOpt = Annotated[bool, typer.Option(
+    "--pretrained", help="Registry name: timm's pretrained weights (needs the hub or its cache).")]
+RegistryWeightsOpt = Annotated[str | None, typer.Option(
+    "--weights", help="Registry name: weights from this .safetensors / .pth file.")]
+PngOutOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", help="The PNG to write.", show_default="a name made from the inputs")]
+
+
+# ------------------------------------------------------------------------------ overrides
+# what train/finetune take as options but do not pass to the run's configuration
+NOT_CONFIG = frozenset({"ctx", "recipe", "resume", "json_out", "quiet"})
+
+
+def given_options(ctx: typer.Context, exclude=NOT_CONFIG) -> dict[str, Any]:
+    """The options the user gave (command line or environment), as configuration values.
+
+    A default is not an override: a recipe's `epochs = 30` stays 30 unless `--epochs` was typed.
+    """
+    given = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)  # click's ParameterSource (typer's copy of it)
+        if name in exclude or source is None or source.name == "DEFAULT":
+            continue
+        if name == "augment" and value is not None:
+            value = [a for a in value.split(",") if a]
+        given[name] = enum_value(value)
+    return given
+
