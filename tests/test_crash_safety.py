@@ -27,9 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from cnncli import output
 from cnncli.checkpoint import load_checkpoint, save_checkpoint
 from cnncli.cli import app
 from cnncli.engine.state import load_train_state
@@ -264,21 +262,13 @@ def test_a_replacement_after_the_header_is_read_does_not_reach_the_reader(tmp_pa
 
 
 # ------------------------------------------------------------------------------ in-process failures
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def notes_shown():
-    output.set_quiet(False)
-    yield
-    output.set_quiet(False)
-
+# (conftest's autouse isolation shows notes again after another test's --quiet)
 
 def hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_nan_loss_stops_with_one_clear_line_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_with_one_clear_line_and_keeps_the_last_good_checkpoint(runner, tmp_path):
     # the learning rate is multiplied by 1e30 after the first epoch: the second one diverges
     recipe = tmp_path / "diverge.toml"
     recipe.write_text(f'model = "lenet5"\ndata = "{DATA}"\noptimizer = "sgd"\nlr = 0.01\nschedule = "step"\n'
@@ -299,7 +289,7 @@ def test_nan_loss_stops_with_one_clear_line_and_keeps_the_last_good_checkpoint(t
     assert doc["train_state"]["epoch"] == 1 and doc["train_state"]["step"] == 0
 
 
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(runner, tmp_path, monkeypatch):
     """ENOSPC from the file system in the middle of the second epoch's checkpoint writes."""
     out = tmp_path / "run"
     real_fsync = os.fsync
@@ -344,7 +334,7 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", str(folder)], check=False)
 
 
-def test_a_really_full_disk(tiny_disk):
+def test_a_really_full_disk(runner, tiny_disk):
     # one epoch of lenet5 writes ~0.8 MB (three checkpoints, the curves); the second epoch's first
     # checkpoint does not fit next to them
     out = tiny_disk / "run"

@@ -19,25 +19,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cnncli import output
 from cnncli.cli import app
 from cnncli.data import registry
 
 DATA = "synthetic:n=64,n_test=16,classes=2,size=28"
 EMBEDDED = Path(registry.__file__).parent / "embedded"
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def no_datasets_installed(monkeypatch, tmp_path):
-    """Nothing outside the test's folders: no system datasets, an empty cache, notes shown."""
-    monkeypatch.setattr(registry, "SYSTEM_DIRS", [])
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CNNCLI_DATA", raising=False)
-    monkeypatch.delenv("CNNCLI_DEBUG", raising=False)
-    output.set_quiet(False)  # another test's --quiet must not hide a second stderr line here
-    yield
-    output.set_quiet(False)
 
 
 def cli(*args):
@@ -75,14 +62,10 @@ def fails_cleanly(args, code, *fragments, untouched=()):
     return line
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A small real run: lenet5 on 2 synthetic classes, one epoch."""
-    out = tmp_path_factory.mktemp("errors") / "run"
-    result = cli("train", "lenet5", "--data", DATA, "--epochs", 1, "--out", out, "--threads", 1, "--quiet")
-    assert result.exit_code == 0, result.stderr
-    output.set_quiet(False)
-    return out
+@pytest.fixture
+def run_dir(tiny_run):
+    """A small real run (conftest's session run, lenet5 one epoch), read-only: every case here leaves it alone."""
+    return tiny_run
 
 
 @pytest.fixture
