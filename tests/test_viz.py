@@ -131,11 +131,25 @@ def test_first_layer_filters_of_an_rgb_network_are_in_colour(run_cli, tmp_path):
     assert (image[0] - image[1]).abs().max() > 20 or (image[1] - image[2]).abs().max() > 20
 
 
-def test_filters_of_a_block_named_like_its_convolution(tmp_path):
+def test_filters_of_a_block_named_like_its_convolution(tmp_path, monkeypatch):
     """Model files name a conv + batch norm + ReLU block (conv2_2); its filters are its one conv's."""
+    import cnncli.plots
+
     model_file = Path(__file__).resolve().parent.parent / "recipes" / "models" / "fashion_fast.toml"
+    drawn = []
+    real_plot_filters = cnncli.plots.plot_filters
+
+    def plot_filters_seen(weight, out, **kw):
+        drawn.append(weight)
+        return real_plot_filters(weight, out, **kw)
+
+    monkeypatch.setattr(cnncli.plots, "plot_filters", plot_filters_seen)
     path = viz.render_filters(str(model_file), layer="conv2_2", out=tmp_path / "f.png")
-    assert open_png(path, (100, 100)).shape[0] in (1, 3, 4)
+    # conv2_2 is 64 filters of 3x3 over the 64 maps of conv2_1 (not the block's batch-norm weight)
+    assert [tuple(w.shape) for w in drawn] == [(64, 64, 3, 3)]
+    image = open_png(path, (100, 100))
+    # 64 input channels are averaged into gray filters: R == G == B in every pixel of the picture
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
     with pytest.raises(InputError, match="'pool1' is not a convolution"):
         viz.render_filters(str(model_file), layer="pool1", out=tmp_path / "g.png")
 
