@@ -1,4 +1,4 @@
-"""Issue 7, section 2: a failure during training loses nothing.
+"""A failure during training loses nothing.
 
 - a diverging loss stops with one clear line (exit 1) and keeps the last good checkpoint;
 - SIGTERM finishes the step, writes a resumable state and exits 143; --resume continues;

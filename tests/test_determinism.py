@@ -1,4 +1,4 @@
-"""Issue 7, section 4: `--seed N --deterministic` gives bit-identical weights, run twice on the
+"""`--seed N --deterministic` gives bit-identical weights, run twice on the
 same CPU (once here, once in a fresh process), and the run records the seed and the versions.
 
 A different seed must give different weights, or the comparison would prove nothing.

@@ -1,4 +1,4 @@
-"""Every bad input of issue 7, section 1, through the real command line.
+"""Every bad input a user can give, through the real command line.
 
 Each case checks the whole contract: the exit code (2 for bad usage or input, 1 for a runtime
 failure), exactly one non-empty line on stderr starting with "error:", no traceback, a fragment

@@ -1,4 +1,4 @@
-"""Issue 7, section 3: fuzz every reader of a file a user hands to cnncli.
+"""Fuzz every reader of a file a user hands to cnncli.
 
 Each reader gets many mutated (bytes flipped, overwritten, inserted, deleted) and truncated
 versions of a valid file, and structured variants with wrong values in the right places. Each

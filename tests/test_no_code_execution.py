@@ -1,4 +1,4 @@
-"""Issue 7, section 3: no file can run code.
+"""No file can run code.
 
 A malicious pickle (one that would create a marker file when unpickled) is planted everywhere
 cnncli reads weights or data that could be a pickle: `--weights` of train, finetune, eval and
