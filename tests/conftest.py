@@ -3,20 +3,24 @@
 - Every test is isolated from the machine's datasets (autouse): `$CNNCLI_DATA` unset, an empty
   cache folder under the test's tmp_path, no `/usr/share/datasets`, notes on stderr shown.
 - `run_cli`: the real command line in-process (typer's CliRunner), arguments passed through str().
-- `tiny_run`: ONE small real training run per session (lenet5, 1 epoch on 200 images of the
-  embedded Fashion-MNIST subset). Tests read it and must not change it; a test that changes a
+- `tmpfs`: mount a real small file system (full disk, read-only folder), root only.
+- `tiny_run`: ONE small real training run per session (lenet5, 1 epoch on 64 generated images
+  of 2 classes, TINY_RUN_DATA). Tests read it and must not change it; a test that changes a
   run takes `tiny_run_copy`, its own copy.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-TINY_RUN_ARGS = ["train", "lenet5", "--data", "fashion-mnist-mini", "--max-samples", "200", "--epochs", "1",
-                 "--batch-size", "50", "--seed", "0", "--threads", "1", "--quiet", "--json"]
+# 2 classes of generated 28x28 images: test_errors_cli relies on the run's 2 classes and data
+TINY_RUN_DATA = "synthetic:n=64,n_test=16,classes=2,size=28"
+TINY_RUN_ARGS = ["train", "lenet5", "--data", TINY_RUN_DATA, "--epochs", "1", "--threads", "1", "--quiet"]
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +74,21 @@ def tiny_run(tmp_path_factory, run_cli) -> Path:
 def tiny_run_copy(tiny_run, tmp_path) -> Path:
     """A copy of `tiny_run` that the test may change."""
     return Path(shutil.copytree(tiny_run, tmp_path / tiny_run.name))
+
+
+@pytest.fixture
+def tmpfs():
+    """`tmpfs(folder, "size=1m")`: a real tmpfs mounted on folder for this test (unmounted after
+    it). It needs root; where it cannot be mounted, the test is skipped."""
+    mounted = []
+
+    def mount(folder: Path, options: str) -> Path:
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                                               capture_output=True, check=False).returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs ({options}) here")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", str(folder)], check=False)

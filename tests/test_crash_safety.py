@@ -321,17 +321,11 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(runner, tmp_path, 
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
+def tiny_disk(tmp_path, tmpfs):
     """A real 1 MiB file system (tmpfs), when this process may mount one (root)."""
     folder = tmp_path / "tiny"
     folder.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                                           capture_output=True, check=False).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
+    return tmpfs(folder, "size=1m")
 
 
 def test_a_really_full_disk(runner, tiny_disk):
