@@ -1,6 +1,6 @@
 """Start-up latency of the CLI, side by side with `python -c "import torch"` on the same machine.
 
-Issue 2's speed targets: `cnncli --help` and `cnncli models --source hand` well under half a
+The speed targets: `cnncli --help` and `cnncli models --source hand` well under half a
 second (they must not import torch), and `cnncli inspect alexnet` at most 1.6 times as long
 as importing torch. Each command runs in a fresh subprocess (what a user pays), alternating
 between the commands round by round so that a busy machine slows them alike; the figure is

@@ -1,6 +1,6 @@
 """Frozen-base speed: head epochs on cached base features vs recomputing the base every epoch.
 
-Issue 4, section 3. The same `cnncli finetune` head stage (base frozen, no augmentation, only
+The same `cnncli finetune` head stage (base frozen, no augmentation, only
 the new classifier trains) runs twice with the same seed and batches: with
 `--cache-features` (the base's features computed once, in the first epoch) and with
 `--no-cache-features` (the base runs on every batch of every epoch). One JSON line per run

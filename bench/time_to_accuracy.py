@@ -4,7 +4,7 @@ Runs the recipe (default `recipes/fashion_mnist_best.toml`) through cnncli's lib
 as `cnncli train --recipe` does, and after each epoch also evaluates the current weights on
 the 10,000 test images. That extra evaluation is measurement, not training: its time is
 taken out of the wall clock reported. The clock starts before the data is loaded.
-Targets (the issue's, on 2 CPU cores): 93% within 10 minutes; the stretch is 94%.
+Targets (the project's, on 2 CPU cores): 93% within 10 minutes; the stretch is 94%.
 
     python bench/time_to_accuracy.py                               # the best recipe
     python bench/time_to_accuracy.py recipes/fashion_mnist_typical_cnn.toml --set epochs=2

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import emit, machine, torchvision_root
 
-TARGETS = {"lenet5": 2.0, "typical_cnn": 1.25}  # the targets on a 2-core CPU
+TARGETS = {"lenet5": 2.0, "typical_cnn": 1.25}  # the project's targets on a 2-core CPU
 DEFAULT_STEPS = {"lenet5": 100, "typical_cnn": 10}  # timed steps per round
 LR, WEIGHT_DECAY = 1e-3, 0.05  # cnncli's AdamW defaults, given to the baseline too
 

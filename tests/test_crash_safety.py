@@ -1,4 +1,4 @@
-"""Issue 7, section 2: a failure during training loses nothing.
+"""A failure during training loses nothing.
 
 - a diverging loss stops with one clear line (exit 1) and keeps the last good checkpoint;
 - SIGTERM finishes the step, writes a resumable state and exits 143; --resume continues;
@@ -27,9 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from cnncli import output
 from cnncli.checkpoint import load_checkpoint, save_checkpoint
 from cnncli.cli import app
 from cnncli.engine.state import load_train_state
@@ -264,21 +262,13 @@ def test_a_replacement_after_the_header_is_read_does_not_reach_the_reader(tmp_pa
 
 
 # ------------------------------------------------------------------------------ in-process failures
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def notes_shown():
-    output.set_quiet(False)
-    yield
-    output.set_quiet(False)
-
+# (conftest's autouse isolation shows notes again after another test's --quiet)
 
 def hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_nan_loss_stops_with_one_clear_line_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_with_one_clear_line_and_keeps_the_last_good_checkpoint(runner, tmp_path):
     # the learning rate is multiplied by 1e30 after the first epoch: the second one diverges
     recipe = tmp_path / "diverge.toml"
     recipe.write_text(f'model = "lenet5"\ndata = "{DATA}"\noptimizer = "sgd"\nlr = 0.01\nschedule = "step"\n'
@@ -299,7 +289,7 @@ def test_nan_loss_stops_with_one_clear_line_and_keeps_the_last_good_checkpoint(t
     assert doc["train_state"]["epoch"] == 1 and doc["train_state"]["step"] == 0
 
 
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(runner, tmp_path, monkeypatch):
     """ENOSPC from the file system in the middle of the second epoch's checkpoint writes."""
     out = tmp_path / "run"
     real_fsync = os.fsync
@@ -331,20 +321,14 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
+def tiny_disk(tmp_path, tmpfs):
     """A real 1 MiB file system (tmpfs), when this process may mount one (root)."""
     folder = tmp_path / "tiny"
     folder.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                                           capture_output=True, check=False).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
+    return tmpfs(folder, "size=1m")
 
 
-def test_a_really_full_disk(tiny_disk):
+def test_a_really_full_disk(runner, tiny_disk):
     # one epoch of lenet5 writes ~0.8 MB (three checkpoints, the curves); the second epoch's first
     # checkpoint does not fit next to them
     out = tiny_disk / "run"

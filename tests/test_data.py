@@ -77,13 +77,8 @@ def write_cifar(folder: Path, n=20) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No test sees the machine's datasets: empty cache, no $CNNCLI_DATA, no /usr/share/datasets."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CNNCLI_DATA", raising=False)
-    monkeypatch.setattr(registry, "SYSTEM_DIRS", [tmp_path / "system"])
-    monkeypatch.setattr(registry, "_warned_fallback", False)
+# No test sees the machine's datasets (conftest's autouse `isolated_data`): the cache is
+# tmp_path/"cache", $CNNCLI_DATA is unset and the only system folder is tmp_path/"system".
 
 
 # ---------------------------------------------------------------- IDX

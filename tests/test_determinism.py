@@ -1,4 +1,4 @@
-"""Issue 7, section 4: `--seed N --deterministic` gives bit-identical weights, run twice on the
+"""`--seed N --deterministic` gives bit-identical weights, run twice on the
 same CPU (once here, once in a fresh process), and the run records the seed and the versions.
 
 A different seed must give different weights, or the comparison would prove nothing.
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import cnncli
 from cnncli import output
@@ -24,7 +23,6 @@ from cnncli.cli import app
 from cnncli.engine.state import load_train_state
 
 DATA = "synthetic:n=160,n_test=32,classes=4,size=28"
-runner = CliRunner()
 
 
 def args(out: Path, seed: int) -> list[str]:
@@ -35,7 +33,7 @@ def args(out: Path, seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(runner, tmp_path_factory):
     """The same command twice (here and in a fresh process) and once with another seed."""
     root = tmp_path_factory.mktemp("determinism")
     fresh = subprocess.Popen([sys.executable, "-m", "cnncli", *args(root / "fresh", 5)],

@@ -1,4 +1,4 @@
-"""Every bad input of issue 7, section 1, through the real command line.
+"""Every bad input a user can give, through the real command line.
 
 Each case checks the whole contract: the exit code (2 for bad usage or input, 1 for a runtime
 failure), exactly one non-empty line on stderr starting with "error:", no traceback, a fragment
@@ -19,25 +19,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cnncli import output
 from cnncli.cli import app
 from cnncli.data import registry
 
 DATA = "synthetic:n=64,n_test=16,classes=2,size=28"
 EMBEDDED = Path(registry.__file__).parent / "embedded"
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def no_datasets_installed(monkeypatch, tmp_path):
-    """Nothing outside the test's folders: no system datasets, an empty cache, notes shown."""
-    monkeypatch.setattr(registry, "SYSTEM_DIRS", [])
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CNNCLI_DATA", raising=False)
-    monkeypatch.delenv("CNNCLI_DEBUG", raising=False)
-    output.set_quiet(False)  # another test's --quiet must not hide a second stderr line here
-    yield
-    output.set_quiet(False)
 
 
 def cli(*args):
@@ -75,14 +62,11 @@ def fails_cleanly(args, code, *fragments, untouched=()):
     return line
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A small real run: lenet5 on 2 synthetic classes, one epoch."""
-    out = tmp_path_factory.mktemp("errors") / "run"
-    result = cli("train", "lenet5", "--data", DATA, "--epochs", 1, "--out", out, "--threads", 1, "--quiet")
-    assert result.exit_code == 0, result.stderr
-    output.set_quiet(False)
-    return out
+@pytest.fixture
+def run_dir(tiny_run):
+    """A small real run: lenet5 on 2 synthetic classes (DATA), one epoch; conftest's session run,
+    read-only: every case here leaves it alone."""
+    return tiny_run
 
 
 @pytest.fixture
@@ -300,23 +284,16 @@ def test_output_folder_that_is_a_file_or_under_a_file(tmp_path):
 
 
 @pytest.fixture
-def read_only_dir(tmp_path):
+def read_only_dir(tmp_path, tmpfs):
     """A folder nobody may write: a read-only tmpfs as root (root ignores modes), mode 0555 otherwise."""
     folder = tmp_path / "ro"
     folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
+    if os.geteuid() == 0:
+        yield tmpfs(folder, "ro,size=64k")
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                             capture_output=True, check=False).returncode == 0
-    if not mounted:
-        pytest.skip("running as root and cannot mount a read-only tmpfs")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
+    folder.chmod(0o555)
+    yield folder
+    folder.chmod(0o755)
 
 
 def test_output_folder_that_cannot_be_written(read_only_dir, ckpt):

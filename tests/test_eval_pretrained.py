@@ -15,19 +15,13 @@ import os
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from cnncli.class_match import match_classes
-from cnncli.cli import app
 from cnncli.engine import weights as W
 from cnncli.errors import InputError
 
 IMAGENET = W.imagenet_class_names()
 WNIDS = W.imagenet_wordnet_ids()
-
-
-def run_cli(*args):
-    return CliRunner().invoke(app, list(args))
 
 
 # ---------------------------------------------------------------- matching
@@ -87,7 +81,7 @@ def stub_backbone(monkeypatch):
     return net, calls
 
 
-def test_eval_pretrained_scores_matched_classes_over_all_outputs(stub_backbone, tmp_path):
+def test_eval_pretrained_scores_matched_classes_over_all_outputs(run_cli, stub_backbone, tmp_path):
     from cnncli.data.imagefolder import load_image_folder
     from cnncli.data.transforms import prepare_batch
 
@@ -135,7 +129,7 @@ def test_eval_pretrained_scores_matched_classes_over_all_outputs(stub_backbone, 
     (["--data", "synthetic"], "pass --weights FILE .* or --pretrained"),
     (["--pretrained", "--data", "synthetic", "--split", "everything"], "--split must be one of train, val, test, all"),
 ])
-def test_usage_errors(stub_backbone, args, message):
+def test_usage_errors(run_cli, stub_backbone, args, message):
     result = run_cli("eval", "timm/test_efficientnet", *args)
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
@@ -144,7 +138,7 @@ def test_usage_errors(stub_backbone, args, message):
     assert re.search(message, result.stderr), result.stderr
 
 
-def test_pretrained_is_refused_for_a_checkpoint(tmp_path):
+def test_pretrained_is_refused_for_a_checkpoint(run_cli, tmp_path):
     # a trained checkpoint has its own classes; "as is" would silently mean something else
     result = run_cli("eval", str(tmp_path / "model.safetensors"), "--pretrained", "--data", "synthetic")
     assert result.exit_code == 2
@@ -152,7 +146,7 @@ def test_pretrained_is_refused_for_a_checkpoint(tmp_path):
                                      "evaluated on its own classes")
 
 
-def test_fashion_mnist_has_one_imagenet_class_and_cifar_like_names_none(stub_backbone, tmp_path):
+def test_fashion_mnist_has_one_imagenet_class_and_cifar_like_names_none(run_cli, stub_backbone, tmp_path):
     result = run_cli("eval", "timm/test_efficientnet", "--pretrained", "--data", "fashion-mnist-mini", "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -164,7 +158,7 @@ def test_fashion_mnist_has_one_imagenet_class_and_cifar_like_names_none(stub_bac
     assert result.exit_code == 2 and "none of the dataset's classes ('airplane', 'truck')" in result.stderr
 
 
-def test_split_all_takes_every_image_of_a_folder_too_small_to_hold_out_a_test_split(stub_backbone, tmp_path):
+def test_split_all_takes_every_image_of_a_folder_too_small_to_hold_out_a_test_split(run_cli, stub_backbone, tmp_path):
     root = _folder(tmp_path / "data", {"tabby": 1, "tench": 1})  # one photo per class
     result = run_cli("eval", "timm/test_efficientnet", "--pretrained", "--data", f"imagefolder:{root}",
                      "--split", "all", "--json")
@@ -175,7 +169,7 @@ def test_split_all_takes_every_image_of_a_folder_too_small_to_hold_out_a_test_sp
 
 
 @pytest.mark.slow
-def test_real_imagenet_weights_recognise_a_real_photo(tmp_path):
+def test_real_imagenet_weights_recognise_a_real_photo(run_cli, tmp_path):
     """EfficientNet-Lite0's real weights (the pip package): Grace Hopper, in uniform, three crops."""
     import importlib.util
 

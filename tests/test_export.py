@@ -8,19 +8,12 @@ import sys
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from cnncli import export as ex
 from cnncli.checkpoint import load_model, read_header, read_meta, save_checkpoint
-from cnncli.cli import app
 from cnncli.models.registry import create_model
 
-runner = CliRunner()
 CLASSES = [f"class {i}" for i in range(4)]
-
-
-def run_cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def make_checkpoint(path, name, input_size, dataset="fashion-mnist-mini", seed=0):
@@ -79,7 +72,7 @@ def check_onnx_file(path, ckpt):
 # ---------------------------------------------------------------------------- ONNX
 
 @pytest.mark.slow
-def test_onnx_cli_round_trip_hand_built(hand_ckpt, tmp_path):
+def test_onnx_cli_round_trip_hand_built(run_cli, hand_ckpt, tmp_path):
     out = tmp_path / "lenet.onnx"
     result = run_cli("export", hand_ckpt, "--format", "onnx", "--out", out, "--json")
     assert result.exit_code == 0, result.stderr
@@ -100,7 +93,7 @@ def test_onnx_round_trip_timm_with_the_default_exporter(timm_ckpt, tmp_path):
     check_onnx_file(tmp_path / "t.onnx", timm_ckpt)
 
 
-def test_an_older_opset_is_honoured(timm_ckpt, tmp_path):
+def test_an_older_opset_is_honoured(run_cli, timm_ckpt, tmp_path):
     import onnx
 
     result = run_cli("export", timm_ckpt, "-o", tmp_path / "t.onnx", "--opset", 13, "--json")
@@ -122,7 +115,7 @@ def test_onnx_round_trip_with_the_torchscript_exporter(which, hand_ckpt, timm_ck
 # ---------------------------------------------------------------------------- TorchScript
 
 @pytest.mark.parametrize("which", ["hand", "timm"])
-def test_torchscript_round_trip(which, hand_ckpt, timm_ckpt, tmp_path):
+def test_torchscript_round_trip(run_cli, which, hand_ckpt, timm_ckpt, tmp_path):
     ckpt = hand_ckpt if which == "hand" else timm_ckpt
     out = tmp_path / "m.pt"
     result = run_cli("export", ckpt, "-f", "torchscript", "-o", out, "--json")
@@ -145,7 +138,7 @@ def test_torchscript_round_trip(which, hand_ckpt, timm_ckpt, tmp_path):
 @pytest.mark.parametrize("which", ["hand", "timm"])
 @pytest.mark.parametrize("flag,dtype,st_dtype", [(None, "float32", "F32"), ("--half", "float16", "F16"),
                                                  ("--bf16", "bfloat16", "BF16")])
-def test_safetensors_export_is_a_checkpoint_again(which, flag, dtype, st_dtype, hand_ckpt, timm_ckpt):
+def test_safetensors_export_is_a_checkpoint_again(run_cli, which, flag, dtype, st_dtype, hand_ckpt, timm_ckpt):
     ckpt = hand_ckpt if which == "hand" else timm_ckpt
     args = ["export", ckpt, "--format", "safetensors", "--json"] + ([flag] if flag else [])
     result = run_cli(*args)
@@ -172,7 +165,7 @@ def test_safetensors_export_is_a_checkpoint_again(which, flag, dtype, st_dtype, 
 
 # ---------------------------------------------------------------------------- failures
 
-def test_a_disagreeing_export_fails_with_exit_1_and_writes_nothing(hand_ckpt, tmp_path, monkeypatch):
+def test_a_disagreeing_export_fails_with_exit_1_and_writes_nothing(run_cli, hand_ckpt, tmp_path, monkeypatch):
     real = ex.run_exported
 
     def off_by_a_little(fmt, data, batches, meta):
@@ -191,14 +184,14 @@ def test_a_disagreeing_export_fails_with_exit_1_and_writes_nothing(hand_ckpt, tm
     assert doc["verified"] is False and doc["max_abs_diff"] is None and out.exists()
 
 
-def test_missing_onnx_says_how_to_install(hand_ckpt, tmp_path, monkeypatch):
+def test_missing_onnx_says_how_to_install(run_cli, hand_ckpt, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     result = run_cli("export", hand_ckpt, "-o", tmp_path / "m.onnx")
     assert result.exit_code == 2
     assert "pip install 'cnncli[export]'" in result.stderr
 
 
-def test_missing_onnxruntime_exports_unverified_unless_verify_is_asked(hand_ckpt, tmp_path, monkeypatch):
+def test_missing_onnxruntime_exports_unverified_unless_verify_is_asked(run_cli, hand_ckpt, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     result = run_cli("export", hand_ckpt, "-o", tmp_path / "m.onnx", "--verify")
     assert result.exit_code == 2 and "pip install 'cnncli[export]'" in result.stderr
@@ -213,13 +206,13 @@ def test_missing_onnxruntime_exports_unverified_unless_verify_is_asked(hand_ckpt
     (["-f", "torchscript", "--opset", "17"], "--opset applies to --format onnx only"),
     (["-f", "onnx", "--opset", "7"], "--opset 7 is outside"),
 ])
-def test_bad_options_are_usage_errors(args, message, hand_ckpt):
+def test_bad_options_are_usage_errors(run_cli, args, message, hand_ckpt):
     result = run_cli("export", hand_ckpt, *args)
     assert result.exit_code == 2
     assert message in result.stderr
 
 
-def test_refuses_to_overwrite_the_checkpoint_and_unknown_files(hand_ckpt, tmp_path):
+def test_refuses_to_overwrite_the_checkpoint_and_unknown_files(run_cli, hand_ckpt, tmp_path):
     result = run_cli("export", hand_ckpt, "-f", "safetensors", "-o", hand_ckpt)
     assert result.exit_code == 2 and "the checkpoint itself" in result.stderr
     result = run_cli("export", tmp_path / "nope.safetensors")

@@ -7,9 +7,7 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from cnncli.cli import app
 from cnncli.engine.optim import build_optimizer
 from cnncli.errors import InputError
 from cnncli.finetune import (
@@ -21,12 +19,6 @@ from cnncli.finetune import (
     stage_phases,
 )
 from cnncli.models.registry import create_model
-
-runner = CliRunner()
-
-
-def run_cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def _tiny(name, **kw):
@@ -180,19 +172,10 @@ def test_cache_is_refused_with_augmentation():
 
 
 # ---------------------------------------------------------------- the command, end to end
-@pytest.fixture(scope="module")
-def lenet_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("src") / "lenet"
-    result = run_cli("train", "lenet5", "--data", "synthetic:size=16,n=120,n_test=20,classes=4", "--epochs", 1,
-                     "--out", out, "--threads", 1, "--quiet", "--json")
-    assert result.exit_code == 0, result.stderr
-    return out
-
-
-def test_finetune_a_cnncli_run_on_other_data_then_eval(lenet_run, tmp_path):
+def test_finetune_a_cnncli_run_on_other_data_then_eval(run_cli, tiny_run, tmp_path):
     out = tmp_path / "ft"
     data = "synthetic:size=16,n=90,n_test=30,classes=3,channels=3"
-    result = run_cli("finetune", lenet_run, "--data", data, "--head-epochs", 1, "--epochs", 1, "--unfreeze", 1,
+    result = run_cli("finetune", tiny_run, "--data", data, "--head-epochs", 1, "--epochs", 1, "--unfreeze", 1,
                      "--out", out, "--threads", 1, "--quiet", "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -203,7 +186,7 @@ def test_finetune_a_cnncli_run_on_other_data_then_eval(lenet_run, tmp_path):
 
     meta = read_meta(out / "model.safetensors")
     assert meta["num_classes"] == 3 and meta["model"]["name"] == "lenet5" and meta["input_size"] == [1, 32, 32]
-    assert meta["mean"] == read_meta(lenet_run / "model.safetensors")["mean"]  # the backbone's normalization
+    assert meta["mean"] == read_meta(tiny_run / "model.safetensors")["mean"]  # the backbone's normalization
     evaluated = run_cli("eval", out, "--json")
     assert evaluated.exit_code == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["top1"] == pytest.approx(doc["test_top1"])
@@ -213,7 +196,7 @@ def test_finetune_a_cnncli_run_on_other_data_then_eval(lenet_run, tmp_path):
     assert json.loads(resumed.stdout)["test_top1"] == pytest.approx(doc["test_top1"])
 
 
-def test_finetune_a_timm_backbone_from_a_weights_file_then_eval(tmp_path):
+def test_finetune_a_timm_backbone_from_a_weights_file_then_eval(run_cli, tmp_path):
     weights = tmp_path / "imagenet_like.pth"
     torch.save(_tiny("timm/test_efficientnet").state_dict(), weights)  # a 1000-class classifier
     out = tmp_path / "ft"
@@ -231,7 +214,7 @@ def test_finetune_a_timm_backbone_from_a_weights_file_then_eval(tmp_path):
     assert ev["model"] == "timm/test_efficientnet" and ev["top1"] == pytest.approx(doc["test_top1"])
 
 
-def test_no_weights_anywhere_is_one_line_and_exit_2(monkeypatch, tmp_path):
+def test_no_weights_anywhere_is_one_line_and_exit_2(run_cli, monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     from cnncli.engine import weights as W

@@ -1,4 +1,4 @@
-"""Issue 7, section 3: fuzz every reader of a file a user hands to cnncli.
+"""Fuzz every reader of a file a user hands to cnncli.
 
 Each reader gets many mutated (bytes flipped, overwritten, inserted, deleted) and truncated
 versions of a valid file, and structured variants with wrong values in the right places. Each
@@ -16,6 +16,7 @@ import json
 import pickle
 import string
 import tempfile
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -271,11 +272,14 @@ def test_mutated_model_files(data):
     either_reads_or_refuses(create_model, str(scratch("fuzz.toml", data)), None, None, False, "meta")
 
 
+def _keys(doc: dict) -> dict:
+    """The shape of a TOML document: its tables and keys, without the values."""
+    return {k: [sorted(t) for t in v] if isinstance(v, list) else sorted(v) for k, v in doc.items()}
+
+
 @FUZZ
 @given(st.data())
 def test_model_files_with_wrong_values(data):
-    import re
-
     lines = MODEL_FILE.splitlines()
     for _ in range(data.draw(st.integers(1, 3))):
         i = data.draw(st.sampled_from([n for n, line in enumerate(lines) if " = " in line]))
@@ -284,7 +288,9 @@ def test_model_files_with_wrong_values(data):
                                            '[0, 0, 0]', '[3, 1, 1]', '"num_classes"', '{a = 1}', '0.5', '"relu"']))
         lines[i] = f"{key} = {value}"
     text = "\n".join(lines) + "\n"
-    assert re.search(r"\[model\]", text)
+    # still TOML with the base file's tables and keys: only values changed, so what is exercised is
+    # the model file's checks of values, not the TOML parser
+    assert _keys(tomllib.loads(text)) == _keys(tomllib.loads(MODEL_FILE))
     either_reads_or_refuses(create_model, str(scratch("fuzz.toml", text.encode())), None, None, False, "meta")
 
 

@@ -38,7 +38,6 @@ from cnncli.models.registry import count_params, create_model, get_model_info
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "models"
 SHIPPED = sorted(RECIPES.glob("*.toml"))
-runner = CliRunner()
 
 
 def _spec(layers, input_=(1, 28, 28), num_classes=10, **model):
@@ -314,7 +313,7 @@ def test_the_input_may_be_written_as_a_string_and_overridden():
 
 # --------------------------------------------------------------------------- through the CLI
 
-def test_cli_inspect_of_a_bad_file_is_one_line_and_exit_2(tmp_path):
+def test_cli_inspect_of_a_bad_file_is_one_line_and_exit_2(runner, tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[model]\nname = "bad"\ninput = [1, 28, 28]\nnum_classes = 10\n\n'
                     '[[layers]]\ntype = "conv"\nfilters = 8\nkernel = 3\n\n'
@@ -326,7 +325,7 @@ def test_cli_inspect_of_a_bad_file_is_one_line_and_exit_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: layer 2 ('fc', dense): a dense layer")
 
 
-def test_cli_inspect_reads_a_model_file_with_the_file_names_as_rows():
+def test_cli_inspect_reads_a_model_file_with_the_file_names_as_rows(runner):
     result = runner.invoke(app, ["inspect", str(RECIPES / "typical_cnn.toml"), "--format", "json"])
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -472,7 +471,7 @@ def _register_new_model():
         app.command("new-model")(new_model)
 
 
-def test_new_model_defaults_are_the_seeds_typical_cnn(tmp_path):
+def test_new_model_defaults_are_the_seeds_typical_cnn(runner, tmp_path):
     _register_new_model()
     out = tmp_path / "my_cnn.toml"
     result = runner.invoke(app, ["new-model", "my_cnn", "--out", str(out)])
@@ -485,7 +484,7 @@ def test_new_model_defaults_are_the_seeds_typical_cnn(tmp_path):
     assert info.name == "my_cnn" and info.input_size == (1, 28, 28) and info.num_classes == 10
 
 
-def test_new_model_follows_the_good_practice_on_a_large_input_and_refuses_to_overwrite(tmp_path, monkeypatch):
+def test_new_model_follows_the_good_practice_on_a_large_input_and_refuses_to_overwrite(runner, tmp_path, monkeypatch):
     _register_new_model()
     monkeypatch.chdir(tmp_path)
     args = ["new-model", "big", "--input", "3x96x96", "--classes", "5", "--blocks", "4", "--width", "16", "--json"]
@@ -513,7 +512,7 @@ def test_new_model_follows_the_good_practice_on_a_large_input_and_refuses_to_ove
     assert forced.exit_code == 0 and (tmp_path / "big.toml").read_text() != before
 
 
-def test_new_model_refuses_more_blocks_than_the_input_allows(tmp_path):
+def test_new_model_refuses_more_blocks_than_the_input_allows(runner, tmp_path):
     _register_new_model()
     result = runner.invoke(app, ["new-model", "deep", "--blocks", "5", "--out", str(tmp_path / "d.toml")])
     assert result.exit_code == 2

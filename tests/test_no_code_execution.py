@@ -1,4 +1,4 @@
-"""Issue 7, section 3: no file can run code.
+"""No file can run code.
 
 A malicious pickle (one that would create a marker file when unpickled) is planted everywhere
 cnncli reads weights or data that could be a pickle: `--weights` of train, finetune, eval and
@@ -21,17 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import cnncli
-from cnncli import output
 from cnncli.checkpoint import MAX_HEADER_BYTES, load_checkpoint, load_tensors, read_header
 from cnncli.cli import app
-from cnncli.data import registry
 from cnncli.errors import InputError
 
 DATA = "synthetic:n=40,n_test=10,classes=2,size=28"
-runner = CliRunner()
 
 
 class Exploit:
@@ -42,14 +38,6 @@ class Exploit:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch, tmp_path):
-    monkeypatch.setattr(registry, "SYSTEM_DIRS", [])
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CNNCLI_DATA", raising=False)
-    output.set_quiet(False)
 
 
 @pytest.fixture
@@ -90,7 +78,7 @@ def refused(result, *fragments):
 
 
 @pytest.mark.parametrize("command", ["train", "finetune", "eval", "predict"])
-def test_malicious_pth_as_weights_runs_nothing(command, evil_pth, tmp_path):
+def test_malicious_pth_as_weights_runs_nothing(runner, command, evil_pth, tmp_path):
     image = tmp_path / "x.png"
     from torchvision.io import write_png
 
@@ -107,14 +95,14 @@ def test_malicious_pth_as_weights_runs_nothing(command, evil_pth, tmp_path):
         assert "it would call " in line
 
 
-def test_malicious_weights_named_by_a_recipe(evil_pth, tmp_path):
+def test_malicious_weights_named_by_a_recipe(runner, evil_pth, tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'model = "lenet5"\ndata = "{DATA}"\nweights = "{evil_pth}"\nepochs = 1\n')
     refused(runner.invoke(app, ["train", "--recipe", str(recipe), "--out", str(tmp_path / "r")]), str(evil_pth))
     refused(runner.invoke(app, ["finetune", "--recipe", str(recipe), "--out", str(tmp_path / "r2")]), str(evil_pth))
 
 
-def test_malicious_weights_named_by_a_model_file(evil_pth, tmp_path):
+def test_malicious_weights_named_by_a_model_file(runner, evil_pth, tmp_path):
     model_file = tmp_path / "net.toml"
     model_file.write_text(f'[model]\nname = "net"\ninput = [1, 32, 32]\nnum_classes = 2\n\n'
                           f'[backbone]\nmodel = "lenet5"\nweights = "{evil_pth.name}"\n\n'
@@ -131,7 +119,7 @@ def _cifar_batch(n: int = 4) -> dict:
 
 
 @pytest.mark.parametrize("where", ["data_batch_2", "test_batch", "batches.meta"])
-def test_malicious_cifar_batch_runs_nothing(where, tmp_path, marker):
+def test_malicious_cifar_batch_runs_nothing(runner, where, tmp_path, marker):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:

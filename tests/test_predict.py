@@ -7,20 +7,13 @@ import json
 import pytest
 import torch
 from torchvision.io import write_jpeg, write_png
-from typer.testing import CliRunner
 
 from cnncli import predict as pr
 from cnncli.checkpoint import load_model, save_checkpoint
-from cnncli.cli import app
 from cnncli.data.transforms import decode_image_file, prepare_images
 from cnncli.models.registry import create_model
 
-runner = CliRunner()
 CLASSES = ["cat", "dog", "bird"]
-
-
-def run_cli(*args, input=None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
 
 
 def json_lines(text):
@@ -79,7 +72,7 @@ def check_contract(doc, top_k):
     assert probs == sorted(probs, reverse=True)
 
 
-def test_checkpoint_json_lines_match_the_network(ckpt, images):
+def test_checkpoint_json_lines_match_the_network(run_cli, ckpt, images):
     root, _ = images
     result = run_cli("predict", ckpt, root, "--json", "--top-k", 2)
     assert result.exit_code == 0, result.stderr
@@ -93,7 +86,7 @@ def test_checkpoint_json_lines_match_the_network(ckpt, images):
         assert doc["top"][0]["prob"] == pytest.approx(float(want.max()), abs=1e-6)
 
 
-def test_a_folder_with_a_broken_image_reports_it_and_predicts_the_rest(ckpt, images):
+def test_a_folder_with_a_broken_image_reports_it_and_predicts_the_rest(run_cli, ckpt, images):
     _, mixed = images
     result = run_cli("predict", ckpt, mixed, "--json")
     assert result.exit_code == 1
@@ -103,7 +96,7 @@ def test_a_folder_with_a_broken_image_reports_it_and_predicts_the_rest(ckpt, ima
     assert err[-1].startswith("error: 1 of 2 files could not be predicted")
 
 
-def test_bad_files_among_good_ones_one_line_each(ckpt, images, tmp_path):
+def test_bad_files_among_good_ones_one_line_each(run_cli, ckpt, images, tmp_path):
     images, _ = images
     missing = tmp_path / "missing.jpg"
     args = [images / "a.png", images / "notes.txt", missing, images / "c.jpg"]
@@ -116,7 +109,7 @@ def test_bad_files_among_good_ones_one_line_each(ckpt, images, tmp_path):
     assert "2 of 4" in stderr[-1]
 
 
-def test_onnx_file_gives_the_same_answers_as_the_checkpoint(ckpt, onnx_file, images):
+def test_onnx_file_gives_the_same_answers_as_the_checkpoint(run_cli, ckpt, onnx_file, images):
     images, _ = images
     files = [images / "a.png", images / "c.jpg", images / "sub" / "b.png"]
     from_ckpt = json_lines(run_cli("predict", ckpt, *files, "--json", "-k", 3).stdout)
@@ -130,7 +123,7 @@ def test_onnx_file_gives_the_same_answers_as_the_checkpoint(ckpt, onnx_file, ima
         assert [e["prob"] for e in a["top"]] == pytest.approx([e["prob"] for e in b["top"]], abs=1e-5)
 
 
-def test_paths_from_stdin(ckpt, images):
+def test_paths_from_stdin(run_cli, ckpt, images):
     images, _ = images
     listing = f"{images / 'a.png'}\n\n{images / 'c.jpg'}\n"
     result = run_cli("predict", ckpt, "-", images / "sub" / "b.png", "--json", "-k", 1, input=listing)
@@ -139,14 +132,14 @@ def test_paths_from_stdin(ckpt, images):
         str(images / "a.png"), str(images / "c.jpg"), str(images / "sub" / "b.png")]
 
 
-def test_table_output(ckpt, images):
+def test_table_output(run_cli, ckpt, images):
     images, _ = images
     result = run_cli("predict", ckpt, images / "a.png")
     assert result.exit_code == 0, result.stderr
     assert "a.png" in result.stdout and any(c in result.stdout for c in CLASSES)
 
 
-def test_registry_name_with_a_weights_file_answers_in_imagenet_classes(images, tmp_path):
+def test_registry_name_with_a_weights_file_answers_in_imagenet_classes(run_cli, images, tmp_path):
     images, _ = images
     from safetensors.torch import save_file
 
@@ -174,20 +167,20 @@ def test_registry_name_with_a_weights_file_answers_in_imagenet_classes(images, t
     (["lenet5", "--pretrained"], "no pretrained weights found for lenet5; tried:"),
     (["no_such_net", "--weights", "w.safetensors"], "unknown model"),
 ])
-def test_registry_names_need_weights(args, message, images):
+def test_registry_names_need_weights(run_cli, args, message, images):
     images, _ = images
     result = run_cli("predict", args[0], images / "a.png", *args[1:])
     assert result.exit_code == 2
     assert message in result.stderr
 
 
-def test_checkpoint_with_weights_is_a_usage_error(ckpt, images):
+def test_checkpoint_with_weights_is_a_usage_error(run_cli, ckpt, images):
     images, _ = images
     result = run_cli("predict", ckpt, images / "a.png", "--weights", ckpt)
     assert result.exit_code == 2 and "apply to registry names" in result.stderr
 
 
-def test_empty_folder_and_foreign_onnx(ckpt, tmp_path):
+def test_empty_folder_and_foreign_onnx(run_cli, ckpt, tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_cli("predict", ckpt, tmp_path / "empty")
     assert result.exit_code == 2 and "no image files" in result.stderr
@@ -221,7 +214,7 @@ def test_expand_inputs_keeps_order_and_reads_stdin(tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrained_comes_from_an_installed_weight_package_and_names_imagenet_classes():
+def test_pretrained_comes_from_an_installed_weight_package_and_names_imagenet_classes(run_cli):
     """--pretrained uses the same sources as finetune: the efficientnet-lite0 package offline."""
     import importlib.util
     import os

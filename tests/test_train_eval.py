@@ -12,21 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from cnncli.checkpoint import load_model, read_meta
-from cnncli.cli import app
 
 DATA = "synthetic:n=800,n_test=200,classes=4,size=28"
-runner = CliRunner()
-
-
-def run_cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def trained_run(run_cli, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "lenet"
     result = run_cli("train", "lenet5", "--data", DATA, "--epochs", 3, "--out", out, "--seed", 3,
                      "--threads", 1, "--json", "--quiet")
@@ -64,7 +57,7 @@ def test_checkpoint_describes_itself(trained_run):
     assert sum(p.numel() for p in model.parameters()) == 61_706 - 84 * 10 - 10 + 84 * 4 + 4
 
 
-def test_eval_rebuilds_from_the_checkpoint_and_matches_train(trained_run):
+def test_eval_rebuilds_from_the_checkpoint_and_matches_train(run_cli, trained_run):
     out, doc = trained_run
     result = run_cli("eval", out, "--json")
     assert result.exit_code == 0, result.stderr
@@ -75,7 +68,7 @@ def test_eval_rebuilds_from_the_checkpoint_and_matches_train(trained_run):
     assert set(ev["per_class"][0]) >= {"class", "precision", "recall", "f1"}
 
 
-def test_eval_table_and_plot(trained_run, tmp_path):
+def test_eval_table_and_plot(run_cli, trained_run, tmp_path):
     out, _ = trained_run
     plot = tmp_path / "confusion.png"
     result = run_cli("eval", out, "--plot", plot)
@@ -84,7 +77,7 @@ def test_eval_table_and_plot(trained_run, tmp_path):
     assert plot.stat().st_size > 1000
 
 
-def test_eval_refuses_a_dataset_with_other_classes(trained_run):
+def test_eval_refuses_a_dataset_with_other_classes(run_cli, trained_run):
     out, _ = trained_run
     result = run_cli("eval", out, "--data", "synthetic:n=100,classes=6")
     assert result.exit_code == 2
@@ -92,7 +85,7 @@ def test_eval_refuses_a_dataset_with_other_classes(trained_run):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_recipe_and_flag_override(tmp_path):
+def test_recipe_and_flag_override(run_cli, tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'model = "lenet5"\ndata = "{DATA}"\nepochs = 5\nbatch_size = 64\n')
     result = run_cli("train", "--recipe", recipe, "--epochs", 1, "--out", tmp_path / "run", "--json", "--quiet",
@@ -103,7 +96,7 @@ def test_recipe_and_flag_override(tmp_path):
     assert "epochs = 1" in config and "batch_size = 64" in config
 
 
-def test_bad_recipe_key_is_one_line_exit_2(tmp_path):
+def test_bad_recipe_key_is_one_line_exit_2(run_cli, tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text('model = "lenet5"\nlearning_rate = 0.1\n')
     result = run_cli("train", "--recipe", recipe)

@@ -9,20 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from torchvision.io import ImageReadMode, decode_png, read_file, write_png
-from typer.testing import CliRunner
 
 from cnncli import viz
 from cnncli.checkpoint import load_model, save_checkpoint
-from cnncli.cli import app
 from cnncli.errors import InputError
 from cnncli.models.registry import create_model
 from cnncli.plots import plot_confusion, plot_curves, plot_feature_maps, plot_filters
-
-runner = CliRunner()
-
-
-def run_cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def open_png(path, min_size=(150, 150)):
@@ -76,8 +68,8 @@ def test_vertical_filter_enhances_vertical_lines_and_horizontal_horizontal():
     assert vmap[5, 12] == 0  # the vertical filter does not spread a vertical line sideways
 
 
-@pytest.mark.parametrize("name", ["line-filters", "seed-filters"])  # the first name still works
-def test_line_filters_cli(lines_png, tmp_path, name):
+@pytest.mark.parametrize("name", ["line-filters", "seed-filters"])  # the old name still works
+def test_line_filters_cli(run_cli, lines_png, tmp_path, name):
     out = tmp_path / "fig8.png"
     result = run_cli("viz", name, lines_png, "--out", out)
     assert result.exit_code == 0, result.stderr
@@ -85,7 +77,7 @@ def test_line_filters_cli(lines_png, tmp_path, name):
     open_png(out, (300, 400))
 
 
-def test_line_filters_rejects_an_even_size(lines_png, tmp_path):
+def test_line_filters_rejects_an_even_size(run_cli, lines_png, tmp_path):
     result = run_cli("viz", "line-filters", lines_png, "--size", 4, "--out", tmp_path / "x.png")
     assert result.exit_code == 2 and "odd" in result.stderr
 
@@ -106,7 +98,7 @@ def test_feature_maps_are_the_layers_output(ckpt, lines_png):
     assert maps.shape[0] == conv.out_channels
 
 
-def test_feature_maps_cli(ckpt, lines_png, tmp_path):
+def test_feature_maps_cli(run_cli, ckpt, lines_png, tmp_path):
     model, _ = load_model(ckpt)
     layer = viz.conv_layer_names(model)[1]  # the second convolution, deeper than the default
     out = tmp_path / "maps.png"
@@ -115,7 +107,7 @@ def test_feature_maps_cli(ckpt, lines_png, tmp_path):
     open_png(out)
 
 
-def test_unknown_layer_lists_layer_names(ckpt, lines_png, tmp_path):
+def test_unknown_layer_lists_layer_names(run_cli, ckpt, lines_png, tmp_path):
     result = run_cli("viz", "feature-maps", ckpt, lines_png, "--layer", "conv99", "--out", tmp_path / "x.png")
     assert result.exit_code == 2
     model, _ = load_model(ckpt)
@@ -124,14 +116,14 @@ def test_unknown_layer_lists_layer_names(ckpt, lines_png, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_filters_of_a_checkpoint_in_gray(ckpt, tmp_path):
+def test_filters_of_a_checkpoint_in_gray(run_cli, ckpt, tmp_path):
     out = tmp_path / "filters.png"
     result = run_cli("viz", "filters", ckpt, "--out", out)
     assert result.exit_code == 0, result.stderr
     open_png(out, (100, 100))
 
 
-def test_first_layer_filters_of_an_rgb_network_are_in_colour(tmp_path):
+def test_first_layer_filters_of_an_rgb_network_are_in_colour(run_cli, tmp_path):
     out = tmp_path / "rgb.png"
     result = run_cli("viz", "filters", "timm/test_resnet", "--out", out)  # random weights, RGB input
     assert result.exit_code == 0, result.stderr
@@ -140,16 +132,30 @@ def test_first_layer_filters_of_an_rgb_network_are_in_colour(tmp_path):
     assert (image[0] - image[1]).abs().max() > 20 or (image[1] - image[2]).abs().max() > 20
 
 
-def test_filters_of_a_block_named_like_its_convolution(tmp_path):
+def test_filters_of_a_block_named_like_its_convolution(tmp_path, monkeypatch):
     """Model files name a conv + batch norm + ReLU block (conv2_2); its filters are its one conv's."""
+    import cnncli.plots
+
     model_file = Path(__file__).resolve().parent.parent / "recipes" / "models" / "fashion_fast.toml"
+    drawn = []
+    real_plot_filters = cnncli.plots.plot_filters
+
+    def plot_filters_seen(weight, out, **kw):
+        drawn.append(weight)
+        return real_plot_filters(weight, out, **kw)
+
+    monkeypatch.setattr(cnncli.plots, "plot_filters", plot_filters_seen)
     path = viz.render_filters(str(model_file), layer="conv2_2", out=tmp_path / "f.png")
-    assert open_png(path, (100, 100)).shape[0] in (1, 3, 4)
+    # conv2_2 is 64 filters of 3x3 over the 64 maps of conv2_1 (not the block's batch-norm weight)
+    assert [tuple(w.shape) for w in drawn] == [(64, 64, 3, 3)]
+    image = open_png(path, (100, 100))
+    # 64 input channels are averaged into gray filters: R == G == B in every pixel of the picture
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
     with pytest.raises(InputError, match="'pool1' is not a convolution"):
         viz.render_filters(str(model_file), layer="pool1", out=tmp_path / "g.png")
 
 
-def test_filters_of_a_layer_that_is_not_a_convolution(ckpt, tmp_path):
+def test_filters_of_a_layer_that_is_not_a_convolution(run_cli, ckpt, tmp_path):
     model, _ = load_model(ckpt)
     not_conv = next(n for n, m in model.named_modules() if n and not isinstance(m, torch.nn.Conv2d)
                     and getattr(m, "weight", None) is not None and m.weight.dim() != 4)
@@ -159,7 +165,7 @@ def test_filters_of_a_layer_that_is_not_a_convolution(ckpt, tmp_path):
 
 # ---------------------------------------------------------------------------- curves and confusion
 
-def test_curves_from_a_run_directory(tmp_path):
+def test_curves_from_a_run_directory(run_cli, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     rows = [{"epoch": e, "train_loss": 2.0 / e, "train_top1": 0.3 + 0.1 * e, "val_loss": 2.2 / e,
@@ -171,7 +177,7 @@ def test_curves_from_a_run_directory(tmp_path):
     open_png(run / "curves.png", (250, 500))
 
 
-def test_curves_without_metrics_is_an_input_error(tmp_path):
+def test_curves_without_metrics_is_an_input_error(run_cli, tmp_path):
     result = run_cli("viz", "curves", tmp_path)
     assert result.exit_code == 2 and "metrics.jsonl" in result.stderr
 
@@ -182,7 +188,7 @@ def eval_doc():
             "per_class": [{"class": "a"}, {"class": "b"}, {"class": "c"}]}
 
 
-def test_confusion_from_an_eval_json_document(tmp_path):
+def test_confusion_from_an_eval_json_document(run_cli, tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps(eval_doc()))
     out = tmp_path / "conf.png"
     result = run_cli("viz", "confusion", tmp_path / "eval.json", "--normalize", "--out", out)
@@ -192,7 +198,7 @@ def test_confusion_from_an_eval_json_document(tmp_path):
     assert names == ["a", "b", "c"] and matrix[0] == [8, 1, 1] and "lenet5" in title
 
 
-def test_confusion_from_a_run_directory(tmp_path):
+def test_confusion_from_a_run_directory(run_cli, tmp_path):
     result = run_cli("viz", "confusion", tmp_path)
     assert result.exit_code == 2 and "eval.json" in result.stderr
     (tmp_path / "eval.json").write_text(json.dumps(eval_doc()))
@@ -201,7 +207,7 @@ def test_confusion_from_a_run_directory(tmp_path):
     open_png(tmp_path / "confusion.png")
 
 
-def test_confusion_rejects_other_json(tmp_path):
+def test_confusion_rejects_other_json(run_cli, tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"top1": 0.9}))
     result = run_cli("viz", "confusion", tmp_path / "x.json")
     assert result.exit_code == 2 and "confusion" in result.stderr
