@@ -54,7 +54,9 @@ def _count(value, low: int, high: int) -> bool:
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) < 1e308 if isinstance(value, int) else math.isfinite(value)  # no float(10**400)
 
 
 def _numbers(value, length: int | None) -> bool:
@@ -258,7 +260,10 @@ class RunDocument(_JsonView):
         except (json.JSONDecodeError, RecursionError, TypeError):
             raise InputError(f"{source}: corrupt cnncli metadata (not JSON)" if source is not None
                              else "corrupt cnncli metadata (not JSON)") from None
-        return cls.from_dict(data, source)
+        try:
+            return cls.from_dict(data, source)
+        except RecursionError:
+            raise InputError(f"{source}: corrupt cnncli metadata (nested too deeply)") from None
 
     # ---------------------------------------------------------------- writing
     def to_dict(self) -> dict[str, Any]:
