@@ -228,6 +228,15 @@ class RunDocument(_JsonView):
     def _known(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self._field_names()}
 
+    def __getitem__(self, key: str) -> Any:
+        # one key's JSON value without building the whole document (predict reads three per batch)
+        if key in ("format", "kind") or key in self._field_names():
+            value = getattr(self, key)
+            if value is None:
+                raise KeyError(key)
+            return value.to_dict() if isinstance(value, ModelSpec) else _plain(value)
+        return _plain(self.extra[key])
+
     # ---------------------------------------------------------------- reading
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source=None) -> RunDocument:
