@@ -10,24 +10,32 @@ holding a JSON document with everything needed to rebuild and use the network:
      "mean": [...], "std": [...], "dataset": "fashion-mnist", "epoch": 7,
      "metrics": {...}, "versions": {...}, "recipe": {...}, "weights_source": ...}
 
-Reading is defensive (a weights file is data, never code): the header length is bounded, and
-every tensor's dtype, shape and byte range are checked against the file before anything is
-allocated, so a truncated or hostile file is refused with one clear line.
+The document is a `RunDocument` (cnncli.checkpoint_doc): one typed value, built by
+`build_document`, checked value by value when read. Reading is defensive (a weights file is
+data, never code): the header length is bounded, and every tensor's dtype, shape and byte range
+are checked against the file before anything is allocated, so a truncated or hostile file is
+refused with one clear line.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cnncli.checkpoint_doc import (  # noqa: F401 - the document is part of this module's interface
+    FORMAT_VERSION,
+    ModelSpec,
+    RunDocument,
+    as_document,
+    build_document,
+)
 from cnncli.errors import InputError
 from cnncli.fileio import atomic_write_bytes
 
-FORMAT_VERSION = 1
 META_KEY = "cnncli"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
@@ -137,78 +145,38 @@ def load_tensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict, di
     return tensors, metadata
 
 
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+def read_meta(path: str | os.PathLike) -> RunDocument:
     """The cnncli document of a checkpoint, or a clear error for a file from another tool."""
     _, metadata = read_header(path)
     return _parse_meta(path, metadata)
 
 
-def _parse_meta(path, metadata: dict[str, str]) -> dict[str, Any]:
+def _parse_meta(path, metadata: dict[str, str]) -> RunDocument:
     if META_KEY not in metadata:
         raise InputError(
             f"{path} has no cnncli metadata (network name, classes, input size); it is plain "
             "weights from another tool: pass it as --weights FILE together with a model name"
         )
-    try:
-        meta = json.loads(metadata[META_KEY])
-    except (json.JSONDecodeError, RecursionError):
-        raise InputError(f"{path}: corrupt cnncli metadata (not JSON)") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict) \
-            or not isinstance(meta["model"].get("name"), str):
-        raise InputError(f"{path}: cnncli metadata without a model name")
-    _check_meta_values(path, meta)
-    return meta
+    return RunDocument.from_json(metadata[META_KEY], source=path)
 
 
-def _count(value, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def _numbers(value) -> bool:
-    return isinstance(value, list) and len(value) > 0 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-
-
-# What the rebuilding code relies on, checked here so that a damaged or hand-edited document is
-# refused in one line instead of failing (or allocating without bound) inside a constructor.
-_META_CHECKS = {
-    "model.num_classes": (lambda v: _count(v, 1, 1_000_000), "a number of classes from 1 to 1,000,000"),
-    "model.in_chans": (lambda v: _count(v, 1, 1024), "a number of channels from 1 to 1024"),
-    "model.kwargs": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and k.isidentifier() for k in v),
-                     "a table of keyword arguments"),
-    "model.model_file": (lambda v: isinstance(v, dict), "a model file's table"),
-    "num_classes": (lambda v: _count(v, 1, 1_000_000), "a number of classes from 1 to 1,000,000"),
-    "class_names": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of names"),
-    "input_size": (lambda v: isinstance(v, list) and len(v) == 3 and _count(v[0], 1, 1024)
-                   and all(_count(d, 1, 65536) for d in v[1:]), "[C, H, W]"),
-    "mean": (_numbers, "a list of numbers"),
-    "std": (lambda v: _numbers(v) and all(s > 0 for s in v), "a list of positive numbers"),
-    "dataset": (lambda v: isinstance(v, str), "a dataset name"),
-}
-
-
-def _check_meta_values(path, meta: dict[str, Any]) -> None:
-    for key, (ok, what) in _META_CHECKS.items():
-        holder, _, name = key.rpartition(".")
-        table = meta[holder] if holder else meta
-        value = table.get(name)
-        if value is not None and not ok(value):
-            raise InputError(f"{path}: corrupt cnncli metadata: '{key}' must be {what}, "
-                             f"got {json.dumps(value)[:60]}")
-    if isinstance(meta.get("class_names"), list) and isinstance(meta.get("num_classes"), int) \
-            and len(meta["class_names"]) != meta["num_classes"]:
-        raise InputError(f"{path}: corrupt cnncli metadata: {len(meta['class_names'])} class names for "
-                         f"{meta['num_classes']} classes")
-
-
-def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict[str, Any]) -> Path:
-    """Write weights plus the cnncli document atomically."""
+def checkpoint_bytes(state_dict: dict, doc: RunDocument | Mapping[str, Any], dtype: str | None = None) -> bytes:
+    """A checkpoint as bytes: the tensors (floating ones cast to `dtype` when given) and the document."""
     from safetensors.torch import save
 
-    meta = {"format": FORMAT_VERSION, **meta}
+    doc = as_document(doc)
+    if dtype is not None:
+        import torch
+
+        target = getattr(torch, dtype)
+        state_dict = {k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    data = save(_untie(tensors), metadata={META_KEY: json.dumps(meta, default=str), "format": "pt"})
-    return atomic_write_bytes(path, data)
+    return save(_untie(tensors), metadata={META_KEY: doc.to_json(), "format": "pt"})
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: RunDocument | Mapping[str, Any]) -> Path:
+    """Write weights plus the cnncli document atomically (a mapping is checked as a document first)."""
+    return atomic_write_bytes(path, checkpoint_bytes(state_dict, meta))
 
 
 def _untie(tensors: dict) -> dict:
@@ -223,7 +191,7 @@ def _untie(tensors: dict) -> dict:
     return out
 
 
-def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[dict, dict[str, Any]]:
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[dict, RunDocument]:
     """(state_dict, cnncli metadata) of a cnncli checkpoint."""
     tensors, metadata = load_tensors(path, device=device)
     return tensors, _parse_meta(path, metadata)
@@ -248,11 +216,11 @@ def is_checkpoint_ref(name: str) -> bool:
     return name.endswith(".safetensors") or (p.is_dir() and (p / "model.safetensors").exists())
 
 
-def model_from_meta(meta: dict[str, Any], device: str | None = None):
-    """Rebuild the (untrained) network a checkpoint describes."""
+def model_from_meta(meta: RunDocument | Mapping[str, Any], device: str | None = None):
+    """Rebuild the (untrained) network a checkpoint describes (a document or its mapping)."""
     from cnncli.models.registry import create_model
 
-    spec = meta["model"]
+    spec = meta.model.to_dict() if isinstance(meta, RunDocument) else ModelSpec.from_dict(meta["model"]).to_dict()
     name = spec["name"]
     try:
         if spec.get("model_file"):

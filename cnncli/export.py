@@ -129,9 +129,12 @@ def default_output_path(checkpoint: str | os.PathLike, fmt: str, dtype: str = "f
     return checkpoint.with_name(f"{stem}{tag}{SUFFIXES[fmt]}")
 
 
-def onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
+def onnx_metadata(meta) -> dict[str, str]:
     """ONNX metadata_props: the whole cnncli document plus flat keys other tools can read."""
-    props = {"cnncli": json.dumps(meta, default=str)}
+    from cnncli.checkpoint import as_document
+
+    meta = as_document(meta)
+    props = {"cnncli": meta.to_json()}
     flat = {
         "model": meta.get("model", {}).get("name"),
         "num_classes": meta.get("num_classes"),
@@ -162,11 +165,10 @@ def read_onnx_meta(path: str | os.PathLike) -> dict[str, Any]:
     if "cnncli" not in props:
         raise InputError(f"{path} has no cnncli metadata (classes, input size, mean/std); "
                          "export it with 'cnncli export' or predict from the checkpoint")
-    try:
-        meta = json.loads(props["cnncli"])
-    except json.JSONDecodeError:
-        raise InputError(f"{path}: corrupt cnncli metadata in the ONNX file") from None
-    if not isinstance(meta, dict) or not meta.get("input_size"):
+    from cnncli.checkpoint import RunDocument
+
+    meta = RunDocument.from_json(props["cnncli"], source=path)  # checked as a checkpoint's is
+    if not meta.get("input_size"):
         raise InputError(f"{path}: cnncli metadata without an input size")
     return meta
 
@@ -343,9 +345,11 @@ class _quiet_loggers:
         return False
 
 
-def torchscript_bytes(model, example, meta: dict[str, Any]) -> bytes:
+def torchscript_bytes(model, example, meta) -> bytes:
     """A traced TorchScript archive with the metadata as the extra file `cnncli.json`."""
     import torch
+
+    from cnncli.checkpoint import as_document
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but still runs everywhere
@@ -354,22 +358,15 @@ def torchscript_bytes(model, example, meta: dict[str, Any]) -> bytes:
         except Exception as e:
             raise RuntimeFailure(f"TorchScript tracing failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         buf = io.BytesIO()
-        torch.jit.save(traced, buf, _extra_files={TORCHSCRIPT_META_FILE: json.dumps(meta, default=str)})
+        torch.jit.save(traced, buf, _extra_files={TORCHSCRIPT_META_FILE: as_document(meta).to_json()})
     return buf.getvalue()
 
 
-def safetensors_bytes(model, meta: dict[str, Any], dtype: str = "float32") -> bytes:
+def safetensors_bytes(model, meta, dtype: str = "float32") -> bytes:
     """A cnncli checkpoint again, its floating tensors stored in `dtype`, the dtype recorded."""
-    import torch
-    from safetensors.torch import save
+    from cnncli.checkpoint import as_document, checkpoint_bytes
 
-    from cnncli.checkpoint import FORMAT_VERSION, META_KEY, _untie
-
-    target = getattr(torch, dtype)
-    tensors = {k: (v.to(target) if v.is_floating_point() else v).detach().contiguous().cpu()
-               for k, v in model.state_dict().items()}
-    doc = {"format": FORMAT_VERSION, **meta, "dtype": dtype}
-    return save(_untie(tensors), metadata={META_KEY: json.dumps(doc, default=str), "format": "pt"})
+    return checkpoint_bytes(model.state_dict(), as_document(meta).replace(dtype=dtype), dtype=dtype)
 
 
 # ---------------------------------------------------------------------------- verification
@@ -467,7 +464,7 @@ def export_checkpoint(
     from cnncli.fileio import ensure_writable_dir
 
     ensure_writable_dir(out_path.parent)  # an unwritable --out is said now, not after converting
-    meta = {**meta, "exported_from": str(source)}
+    meta = meta.replace(exported_from=str(source))
     c, h, w = (int(v) for v in meta["input_size"])
     example = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
 

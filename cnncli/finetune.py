@@ -22,18 +22,16 @@ Everything else is `train`'s: the same Trainer, run directory and checkpoint met
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from cnncli import output
 from cnncli.engine.config import TrainConfig, build_config, validate
-from cnncli.errors import InputError, RuntimeFailure
+from cnncli.engine.feature_cache import FeatureCache, cache_decision, feature_shape, fits_on_device  # noqa: F401
+from cnncli.errors import InputError
 
 
 @dataclass
@@ -273,7 +271,7 @@ def stage_phases(plan: StagePlan, head_epochs: int, epochs: int, lr_factor: floa
 
     base_params = {p for b in plan.blocks for p in b.params}
 
-    def phase(stage: str, n_epochs: int, scale: float, runner=None) -> Phase:
+    def phase(stage: str, n_epochs: int, scale: float, feed=None) -> Phase:
         names = plan.stage_params(stage)
 
         def param_groups(model):
@@ -285,7 +283,7 @@ def stage_phases(plan: StagePlan, head_epochs: int, epochs: int, lr_factor: floa
             set_frozen_modes(model)
             keep_batchnorm_statistics(model, base_params)
 
-        return Phase(stage, n_epochs, param_groups=param_groups, prepare_model=prepare_model, epoch_runner=runner)
+        return Phase(stage, n_epochs, param_groups=param_groups, prepare_model=prepare_model, feed=feed)
 
     phases = []
     if head_epochs > 0:
@@ -293,161 +291,6 @@ def stage_phases(plan: StagePlan, head_epochs: int, epochs: int, lr_factor: floa
     if plan.unfrozen and epochs > 0:
         phases.append(phase("unfreeze", epochs, lr_factor))
     return phases
-
-
-# ---------------------------------------------------------------- the feature cache
-def _available_memory() -> int:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not Linux
-        return 4 << 30
-
-
-def feature_shape(model: torch.nn.Module, input_size, device) -> tuple[int, ...]:
-    """The shape of forward_features' output for one image (computed in eval mode: no BN update)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model.forward_features(torch.zeros((1, *input_size), device=device))
-    finally:
-        model.train(was_training)
-    return tuple(out.shape[1:])
-
-
-class FeatureCache:
-    """Stage 1's epoch runner: the frozen base's features computed once, the head trained on them.
-
-    The uncached step computes model(x) = forward_head(forward_features(x)); with the base
-    frozen and in eval mode, forward_features(x) is a fixed function of the image, so it is
-    computed once for the whole training split and each step runs forward_head on the cached
-    rows of its batch. The batches, their order, the per-step seeds (dropout in the head), the
-    learning rates and the loss are those of Trainer._train_epoch, so the head ends the same.
-    """
-
-    def __init__(self, keep_on_device: bool = True):
-        self.features: torch.Tensor | None = None
-        self.seconds = 0.0
-        self.keep_on_device = keep_on_device
-
-    def compute(self, trainer) -> torch.Tensor:
-        import time
-
-        t0 = time.perf_counter()
-        model, images = trainer.model, trainer.data.train.images
-        step = max(1, trainer.cfg.batch_size)  # training-sized chunks: faster than big ones on a CPU
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, len(images), step):
-                x = trainer.prepare(images[start:start + step])
-                with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.cfg.amp):
-                    f = model.forward_features(x)
-                chunks.append(f if self.keep_on_device else f.cpu())
-        self.seconds = time.perf_counter() - t0
-        output.note(f"cached the frozen base's features of {len(images)} images in {self.seconds:.1f}s")
-        return torch.cat(chunks)
-
-    def __call__(self, trainer, optimizer, epoch, epoch_in_phase, steps_per_epoch, total_steps, warmup) -> dict:
-        from cnncli.engine.optim import lr_factor, set_lr
-        from cnncli.engine.trainer import step_seed
-
-        if self.features is None:
-            self.features = self.compute(trainer)
-        cfg, model, device = trainer.cfg, trainer.model, trainer.device
-        labels = trainer.data.train.labels
-        n_train = len(labels)
-        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(step_seed(cfg.seed, epoch, -1)))
-        local_bs = max(1, cfg.batch_size)
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64)
-        seen = 0
-        for step in range(steps_per_epoch):
-            idx = order[step * local_bs:(step + 1) * local_bs]
-            if len(idx) == 0:
-                continue
-            torch.manual_seed(step_seed(cfg.seed, epoch, step))
-            features = self.features[idx.to(self.features.device)].to(device, non_blocking=True)
-            y = labels[idx].to(device, non_blocking=True)
-            set_lr(optimizer, lr_factor(cfg.schedule, epoch_in_phase * steps_per_epoch + step, total_steps,
-                                        warmup, steps_per_epoch, cfg.step_epochs, cfg.step_gamma))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                logits = model.forward_head(features)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss.detach()):
-                raise RuntimeFailure(f"the loss became {loss.item()} in epoch {epoch + 1}, step {step + 1} of the "
-                                     "head stage; try a lower --lr or --clip-grad")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
-            loss_sum += loss.detach().double().cpu() * len(idx)
-            correct += (logits.detach().argmax(1) == y).sum().cpu()
-            seen += len(idx)
-        n = max(1, seen)
-        return {"loss": float(loss_sum) / n, "top1": float(correct) / n, "images": seen}
-
-
-def _base_is_deterministic(trainer) -> bool:
-    """Does forward_features give the same output twice with stage 1's modes and other seeds?
-
-    With the base frozen its modules with parameters are in eval mode; a parameter-free
-    dropout layer among the feature layers would still draw random numbers, and then the
-    features cannot be cached. Checked on two images, restoring the RNG and the modes after.
-    """
-    model = trainer.model
-    stage1 = trainer.phases[0] if trainer.phases and trainer.phases[0].name == "head" else None
-    if stage1 is None:
-        return False
-    modes = {m: m.training for m in model.modules()}
-    grads = {p: p.requires_grad for p in model.parameters()}
-    rng = torch.get_rng_state()
-    try:
-        model.train()
-        stage1.prepare_model(model)
-        x = trainer.prepare(trainer.data.train.images[:2])
-        with torch.no_grad():
-            torch.manual_seed(1)
-            a = model.forward_features(x)
-            torch.manual_seed(2)
-            b = model.forward_features(x)
-        return torch.equal(a, b)
-    finally:
-        torch.set_rng_state(rng)
-        for m, mode in modes.items():
-            m.training = mode
-        for p, g in grads.items():
-            p.requires_grad_(g)
-
-
-def cache_decision(cfg: FinetuneConfig, trainer) -> tuple[bool, str]:
-    """(use the cache, why not): valid only with a frozen base, fixed images, one process."""
-    if cfg.cache_features is False:
-        return False, "--no-cache-features"
-    if cfg.head_epochs == 0:
-        return False, "no head stage"
-    reasons = []
-    if cfg.augment:
-        reasons.append(f"augmentation ({','.join(cfg.augment)}) changes the images every epoch")
-    if trainer.dist.enabled:
-        reasons.append("the head would train outside DistributedDataParallel")
-    model = trainer.model
-    if not (callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))):
-        reasons.append("the network has no forward_features/forward_head split")
-    if not reasons and not _base_is_deterministic(trainer):
-        reasons.append("the base is random in training mode (dropout or drop-path before forward_features ends)")
-    if not reasons:
-        shape = feature_shape(model, trainer.input_size, trainer.device)
-        size = len(trainer.data.train.labels) * math.prod(shape) * 4
-        limit = _available_memory() // 2
-        if size > limit:
-            reasons.append(f"the features would take {size / 2**30:.1f} GiB (limit {limit / 2**30:.1f} GiB; "
-                           "a smaller --img-size or --max-samples fits)")
-    if reasons:
-        if cfg.cache_features:
-            raise InputError("--cache-features is not possible here: " + "; ".join(reasons))
-        return False, "; ".join(reasons)
-    return True, ""
 
 
 # ---------------------------------------------------------------- the command as a function
@@ -503,8 +346,8 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
     if not use_cache and cfg.head_epochs and cfg.cache_features is None and trainer.dist.is_main:
         output.note(f"not caching the base's features: {why_not}")
     if use_cache:
-        trainer.phases[0].epoch_runner = FeatureCache(
-            keep_on_device=trainer.device.type == "cpu" or _fits_on_device(trainer))
+        trainer.phases[0].feed = FeatureCache(
+            keep_on_device=trainer.device.type == "cpu" or fits_on_device(trainer))
     lr = cfg.resolved_lr()
     trainer.extra_meta["weights_source"] = source
     trainer.weights_source = source
@@ -516,17 +359,9 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
         "stages": [{"name": p.name, "epochs": p.epochs,
                     "trains": ([b.name for b in plan.unfrozen] if p.name == "unfreeze" else []) + ["head"],
                     "lr": lr * (cfg.unfreeze_lr_factor if p.name == "unfreeze" else 1.0),
-                    "cached_features": bool(p.epoch_runner is not None)} for p in trainer.phases],
+                    "cached_features": bool(p.feed is not None)} for p in trainer.phases],
     }
     return trainer.fit()
-
-
-def _fits_on_device(trainer) -> bool:
-    if trainer.device.type != "cuda":
-        return False
-    free, _ = torch.cuda.mem_get_info(trainer.device)
-    shape = feature_shape(trainer.model, trainer.input_size, trainer.device)
-    return len(trainer.data.train.labels) * math.prod(shape) * 4 < free // 4
 
 
 def _resume_model(run_dir: Path):

@@ -14,7 +14,7 @@ errors in their place and the caller reports them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,14 +29,14 @@ class Predictor:
     """Logits from a normalized batch, plus what the model expects of its inputs."""
 
     forward: Callable[[Any], Any]  # float (N, C, H, W) on `device` -> logits (N, K) torch tensor
-    meta: dict[str, Any]  # at least input_size, mean, std, class_names
+    meta: Mapping[str, Any]  # a RunDocument: at least input_size, mean, std, class_names
     source: str  # "checkpoint", "onnx" or "pretrained"
     device: str = "cpu"
     model: Any = field(default=None, repr=False)  # the torch module, where there is one
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.meta["class_names"])
+        return list(self.meta.get("class_names") or [])
 
     def probabilities(self, images: Sequence) -> Any:
         """uint8 (C, H, W) images of any size -> softmax probabilities (N, K) on the CPU."""
@@ -132,18 +132,13 @@ def _registry_network(name: str, pretrained: bool, weights: str | None, device: 
         net = create_model(name)
         load_state_strict(net, read_state_dict(weights), weights)
         weights_source = {"kind": "file", "path": str(weights)}
+    from cnncli.checkpoint import build_document
+
     info = net.cnncli_info
-    meta = {
-        "kind": "model",
-        "model": dict(net.cnncli_spec),
-        "num_classes": info.num_classes,
-        "class_names": class_names_for(info.num_classes),
-        "input_size": list(info.input_size),
-        "mean": list(info.mean),
-        "std": list(info.std),
-        "dataset": "imagenet" if info.num_classes == 1000 else None,
-        "pretrained_source": weights_source,
-    }
+    meta = build_document(model=net.cnncli_spec, num_classes=info.num_classes,
+                          class_names=class_names_for(info.num_classes), input_size=info.input_size,
+                          mean=info.mean, std=info.std, dataset="imagenet" if info.num_classes == 1000 else None,
+                          extra={"pretrained_source": weights_source})
     return net.to(device).eval(), meta
 
 
@@ -175,7 +170,7 @@ def _onnx_predictor(path: str, threads: int | None) -> Predictor:
         raise InputError(f"file not found: {path}")
     meta = read_onnx_meta(path)
     if not meta.get("class_names"):
-        meta["class_names"] = [str(i) for i in range(int(meta.get("num_classes") or 0))]
+        meta = meta.replace(class_names=[str(i) for i in range(int(meta.get("num_classes") or 0))] or None)
     session = onnx_session(path, threads=threads)
     input_name = session.get_inputs()[0].name
 

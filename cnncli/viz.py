@@ -33,10 +33,11 @@ def open_network(model: str, pretrained: bool = False, weights: str | None = Non
     from cnncli.models.registry import create_model, resolve_path_or_name
 
     net = create_model(resolve_path_or_name(model)).eval()
+    from cnncli.checkpoint import build_document
+
     info = net.cnncli_info
-    meta = {"model": dict(net.cnncli_spec), "input_size": list(info.input_size),
-            "mean": list(info.mean), "std": list(info.std), "num_classes": info.num_classes,
-            "weights": "random (untrained)"}
+    meta = build_document(model=net.cnncli_spec, num_classes=info.num_classes, input_size=info.input_size,
+                          mean=info.mean, std=info.std, extra={"weights": "random (untrained)"})
     return net, meta
 
 

@@ -164,6 +164,52 @@ def test_cached_features_give_the_same_head(tmp_path, name, data, img):
     assert histories[True] == pytest.approx(histories[False], rel=1e-4)
 
 
+def test_the_cached_head_stage_stops_mid_epoch_and_resumes_to_the_same_head(tmp_path, monkeypatch):
+    """The cached stage runs the trainer's own epoch: SIGTERM at a step writes a resumable state
+    there, and the resumed run ends with the weights of one that was never stopped."""
+    import os
+    import signal
+
+    from cnncli.checkpoint import load_checkpoint
+    from cnncli.engine.console import TrainingInterrupted
+    from cnncli.engine.feature_cache import FeatureCache
+    from cnncli.engine.state import load_train_state
+    from cnncli.engine.step import Feed
+
+    weights = _weights_file(tmp_path, "typical_cnn")
+
+    def config(out):
+        return FinetuneConfig(model="typical_cnn", data="synthetic:size=28,n=72,n_test=12,classes=3",
+                              weights=weights, head_epochs=2, unfreeze=0, cache_features=True, batch_size=16,
+                              val_fraction=0.0, seed=5, threads=1, out=str(out))
+
+    straight = finetune(config(tmp_path / "straight"), quiet=True)
+    real_feed = FeatureCache.__call__
+
+    def stopping_feed(self, trainer):
+        feed = real_feed(self, trainer)
+
+        def inputs(idx, epoch, step):
+            if (epoch, step) == (1, 2):
+                os.kill(os.getpid(), signal.SIGTERM)  # as `kill` from another terminal
+            return feed.inputs(idx, epoch, step)
+
+        return Feed(inputs, feed.forward)
+
+    monkeypatch.setattr(FeatureCache, "__call__", stopping_feed)
+    out = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        finetune(config(out), quiet=True)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    _, _, doc = load_train_state(out / "train_state.safetensors")
+    assert (doc["train_state"]["epoch"], doc["train_state"]["step"]) == (1, 3)
+    monkeypatch.setattr(FeatureCache, "__call__", real_feed)
+    resumed = finetune(config(out), resume=str(out), quiet=True)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+    want, got = load_checkpoint(straight.checkpoint)[0], load_checkpoint(resumed.checkpoint)[0]
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
 def test_cache_is_refused_with_augmentation():
     with pytest.raises(InputError, match="--cache-features needs the base's output to stay the same"):
         from cnncli.finetune import validate_finetune

@@ -23,7 +23,9 @@ from cnncli.errors import InputError
 # Extensions that torchvision.io.decode_image reads (besides GIF, which we do not take)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
-# ITU-R 601-2 luma, as torchvision's rgb_to_grayscale uses
+# ITU-R 601-2 luma as torchvision's rgb_to_grayscale weighs it: the conversion colour data goes
+# through on its way to a gray network (_adapt_channels); PIL's "L" (0.299) only meets images
+# that are gray already. `adapt_stats` weighs the data's mean/std the same way.
 _LUMA = (0.2989, 0.587, 0.114)
 
 
@@ -45,8 +47,12 @@ def _adapt_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise InputError(f"cannot turn images of {have} channels into the {channels} channels the network expects")
 
 
-def _adapt_stats(values: Sequence[float], channels: int) -> list[float]:
-    """Mean/std given for the data's channels, adapted to the network's channel count."""
+def adapt_stats(values: Sequence[float], channels: int) -> list[float]:
+    """Mean/std given for the data's channels, adapted to the network's channel count.
+
+    One gray value is repeated; RGB values for a gray network are luma-weighted like the pixels
+    (the mean of the luma is exactly that; its std assumes strongly correlated channels).
+    """
     values = [float(v) for v in values]
     if len(values) == channels:
         return values
@@ -87,8 +93,8 @@ def prepare_batch(
         x = F.resize(x, [height, width], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
     if x.shape[1] != channels:
         x = _adapt_channels(x, channels)
-    mean_t = torch.tensor(_adapt_stats(mean, channels), dtype=dtype, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(_adapt_stats(std, channels), dtype=dtype, device=x.device).view(1, -1, 1, 1)
+    mean_t = torch.tensor(adapt_stats(mean, channels), dtype=dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(adapt_stats(std, channels), dtype=dtype, device=x.device).view(1, -1, 1, 1)
     return (x - mean_t) / std_t
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cnncli import output
 from cnncli.errors import InputError
 
 
@@ -59,3 +60,12 @@ def bf16_is_slow(device: torch.device | str) -> bool:
     if not all(callable(p) for p in probes):  # an older torch: do not second-guess the user
         return False
     return not any(p() for p in probes)
+
+
+def try_compile(model):
+    """torch.compile where it works here; the module as it is (and a warning) where it does not."""
+    try:
+        return torch.compile(model)
+    except Exception as e:  # backend missing (no compiler, unsupported platform)
+        output.warn(f"--compile is not available here ({type(e).__name__}: {e}); running eagerly")
+        return model

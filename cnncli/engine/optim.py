@@ -75,3 +75,18 @@ def _cos_between(start: float, end: float, t: float) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for g in optimizer.param_groups:
         g["lr"] = g["initial_lr"] * factor
+
+
+def match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded optimizer buffer its parameter's memory format (channels-last).
+
+    The state file holds contiguous tensors; the fused kernels then take another path than
+    an uninterrupted run, whose buffers were made like their channels-last parameters, and
+    the last bits differ. Same layout, same arithmetic: a resumed run ends bit for bit equal.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)

@@ -9,13 +9,13 @@ pair new weights with an old optimizer.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cnncli.checkpoint import load_tensors, save_checkpoint
+from cnncli.checkpoint import META_KEY, RunDocument, as_document, load_tensors, save_checkpoint
 from cnncli.errors import InputError
 
 STATE_KEY = "cnncli_train_state"
@@ -46,24 +46,28 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], doc: dict) -> dict:
 
 
 def save_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     progress: dict[str, Any], meta: dict[str, Any]) -> None:
+                     progress: dict[str, Any], meta: RunDocument | Mapping[str, Any]) -> None:
+    """The run's document with the progress (and the optimizer's param groups) under `train_state`."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim_tensors, optim_doc = optimizer_to_tensors(optimizer)
     tensors.update(optim_tensors)
-    doc = dict(meta)
-    doc["train_state"] = {"optimizer": optim_doc, **progress}
-    save_checkpoint(path, tensors, doc)
+    save_checkpoint(path, tensors, as_document(meta).replace(train_state={"optimizer": optim_doc, **progress}))
 
 
-def load_train_state(path: str | Path) -> tuple[dict, dict, dict[str, Any]]:
-    """(model state dict, optimizer state dict, document) from a train_state file."""
+def load_train_state(path: str | Path) -> tuple[dict, dict, RunDocument]:
+    """(model state dict, optimizer state dict, checked document) from a train_state file."""
     tensors, metadata = load_tensors(path)
-    try:
-        doc = json.loads(metadata["cnncli"])
-        progress = doc["train_state"]
-    except (KeyError, TypeError, json.JSONDecodeError, RecursionError):
-        raise InputError(f"{path} is not a cnncli training state") from None
+    if META_KEY not in metadata:
+        raise InputError(f"{path} is not a cnncli training state")
+    doc = RunDocument.from_json(metadata[META_KEY], source=path)
+    progress = doc.get("train_state")
+    if not isinstance(progress, dict) or not isinstance(progress.get("optimizer"), dict) \
+            or not isinstance(progress["optimizer"].get("param_groups"), list):
+        raise InputError(f"{path} is not a cnncli training state")
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    optim_sd = optimizer_from_tensors({k: v for k, v in tensors.items() if k.startswith("optim.")},
-                                      progress["optimizer"])
+    try:
+        optim_sd = optimizer_from_tensors({k: v for k, v in tensors.items() if k.startswith("optim.")},
+                                          progress["optimizer"])
+    except (ValueError, TypeError, AttributeError):
+        raise InputError(f"{path}: corrupt training state (the optimizer's entries)") from None
     return model_sd, optim_sd, doc
