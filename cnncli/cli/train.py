@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cnncli.cli.common import Optimizer, Schedule
+from cnncli.cli.common import Optimizer, Schedule, report_run
 from cnncli.cli.options import (
     AmpOpt,
     AugmentOpt,
@@ -115,21 +115,6 @@ def train(
 
     cfg = build_config(resolve_recipe(recipe, resume), given_options(ctx))
     result = run_training(cfg, resume=str(resume) if resume else None, quiet=quiet)
-    _report(result, json_out)
+    report_run(result, json_out)
 
 
-def _report(result, json_out: bool) -> None:
-    from cnncli import output
-    from cnncli.engine import distributed
-
-    if not distributed.context().is_main:
-        return
-    doc = result.to_dict()
-    if json_out:
-        output.emit_json(doc)
-        return
-    test = (f"test top-1 {doc['test_top1']:.4f}, top-5 {doc['test_top5']:.4f}"
-            if doc["test_top1"] is not None else "no test split")
-    best = f"best val top-1 {doc['best_val_top1']:.4f}, " if doc["best_val_top1"] is not None else ""
-    print(f"{doc['checkpoint']}: {output.plural(doc['epochs'], 'epoch')}, {best}{test}, "
-          f"{doc['seconds']:.1f}s ({doc['images_per_second']:.0f} train img/s)")

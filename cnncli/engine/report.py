@@ -51,9 +51,12 @@ def run_summary(result: RunResult) -> dict[str, Any]:
 
 def end_of_run_line(result: RunResult) -> str:
     """One line: the checkpoint, the epochs (per stage), the best validation and test figures, time."""
+    from cnncli.output import plural
+
     test = (f"test top-1 {result.test.top1:.4f}, top-5 {result.test.top5:.4f}" if result.test is not None
             else "no test split")
     best = f"best val top-1 {result.best_val_top1:.4f}, " if result.best_val_top1 is not None else ""
-    stages = " + ".join(f"{s['epochs']} {s['name']}" for s in result.stages or [])
+    stages = " + ".join(plural(s["epochs"], f"{s['name']} epoch") for s in result.stages or [])
     speed = f" ({result.images_per_second:.0f} train img/s)" if result.images_per_second else ""
-    return f"{result.checkpoint}: {stages or result.epochs} epochs, {best}{test}, {result.seconds:.1f}s{speed}"
+    return (f"{result.checkpoint}: {stages or plural(result.epochs, 'epoch')}, {best}{test}, "
+            f"{result.seconds:.1f}s{speed}")
