@@ -119,6 +119,7 @@ def _root(
     """cnncli: inspect, train, fine-tune, evaluate and export convolutional networks."""
 
 
+from cnncli.cli import benchmark as _benchmark  # noqa: E402
 from cnncli.cli import datasets as _datasets  # noqa: E402
 from cnncli.cli import eval as _eval  # noqa: E402
 from cnncli.cli import export as _export  # noqa: E402
@@ -139,6 +140,7 @@ app.command("finetune")(_finetune.finetune)
 app.command("eval")(_eval.eval_command)
 app.command("export")(_export.export)
 app.command("predict")(_predict.predict)
+app.command("benchmark")(_benchmark.benchmark)
 app.add_typer(_viz.viz_app, name="viz")
 
 
