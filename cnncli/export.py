@@ -305,7 +305,7 @@ def _unsupported_operator(text: str) -> str | None:
     import re
 
     for pattern in (r"[Uu]nsupported: ONNX export of operator ([\w:.]+)",
-                    r"[Nn]o ONNX function (?:found|registered) for (?:<OpOverload\()?'?([\w:.]+)",
+                    r"[Nn]o ONNX function (?:found|registered) for (?:<OpOverload\(op=)?'?([\w:.]+)",
                     r"[Uu]nsupported FX nodes?:? \{?'?([\w:.]+)"):
         found = re.search(pattern, text)
         if found:
@@ -555,7 +555,9 @@ def export_checkpoint(
         gate = figures.to_dict()
         note(f"int8 gate passed: top-1 {figures.top1_int8:.4f} vs fp32 {figures.top1_fp32:.4f} "
              f"({figures.drop_points:+.2f} points drop) on {figures.test_images} test images; "
-             + ", ".join(f"batch {b} {s:.2f}x" for b, s in figures.speedup.items()) + " faster")
+             + "speed vs fp32 " + ", ".join(f"batch {b} {s:.2f}x" for b, s in figures.speedup.items())
+             + (" (not faster: written because of --allow-slower)"
+                if min(figures.speedup.values()) <= 1.0 else ""))
         diff = tol = None  # int8 is judged by the gate, not by a bound on the logits
         if verify:
             diff = max_abs_diff(run_exported("onnx", data, inputs, meta), reference)

@@ -81,7 +81,9 @@ def decode_image_array(path: str | Path) -> np.ndarray:
     except Image.DecompressionBombError:
         raise InputError(f"{path}: its size is more than cnncli decodes "
                          f"({MAX_IMAGE_PIXELS // 1_000_000} megapixels at most); resize it first") from None
-    except UnidentifiedImageError:
+    except UnidentifiedImageError as e:
+        if data.startswith(_PNG_SIGNATURE):  # a PNG that Pillow cannot read: as the torch path says
+            raise InputError(f"{path}: cannot decode the image: {' '.join(str(e).split())}") from None
         raise InputError(f"{path}: not a PNG, JPEG or WebP image") from None
     except Exception as e:  # noqa: BLE001 - corrupt data: OSError, SyntaxError, ValueError, zlib.error...
         reason = " ".join(str(e).split()) or type(e).__name__
@@ -128,7 +130,7 @@ def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
 
     out = np.empty((x.shape[0], height, width), dtype=np.float32)
     for c in range(x.shape[0]):
-        plane = Image.fromarray(np.ascontiguousarray(x[c]), mode="F")
+        plane = Image.fromarray(np.ascontiguousarray(x[c], dtype=np.float32))
         out[c] = np.asarray(plane.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     return out
 
