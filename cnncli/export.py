@@ -475,7 +475,7 @@ def export_checkpoint(
     if dtype != "float32" and fmt != "safetensors":
         raise InputError("--half and --bf16 apply to --format safetensors only")
     if opset is not None and fmt not in ("onnx", "openvino"):
-        raise InputError("--opset applies to --format onnx (and openvino) only")
+        raise InputError("--opset applies to --format onnx only (and openvino, converted from ONNX)")
     if int8 and fmt != "onnx":
         raise InputError("--int8 applies to --format onnx only")
     if int8_options and not int8:
@@ -540,7 +540,8 @@ def export_checkpoint(
             diff = max_abs_diff(outputs, reference)
             figure = f"max abs diff {diff:.3g} (bound {tol:.3g}, {dtype}) on {description}"
             if not diff <= tol:  # also catches NaN
-                raise RuntimeFailure(f"verification failed ({which}): {figure}; {out_path} not "
+                stage = "" if which == fmt else f" (the intermediate {which} graph)"
+                raise RuntimeFailure(f"verification failed{stage}: {figure}; {out_path} not "
                                      "written (--no-verify writes it anyway)")
             note(f"verified {which}: {figure}")
     elif fmt == "openvino":

@@ -329,6 +329,7 @@ def test_benchmark_table_and_a_registry_name_with_random_weights():
     (["--formats", "onnx,tflite"], "unknown format(s) tflite"),
     (["--batch", "1,x"], "--batch must be"),
     (["--batch", "0"], "between 1 and"),
+    (["--images", "100000000"], "GiB of float32 inputs"),
 ])
 def test_benchmark_bad_options_are_one_line_exit_2(args, words):
     result = run_cli("benchmark", "lenet5", *args)

@@ -60,6 +60,20 @@ def parse_batches(text: str | Sequence[int]) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+MAX_INPUT_BYTES = 2 * 1024**3  # the inputs a benchmark holds at once (test images, the largest batch)
+
+
+def check_input_cost(meta: dict[str, Any], images: int, batches: Sequence[int]) -> None:
+    """Refuse --images / --batch whose float32 inputs would not fit, before allocating them."""
+    c, h, w = (int(v) for v in meta["input_size"])
+    per_image = 4 * c * h * w
+    price = per_image * (images + max(batches))
+    if price > MAX_INPUT_BYTES:
+        raise InputError(f"--images {images} and --batch {max(batches)} at {c}x{h}x{w} need "
+                         f"{price / 1024**3:.1f} GiB of float32 inputs, more than the "
+                         f"{MAX_INPUT_BYTES // 1024**3} GiB a benchmark allows; ask for fewer")
+
+
 def _open_network(ref: str):
     """(module, meta, has_weights) for a run / checkpoint or a registry name (random weights)."""
     from cnncli.checkpoint import is_checkpoint_ref, load_model
@@ -197,6 +211,7 @@ def benchmark(ref: str, formats: Sequence[str] = FORMATS, batches: Sequence[int]
     set_threads(threads)
     threads = threads or torch.get_num_threads()  # the same count for every runtime: a fair table
     model, meta, has_weights = _open_network(ref)
+    check_input_cost(meta, images, batches)
     x, labels, description, calib = _test_data(meta, images, has_weights)
     c, h, w = (int(v) for v in meta["input_size"])
     example = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
