@@ -345,3 +345,21 @@ def test_unsupported_operator_is_named(monkeypatch):
     monkeypatch.setattr(ex, "_export_onnx_proto", fail)
     with pytest.raises(ex.InputError, match="operator (aten.)?frobnicate is not supported"):
         ex.onnx_bytes(torch.nn.Identity(), torch.zeros(1, 1, 4, 4), {"input_size": [1, 4, 4]})
+
+
+def test_openvino_names_the_operator_it_cannot_convert():
+    from onnx import TensorProto, helper
+
+    from cnncli.deploy.openvino import openvino_ir
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 1, 4, 4])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 1, 4, 4])
+    graph = helper.make_graph([helper.make_node("Frobnicate", ["input"], ["logits"], domain="com.example")],
+                              "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("com.example", 1)])
+    with pytest.raises(ex.InputError) as info:
+        openvino_ir(model.SerializeToString(), {"input_size": [1, 4, 4]})
+    assert str(info.value) == ("OpenVINO cannot convert this network: unsupported operator "
+                               "com.example.Frobnicate")
+    assert info.value.exit_code == 2

@@ -9,8 +9,9 @@ from cnncli.cli.common import Device, enum_value
 
 def predict(
     model: str = typer.Argument(
-        ..., help="A cnncli checkpoint or run directory, an .onnx file from 'cnncli export', or a "
-        "registry name with --pretrained / --weights (ImageNet classes)."),
+        ..., help="A cnncli checkpoint or run directory, a file from 'cnncli export' (.onnx fp32 or "
+        "int8, OpenVINO .xml, TorchScript .pt; ONNX and OpenVINO run without torch), or a registry "
+        "name with --pretrained / --weights (ImageNet classes)."),
     inputs: list[str] = typer.Argument(
         ..., help="Image files (PNG, JPEG, WebP) or folders of them; '-' reads paths from stdin, one a line."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),

@@ -21,12 +21,11 @@ from cnncli.errors import InputError
 
 
 def _unsupported(error: Exception) -> str:
-    """OpenVINO's multi-line conversion error, down to the operator it names (if it names one)."""
-    text = str(error)
-    ops = re.findall(r"(?:OpenVINO does not support the following ONNX operations|"
-                     r"[Nn]o conversion rule (?:found )?for (?:the )?(?:op(?:eration)?)?)[:\s]*([\w.:, ]+)", text)
-    if ops:
-        return f"unsupported operator {ops[0].strip().rstrip(',')}"
+    """OpenVINO's multi-line conversion error, down to the operator(s) it names (if it names any)."""
+    found = re.search(r"(?:[Nn]o conversion rule found for operations?|"
+                      r"does not support the following ONNX operations?):\s*([^\n]+)", str(error))
+    if found:
+        return f"unsupported operator {found.group(1).strip().rstrip('.')}"
     return first_line(error)
 
 
