@@ -35,6 +35,8 @@ if [[ -n "$QUICK" ]]; then
     bench eval_throughput --quick
     bench cli_latency --runs 2
     bench onnx_vs_eager --models lenet5 --rounds 1 --seconds 0.5
+    bench int8_vs_fp32 --models typical_cnn --max-samples 500 --rounds 1 --seconds 0.2
+    bench predict_startup --runs 1
     if [[ -f recipes/fashion_mnist_best.toml && -z "${SKIP_TTA:-}" ]]; then
         bench time_to_accuracy recipes/fashion_mnist_best.toml --set epochs=1 --set max_samples=2000
     fi
@@ -43,6 +45,8 @@ else
     bench eval_throughput
     bench cli_latency
     bench onnx_vs_eager
+    bench int8_vs_fp32
+    bench predict_startup
     if [[ -f recipes/fashion_mnist_best.toml && -z "${SKIP_TTA:-}" ]]; then
         bench time_to_accuracy recipes/fashion_mnist_best.toml
     fi

@@ -26,9 +26,9 @@ from typing import Any
 
 from cnncli.errors import InputError, RuntimeFailure
 
-FORMATS = ("onnx", "torchscript", "safetensors")
+FORMATS = ("onnx", "torchscript", "safetensors", "openvino")
 DTYPES = ("float32", "float16", "bfloat16")
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors", "openvino": ".xml"}
 
 # Opset 18 is what torch's exporter targets natively and every onnxruntime since 1.14 runs.
 DEFAULT_OPSET = 18
@@ -68,6 +68,7 @@ class ExportResult:
     opset: int | None = None
     exporter: str | None = None
     inputs: str | None = None  # what the verification ran on ("fashion-mnist test images", ...)
+    int8: dict[str, Any] | None = None  # the int8 gate's figures (cnncli.deploy.int8.GateFigures)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,11 +120,13 @@ def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None, c
 
 # ---------------------------------------------------------------------------- paths and metadata
 
-def default_output_path(checkpoint: str | os.PathLike, fmt: str, dtype: str = "float32") -> Path:
-    """Next to the checkpoint: run/model.safetensors -> run/model.onnx, run/model.fp16.safetensors."""
+def default_output_path(checkpoint: str | os.PathLike, fmt: str, dtype: str = "float32",
+                        int8: bool = False) -> Path:
+    """Next to the checkpoint: run/model.safetensors -> run/model.onnx, run/model.fp16.safetensors,
+    run/model.int8.onnx, run/model.xml (+ model.bin)."""
     checkpoint = Path(checkpoint)
     stem = checkpoint.name[: -len(".safetensors")] if checkpoint.name.endswith(".safetensors") else checkpoint.stem
-    tag = {"float32": "", "float16": ".fp16", "bfloat16": ".bf16"}[dtype]
+    tag = ".int8" if int8 else {"float32": "", "float16": ".fp16", "bfloat16": ".bf16"}[dtype]
     if fmt == "safetensors" and not tag:
         tag = ".export"  # never overwrite the checkpoint itself
     return checkpoint.with_name(f"{stem}{tag}{SUFFIXES[fmt]}")
@@ -281,6 +284,10 @@ def onnx_bytes(model, example, meta: dict[str, Any], opset: int = DEFAULT_OPSET,
         except Exception as e:  # record and try the other exporter
             errors.append(f"{which}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
     else:
+        op = _unsupported_operator(" ".join(errors))
+        if op:
+            raise InputError(f"this network cannot be exported to ONNX: operator {op} is not supported "
+                             "by torch's ONNX exporters")
         raise RuntimeFailure("ONNX export failed with both torch exporters (" + "; ".join(errors) + ")")
     if errors:
         from cnncli.output import note
@@ -293,6 +300,19 @@ def onnx_bytes(model, example, meta: dict[str, Any], opset: int = DEFAULT_OPSET,
     except Exception as e:
         raise RuntimeFailure(f"the exported ONNX graph fails the ONNX checker: {str(e).splitlines()[0][:200]}") from None
     return proto.SerializeToString(), which
+
+
+def _unsupported_operator(text: str) -> str | None:
+    """The operator torch's exporters name when they have no ONNX translation for it."""
+    import re
+
+    for pattern in (r"[Uu]nsupported: ONNX export of operator ([\w:.]+)",
+                    r"[Nn]o ONNX function (?:found|registered) for (?:<OpOverload\(op=)?'?([\w:.]+)",
+                    r"[Uu]nsupported FX nodes?:? \{?'?([\w:.]+)"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(1).rstrip(".'")
+    return None
 
 
 def _default_opset(proto) -> int | None:
@@ -379,6 +399,10 @@ def run_exported(fmt: str, data: bytes, batches: list, meta: dict[str, Any]) -> 
         session = onnx_session(data)
         name = session.get_inputs()[0].name
         return [torch.from_numpy(session.run(None, {name: b.numpy()})[0]) for b in batches]
+    if fmt == "openvino":
+        from cnncli.deploy.openvino import run_openvino_ir
+
+        return [torch.from_numpy(o) for o in run_openvino_ir(*data, [b.numpy() for b in batches])]
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -422,13 +446,18 @@ def export_checkpoint(
     dtype: str = "float32",
     verify: bool | None = None,
     exporter: str = "dynamo",
+    int8: bool = False,
+    int8_options: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Export a checkpoint (or run directory) and, unless `verify` is False, verify it.
 
     `verify=None` verifies whenever the runtime is installed (for ONNX: onnxruntime) and says
     on stderr when it cannot; `verify=True` insists and fails without the runtime.
     Raises RuntimeFailure (exit 1) when the exported file disagrees with PyTorch beyond the
-    bound; nothing is written then.
+    bound; nothing is written then. `int8` (ONNX only): quantize the verified fp32 graph and
+    write it only if it passes the accuracy-and-speed gate of `cnncli.deploy.int8`
+    (`int8_options`: calib_images, calibration, max_drop, allow_slower, gate_images, data,
+    data_dir, latency). `fmt="openvino"` writes OpenVINO IR (.xml + .bin) from the ONNX graph.
     """
     import torch
 
@@ -442,10 +471,21 @@ def export_checkpoint(
         raise InputError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
     if dtype != "float32" and fmt != "safetensors":
         raise InputError("--half and --bf16 apply to --format safetensors only")
-    if opset is not None and fmt != "onnx":
-        raise InputError("--opset applies to --format onnx only")
+    if opset is not None and fmt not in ("onnx", "openvino"):
+        raise InputError("--opset applies to --format onnx only (and openvino, converted from ONNX)")
+    if int8 and fmt != "onnx":
+        raise InputError("--int8 applies to --format onnx only")
+    if int8_options and not int8:
+        raise InputError("--calib-images, --calibration, --max-drop and --allow-slower need --int8")
+    if fmt == "openvino":
+        from cnncli.deploy.runtime import require_openvino
+
+        require_openvino()
+    if int8 or fmt == "openvino":
+        verify = True if verify is None else verify
+        require_onnxruntime()  # the ONNX graph is verified (and int8 gated) by onnxruntime
     opset = DEFAULT_OPSET if opset is None else opset
-    if fmt == "onnx":
+    if fmt in ("onnx", "openvino"):
         require_onnx()
         if not MIN_OPSET <= opset <= _max_opset():
             raise InputError(f"--opset {opset} is outside what this setup supports ({MIN_OPSET}..{_max_opset()})")
@@ -457,7 +497,9 @@ def export_checkpoint(
     verify = True if verify is None else verify
 
     source = resolve_checkpoint_path(checkpoint)
-    out_path = Path(out) if out is not None else default_output_path(source, fmt, dtype)
+    out_path = Path(out) if out is not None else default_output_path(source, fmt, dtype, int8=int8)
+    if fmt == "openvino" and out_path.suffix != ".xml":
+        raise InputError(f"--out {out_path}: OpenVINO IR is an .xml file (its weights go beside it in .bin)")
     if out_path.resolve() == source.resolve():
         raise InputError(f"--out {out_path} is the checkpoint itself; choose another file")
     model, meta = load_model(source)
@@ -469,7 +511,7 @@ def export_checkpoint(
     example = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
 
     used_exporter = None
-    if fmt == "onnx":
+    if fmt in ("onnx", "openvino"):
         data, used_exporter = onnx_bytes(model, example, meta, opset=opset, exporter=exporter)
     elif fmt == "torchscript":
         data = torchscript_bytes(model, example, meta)
@@ -483,19 +525,51 @@ def export_checkpoint(
         inputs = [b for _, b in batches]
         with torch.inference_mode():
             reference = [model(b) for b in inputs]
-        outputs = run_exported(fmt, data, inputs, meta)
-        diff = max_abs_diff(outputs, reference)
         tol = tolerance_for(dtype, reference)
-        figure = f"max abs diff {diff:.3g} (bound {tol:.3g}, {dtype}) on {description}"
-        if not diff <= tol:  # also catches NaN
-            raise RuntimeFailure(f"verification failed: {figure}; {out_path} not written "
-                                 "(--no-verify writes it anyway)")
-        note(f"verified {fmt}: {figure}")
-    atomic_write_bytes(out_path, data)
+        checks = [("onnx" if fmt == "openvino" else fmt, data)]
+        if fmt == "openvino":
+            from cnncli.deploy.openvino import openvino_ir
+
+            xml, weights = openvino_ir(data, meta)
+            checks.append(("openvino", (xml, weights)))
+        for which, payload in checks:
+            outputs = run_exported(which, payload, inputs, meta)
+            diff = max_abs_diff(outputs, reference)
+            figure = f"max abs diff {diff:.3g} (bound {tol:.3g}, {dtype}) on {description}"
+            if not diff <= tol:  # also catches NaN
+                stage = "" if which == fmt else f" (the intermediate {which} graph)"
+                raise RuntimeFailure(f"verification failed{stage}: {figure}; {out_path} not "
+                                     "written (--no-verify writes it anyway)")
+            note(f"verified {which}: {figure}")
+    elif fmt == "openvino":
+        from cnncli.deploy.openvino import openvino_ir
+
+        xml, weights = openvino_ir(data, meta)
+    gate = None
+    if int8:
+        from cnncli.deploy.int8 import int8_export
+
+        data, figures = int8_export(data, meta, **(int8_options or {}))
+        gate = figures.to_dict()
+        note(f"int8 gate passed: top-1 {figures.top1_int8:.4f} vs fp32 {figures.top1_fp32:.4f} "
+             f"({figures.drop_points:+.2f} points drop) on {figures.test_images} test images; "
+             + "speed vs fp32 " + ", ".join(f"batch {b} {s:.2f}x" for b, s in figures.speedup.items())
+             + (" (not faster: written because of --allow-slower)"
+                if min(figures.speedup.values()) <= 1.0 else ""))
+        diff = tol = None  # int8 is judged by the gate, not by a bound on the logits
+        if verify:
+            diff = max_abs_diff(run_exported("onnx", data, inputs, meta), reference)
+    if fmt == "openvino":
+        from cnncli.deploy.openvino import write_ir
+
+        write_ir(out_path, xml, weights)
+        data = xml + weights
+    else:
+        atomic_write_bytes(out_path, data)
     return ExportResult(path=str(out_path), format=fmt, bytes=len(data), max_abs_diff=diff,
                         verified=bool(verify), tolerance=tol, dtype=dtype, source=str(source),
-                        opset=opset if fmt == "onnx" else None, exporter=used_exporter,
-                        inputs=description)
+                        opset=opset if fmt in ("onnx", "openvino") else None, exporter=used_exporter,
+                        inputs=description, int8=gate)
 
 
 def _max_opset() -> int:

@@ -1,11 +1,13 @@
 """Class probabilities for a user's own image files.
 
-A predictor wraps one of three things behind the same call: a cnncli checkpoint (or run
-directory), an ONNX file that `cnncli export` wrote (run by onnxruntime; its metadata props
-carry the classes and the preprocessing), or a registry network with pretrained weights
-(`--pretrained` through timm, or `--weights FILE`) answering in ImageNet's classes. In each
-case the images are prepared exactly as the model's metadata says (channel count, size,
-mean/std) by `cnncli.data.transforms.prepare_images`, the same code that training uses.
+A predictor wraps one of these behind the same call: a cnncli checkpoint (or run directory),
+a file that `cnncli export` wrote (ONNX fp32 or int8 on onnxruntime, OpenVINO IR, TorchScript;
+each carries the classes and the preprocessing in its metadata), or a registry network with
+pretrained weights (`--pretrained` through timm, or `--weights FILE`) answering in ImageNet's
+classes. In each case the images are prepared exactly as the model's metadata says (channel
+count, size, mean/std) by `cnncli.data.transforms.prepare_images`, the same code that training
+uses; for ONNX and OpenVINO files by its torch-free mirror `cnncli.deploy.preprocess`, so that
+predicting with them never imports torch.
 
 Files that cannot be read or decoded do not stop the others: `predict_files` yields them as
 errors in their place and the caller reports them.
@@ -13,6 +15,7 @@ errors in their place and the caller reports them.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,12 +53,39 @@ class Predictor:
             logits = self.forward(batch)
         return torch.softmax(logits.float(), dim=1).cpu()
 
+    def decode(self, path: str):
+        from cnncli.data.transforms import decode_image_file
+
+        return decode_image_file(path)
+
+
+@dataclass
+class RuntimePredictor(Predictor):
+    """An ONNX or OpenVINO file, run with numpy in and out: no torch anywhere."""
+
+    def probabilities(self, images: Sequence) -> Any:
+        from cnncli.deploy.preprocess import prepare_arrays, softmax
+
+        batch = prepare_arrays(list(images), self.meta["input_size"], self.meta["mean"], self.meta["std"])
+        return softmax(self.forward(batch))
+
+    def decode(self, path: str):
+        from cnncli.deploy.preprocess import decode_image_array
+
+        return decode_image_array(path)
+
 
 def top_classes(probs, class_names: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
     """Per row, the k most probable classes as {"class", "index", "prob"}, most probable first."""
+    k = max(1, min(k, probs.shape[1]))
+    if not hasattr(probs, "dim"):  # numpy (the torch-free path): a stable sort, most probable first
+        import numpy as np
+
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[{"class": class_names[int(i)], "index": int(i), "prob": float(row[i])} for i in idx]
+                for row, idx in zip(probs, order)]
     import torch
 
-    k = max(1, min(k, probs.shape[1]))
     values, indices = torch.topk(probs, k, dim=1)
     return [[{"class": class_names[i], "index": int(i), "prob": float(p)}
              for p, i in zip(vrow.tolist(), irow.tolist())]
@@ -72,13 +102,22 @@ def open_predictor(
     threads: int | None = None,
 ) -> Predictor:
     """A predictor for MODEL_OR_FILE: a checkpoint / run dir, an .onnx file or a registry name."""
+    from cnncli.deploy.runtime import is_runtime_file
+
+    if is_runtime_file(model) or str(model).endswith(".pt"):
+        if pretrained or weights:
+            raise InputError("--pretrained and --weights apply to registry names, not to an exported file")
+    if is_runtime_file(model):  # before anything that imports torch
+        from cnncli.deploy.runtime import open_runtime
+
+        opened = open_runtime(model, threads)
+        return RuntimePredictor(forward=opened.run, meta=opened.meta, source=opened.kind, device="cpu",
+                                model=opened.handle)
     from cnncli.engine.device import resolve_device, set_threads
 
     set_threads(threads)
-    if str(model).endswith(".onnx"):
-        if pretrained or weights:
-            raise InputError("--pretrained and --weights apply to registry names, not to an ONNX file")
-        return _onnx_predictor(model, threads)
+    if str(model).endswith(".pt"):
+        return _torchscript_predictor(model, str(resolve_device(device)))
     dev = str(resolve_device(device))
     net, meta = load_network(model, pretrained=pretrained, weights=weights, device=dev)
     source = "pretrained" if meta.get("pretrained_source") else "checkpoint"
@@ -161,29 +200,33 @@ def class_names_for(num_classes: int) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
-def _onnx_predictor(path: str, threads: int | None) -> Predictor:
+def _torchscript_predictor(path: str, device: str) -> Predictor:
+    import warnings
+
     import torch
 
-    from cnncli.export import onnx_session, read_onnx_meta
+    from cnncli.export import read_torchscript_meta
 
     if not Path(path).is_file():
         raise InputError(f"file not found: {path}")
-    meta = read_onnx_meta(path)
+    data = Path(path).read_bytes()
+    try:
+        meta = read_torchscript_meta(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
+            module = torch.jit.load(io.BytesIO(data), map_location=device).eval()
+    except Exception as e:  # noqa: BLE001 - not an archive cnncli wrote: say so in one line
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise InputError(f"{path}: not a TorchScript file from 'cnncli export' ({reason})") from None
     if not meta.get("class_names"):
-        meta = meta.replace(class_names=[str(i) for i in range(int(meta.get("num_classes") or 0))] or None)
-    session = onnx_session(path, threads=threads)
-    input_name = session.get_inputs()[0].name
-
-    def forward(batch):
-        return torch.from_numpy(session.run(None, {input_name: batch.cpu().numpy()})[0])
-
-    return Predictor(forward=forward, meta=meta, source="onnx", device="cpu")
+        meta["class_names"] = [str(i) for i in range(int(meta.get("num_classes") or 0))]
+    return Predictor(forward=module, meta=meta, source="torchscript", device=device, model=module)
 
 
 # ---------------------------------------------------------------------------- finding the files
 
 def _is_image_name(path: Path) -> bool:
-    from cnncli.data.transforms import IMAGE_EXTENSIONS
+    from cnncli.deploy.preprocess import IMAGE_EXTENSIONS  # torch-free (transforms' own, mirrored)
 
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
@@ -228,14 +271,12 @@ class FileResult:
 def predict_files(predictor: Predictor, paths: Sequence[str], top_k: int = DEFAULT_TOP_K,
                   batch_size: int = 32) -> Iterator[FileResult]:
     """Results in input order, decoding and running `batch_size` files at a time."""
-    from cnncli.data.transforms import decode_image_file
-
     names = predictor.class_names
     for start in range(0, len(paths), batch_size):
         decoded: list[FileResult | Any] = []
         for path in paths[start:start + batch_size]:
             try:
-                decoded.append((path, decode_image_file(path)))
+                decoded.append((path, predictor.decode(path)))
             except InputError as e:  # the reason names the file
                 decoded.append(FileResult(path, error=str(e)))
         images = [d[1] for d in decoded if isinstance(d, tuple)]

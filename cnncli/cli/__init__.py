@@ -112,6 +112,7 @@ def _root(version: VersionOpt = False, debug: DebugOpt = False) -> None:
     """cnncli: inspect, train, fine-tune, evaluate and export convolutional networks."""
 
 
+from cnncli.cli import benchmark as _benchmark  # noqa: E402
 from cnncli.cli import datasets as _datasets  # noqa: E402
 from cnncli.cli import eval as _eval  # noqa: E402
 from cnncli.cli import export as _export  # noqa: E402
@@ -132,6 +133,7 @@ command(app, "finetune", _finetune.finetune)
 command(app, "eval", _eval.eval_command)
 command(app, "export", _export.export)
 command(app, "predict", _predict.predict)
+command(app, "benchmark", _benchmark.benchmark)
 app.add_typer(_viz.viz_app, name="viz")
 
 

@@ -15,8 +15,9 @@ from cnncli.cli.options import (
 )
 
 ModelArg = Annotated[str, typer.Argument(
-    help="A cnncli checkpoint or run directory, an .onnx file from 'cnncli export', or a "
-    "registry name with --pretrained / --weights (ImageNet classes).")]
+    help="A cnncli checkpoint or run directory, a file from 'cnncli export' (.onnx fp32 or int8, "
+    "OpenVINO .xml, TorchScript .pt; ONNX and OpenVINO run without torch), or a registry name "
+    "with --pretrained / --weights (ImageNet classes).")]
 InputsArg = Annotated[list[str], typer.Argument(
     help="Image files (PNG, JPEG, WebP) or folders of them; '-' reads paths from stdin, one a line.")]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")]
