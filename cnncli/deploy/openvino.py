@@ -39,7 +39,8 @@ def openvino_ir(onnx_data: bytes, meta: dict[str, Any]) -> tuple[bytes, bytes]:
             model = ov.convert_model(str(src))
         except Exception as e:  # OpenVINO's OpConversionFailure and friends
             raise InputError(f"OpenVINO cannot convert this network: {_unsupported(e)}") from None
-        model.set_rt_info(json.dumps(meta, default=str), [OPENVINO_META_KEY])
+        text = meta.to_json() if hasattr(meta, "to_json") else json.dumps(meta)  # the run document
+        model.set_rt_info(text, [OPENVINO_META_KEY])
         xml = Path(tmp) / "model.xml"
         ov.save_model(model, str(xml), compress_to_fp16=False)
         return xml.read_bytes(), xml.with_suffix(".bin").read_bytes()
