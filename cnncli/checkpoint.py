@@ -256,10 +256,10 @@ def model_from_meta(meta: dict[str, Any], device: str | None = None):
     name = spec["name"]
     try:
         if spec.get("model_file"):
-            from cnncli.models.model_file import create_model_from_spec
+            from cnncli.models.registry import build_model_file
 
-            model, _ = create_model_from_spec(spec["model_file"], num_classes=spec.get("num_classes"),
-                                              in_chans=spec.get("in_chans"), source=name)
+            model, _ = build_model_file(spec["model_file"], num_classes=spec.get("num_classes"),
+                                        in_chans=spec.get("in_chans"), source=name)
             model.cnncli_spec = dict(spec)
             return model
         return create_model(name, num_classes=spec.get("num_classes"), in_chans=spec.get("in_chans"),
