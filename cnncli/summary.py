@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cnncli.errors import InputError
+from cnncli.geometry import pair
 
 FLOAT32_BYTES = 4
 # Networks whose weights fit in this run on the CPU with zero weights; bigger ones on meta.
@@ -232,7 +233,7 @@ def layer_type_of(module) -> str:
         if groups > 1 and groups == in_ch:
             return "Depthwise convolution"
     if found in ("Adaptive average pooling", "Adaptive max pooling"):
-        if _pair(getattr(module, "output_size", None)) == [1, 1]:
+        if _pair_or_none(getattr(module, "output_size", None)) == [1, 1]:
             return found.replace("Adaptive", "Global")
     return found or name
 
@@ -285,20 +286,15 @@ def _plan(model, depth: int | None, open_all: bool = False) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pair(value) -> list[int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return [value, value]
+def _pair_or_none(value) -> list[int] | None:
+    """A module's kernel/stride/padding attribute as [h, w] (an int, a pair, or a 1-tuple), or
+    None when it is not one (cnncli.geometry.pair, leniently)."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
     try:
-        values = [int(v) if v is not None else None for v in value]
-    except TypeError:
+        return list(pair(value))
+    except (TypeError, ValueError, InputError):
         return None
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or None in values:
-        return None
-    return values  # type: ignore[return-value]
 
 
 def _geometry_source(module):
@@ -323,7 +319,7 @@ def _padding(module) -> str | list[int] | None:
         return None
     if isinstance(value, str):
         return value.lower()
-    pixels = _pair(value)
+    pixels = _pair_or_none(value)
     if pixels is None:
         return None
     if pixels == [0, 0] and not getattr(module, "ceil_mode", False):
@@ -333,8 +329,8 @@ def _padding(module) -> str | list[int] | None:
 
 def _geometry(module) -> tuple[list[int] | None, list[int] | None, str | list[int] | None]:
     src = _geometry_source(module)
-    kernel = _pair(getattr(src, "kernel_size", None))
-    stride = _pair(getattr(src, "stride", None))
+    kernel = _pair_or_none(getattr(src, "kernel_size", None))
+    stride = _pair_or_none(getattr(src, "stride", None))
     if kernel is not None and stride is None:
         stride = kernel
     padding = _padding(src) if kernel is not None else None
@@ -417,19 +413,19 @@ def _receptive_field_mode(image_hw: tuple[int, int]):
             if name in ("conv2d", "conv_transpose2d"):
                 weight = arg(args, kwargs, 1, "weight")
                 kernel = list(weight.shape[-2:])
-                stride = _pair(arg(args, kwargs, 3, "stride", 1)) or [1, 1]
-                dilation = _pair(arg(args, kwargs, 5, "dilation", 1)) or [1, 1]
+                stride = _pair_or_none(arg(args, kwargs, 3, "stride", 1)) or [1, 1]
+                dilation = _pair_or_none(arg(args, kwargs, 5, "dilation", 1)) or [1, 1]
                 if name == "conv_transpose2d":
                     stride = [1.0 / s for s in stride]
-                    dilation = _pair(arg(args, kwargs, 7, "dilation", 1)) or [1, 1]
+                    dilation = _pair_or_none(arg(args, kwargs, 7, "dilation", 1)) or [1, 1]
                 return self._window(first, kernel, stride, dilation)
             if name in ("max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "lp_pool2d"):
                 index = 2 if name == "lp_pool2d" else 1
-                kernel = _pair(arg(args, kwargs, index, "kernel_size"))
-                stride = _pair(arg(args, kwargs, index + 1, "stride")) or kernel
+                kernel = _pair_or_none(arg(args, kwargs, index, "kernel_size"))
+                stride = _pair_or_none(arg(args, kwargs, index + 1, "stride")) or kernel
                 dilation = [1, 1]
                 if name.startswith("max_pool"):
-                    dilation = _pair(arg(args, kwargs, 4, "dilation", 1)) or [1, 1]
+                    dilation = _pair_or_none(arg(args, kwargs, 4, "dilation", 1)) or [1, 1]
                 return self._window(first, kernel, stride, dilation)
             if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
                 if out.dim() < 2:
@@ -669,6 +665,7 @@ class _Target:
     name: str
     build: Any  # device -> model
     default_input: tuple[int, int, int] | None
+    info: Any = None  # the built network's ModelInfo, once built by name
 
 
 def _target(name: str, input_size, num_classes) -> _Target:
@@ -676,7 +673,7 @@ def _target(name: str, input_size, num_classes) -> _Target:
 
     in_chans = input_size[0] if input_size else None
     if is_checkpoint_ref(name):
-        from cnncli.checkpoint import model_from_meta, read_meta, resolve_checkpoint_path
+        from cnncli.checkpoint import built_from_meta, read_meta, resolve_checkpoint_path
 
         meta = read_meta(resolve_checkpoint_path(name))
         spec = dict(meta["model"])
@@ -685,25 +682,34 @@ def _target(name: str, input_size, num_classes) -> _Target:
         if in_chans is not None:
             spec["in_chans"] = in_chans
         default = meta.get("input_size")
-        return _Target(name, lambda device: model_from_meta({**meta, "model": spec}, device=device),
-                       tuple(default) if default else None)
+        return _described(_Target(name, None, tuple(default) if default else None),
+                          lambda device: built_from_meta({**meta, "model": spec}, device=device))
 
-    from cnncli.models.registry import create_model, resolve_path_or_name
+    from cnncli.models.registry import build_model, resolve_path_or_name
 
     resolve_path_or_name(name)
 
-    def build(device):
-        return create_model(name, num_classes=num_classes, in_chans=in_chans, device=device)
+    return _described(_Target(name, None, None), lambda device: build_model(
+        name, num_classes=num_classes, in_chans=in_chans, device=device))
 
-    return _Target(name, build, None)
+
+def _described(target: _Target, build_model) -> _Target:
+    """`target` building its module with `build_model` (device -> BuiltModel), keeping the info."""
+
+    def build(device):
+        built = build_model(device)
+        target.info = built.info
+        if target.default_input is None:
+            target.default_input = tuple(built.info.input_size)
+        return built.module
+
+    target.build = build
+    return target
 
 
 def _build(target: _Target, device: str):
     model = target.build(device)
     model.eval()
-    info = getattr(model, "cnncli_info", None)
-    if target.default_input is None and info is not None:
-        target.default_input = tuple(info.input_size)
     return model
 
 
@@ -819,7 +825,7 @@ def summarize(model_or_name, input_size=None, num_classes: int | None = None,
     trainable = sum(p.numel() for p in params if p.requires_grad)
     weight_bytes = sum(p.numel() * p.element_size() for p in params)
     weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
-    info = getattr(model, "cnncli_info", None)
+    info = target.info if target else None
     classes = num_classes if num_classes is not None else (
         getattr(model, "num_classes", None) or (info.num_classes if info else None))
     return ModelSummary(

@@ -30,11 +30,11 @@ def open_network(model: str, pretrained: bool = False, weights: str | None = Non
         from cnncli.predict import load_network
 
         return load_network(model, pretrained=pretrained, weights=weights, device="cpu")
-    from cnncli.models.registry import create_model, resolve_path_or_name
+    from cnncli.models.registry import build_model, resolve_path_or_name
 
-    net = create_model(resolve_path_or_name(model)).eval()
-    info = net.cnncli_info
-    meta = {"model": dict(net.cnncli_spec), "input_size": list(info.input_size),
+    built = build_model(resolve_path_or_name(model))
+    net, info = built.module.eval(), built.info
+    meta = {"model": dict(built.spec), "input_size": list(info.input_size),
             "mean": list(info.mean), "std": list(info.std), "num_classes": info.num_classes,
             "weights": "random (untrained)"}
     return net, meta

@@ -456,3 +456,11 @@ def test_no_models_module_is_over_600_lines():
     for path in [*MODELS_DIR.rglob("*.py"), MODELS_DIR.parent / "geometry.py"]:
         assert len(path.read_text().splitlines()) <= 600, path.name
 
+
+
+def test_a_module_built_by_the_registry_carries_no_patched_attributes():
+    """The spec and info travel beside the module (BuiltModel), never set on the nn.Module."""
+    built = build_model("lenet5", device="meta")
+    assert not hasattr(built.module, "cnncli_spec") and not hasattr(built.module, "cnncli_info")
+    assert built.info.name == "lenet5" and built.spec["name"] == "lenet5"
+    assert create_model("lenet5", device="meta").__class__ is built.module.__class__

@@ -137,8 +137,6 @@ def build_model(
             "in_chans": info.input_size[0], "kwargs": kwargs}
     if model_file_doc is not None:
         spec["model_file"] = copy.deepcopy(model_file_doc)
-    model.cnncli_spec = spec
-    model.cnncli_info = info
     return BuiltModel(model, spec, info)
 
 
