@@ -31,6 +31,7 @@ from cnncli.models.model_file import (
     load_spec,
     loads_spec,
     model_file_info,
+    new_model_file,
 )
 from cnncli.models.registry import (
     build_model,
@@ -531,3 +532,48 @@ def test_new_model_refuses_more_blocks_than_the_input_allows(tmp_path):
 def test_good_practice_text_is_valid_toml_for_odd_names():
     text = good_practice_toml('we"ird\\name', (1, 28, 28), 3, blocks=1, width=4)
     assert loads_spec(text)["model"]["name"] == 'we"ird\\name'
+
+
+# --------------------------------------------------------------------------- library doors
+
+def test_new_model_file_is_checked_by_the_library_without_the_cli():
+    """What `cnncli new-model` writes and reports comes from the library: the text, its parsed
+    document and the parameter count of a meta-device build (no memory)."""
+    made = new_model_file("x", (1, 28, 28), 10)
+    assert made.text == good_practice_toml("x", (1, 28, 28), 10)
+    assert made.spec == loads_spec(made.text)
+    assert made.params == 1_413_834 and made.layers == 14
+    assert made.info.input_size == (1, 28, 28) and made.info.num_classes == 10
+    with pytest.raises(InputError, match="--blocks 6 is too many for a 28x28 input"):
+        new_model_file("x", (1, 28, 28), 10, blocks=6)
+
+
+def test_a_backbone_needs_the_registrys_factory_and_says_so_in_one_line():
+    """model_file never imports the registry: without a backbone factory a [backbone] file is
+    refused with one line (exit 1: a caller's mistake, not the file's); through the registry it builds."""
+    from cnncli.errors import CnnError
+
+    spec = {"model": {"name": "bh", "input": [1, 28, 28], "num_classes": 4},
+            "backbone": {"model": "typical_cnn"}, "head": [{"type": "global_avgpool"}, CLASSIFIER]}
+    with pytest.raises(CnnError) as err:
+        check_spec(spec, source="bh.toml")
+    assert "\n" not in str(err.value) and err.value.exit_code == 1 and "registry" in str(err.value)
+    model, info = build_model_file(spec, source="bh.toml")
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 4) and info.source == "file"
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 28, 31])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [(3, 1, "same", 1), (3, 2, "same", 1), (5, 3, "valid", 1),
+                                                            (3, 2, 1, 1), (3, 1, 0, 2), (2, 2, "valid", 1)])
+def test_the_shared_size_helpers_give_the_sizes_the_layers_produce(size, kernel, stride, padding, dilation):
+    from cnncli.geometry import output_size, same_padding
+    from cnncli.layers import ConvLayer
+
+    expected = output_size(size, kernel, stride, padding, dilation)
+    if expected < 1:
+        return  # the checks refuse such a layer before it is built
+    conv = ConvLayer(1, 1, kernel, stride, padding, dilation=dilation)
+    assert conv(torch.zeros(1, 1, size, size)).shape[-1] == expected
+    if padding == "same":
+        before, after = same_padding(size, kernel, stride, dilation)
+        assert (size + before + after - dilation * (kernel - 1) - 1) // stride + 1 == expected

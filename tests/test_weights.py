@@ -150,7 +150,7 @@ def test_backbone_keys_that_do_not_fit_are_reported_not_ignored(change, message)
     state = _tiny().state_dict()
     change(state)
     with pytest.raises(InputError, match=r"weights in src.pth do not fit timm/test_resnet: .*" + message):
-        W.load_backbone_state(_tiny(), state, "src.pth")
+        W.load_backbone_state(_tiny(), state, "src.pth", "timm/test_resnet")
 
 
 def test_classifier_names_come_from_the_network():

@@ -162,14 +162,6 @@ def build_model_file(doc: dict[str, Any], num_classes: int | None = None, in_cha
                                              backbones=_backbones())
 
 
-def check_model_file(doc: Any, source: str = "", num_classes: int | None = None, in_chans: int | None = None):
-    """Check a parsed model file completely (its backbone resolved here); returns its plan."""
-    from cnncli.models import model_file
-
-    return model_file.check_spec(doc, source=source, num_classes=num_classes, in_chans=in_chans,
-                                 backbones=_backbones())
-
-
 def _backbones():
     """What a model file's [backbone] is described and built with: this registry's own doors."""
     from cnncli.models.model_file.backbone import BackboneFactory
