@@ -83,7 +83,7 @@ def bench_model(name: str, args, tmp: Path, flags: list[str]) -> None:
     from cnncli.checkpoint import load_model, save_checkpoint
     from cnncli.deploy.int8 import load_gate_data, prepared, quantize_onnx, sample_images
     from cnncli.export import onnx_bytes, onnx_session, synthetic_images
-    from cnncli.models.registry import create_model
+    from cnncli.models.registry import build_model
 
     if name == "typical_cnn":
         ckpt, data = trained_typical_cnn(tmp, args.epochs, args.max_samples)
@@ -94,9 +94,9 @@ def bench_model(name: str, args, tmp: Path, flags: list[str]) -> None:
         weights = f"trained {args.epochs} epoch(s) on {min(args.max_samples, len(splits.train))} {data} images"
     else:
         torch.manual_seed(0)
-        model = create_model(name).eval()
-        info = model.cnncli_info
-        meta = {"kind": "model", "model": dict(model.cnncli_spec), "num_classes": info.num_classes,
+        built = build_model(name)
+        model, info = built.module.eval(), built.info
+        meta = {"kind": "model", "model": dict(built.spec), "num_classes": info.num_classes,
                 "class_names": [str(i) for i in range(info.num_classes)], "input_size": list(info.input_size),
                 "mean": list(info.mean), "std": list(info.std), "dataset": None}
         save_checkpoint(tmp / "r.safetensors", model.state_dict(), meta)

@@ -35,12 +35,12 @@ def make_checkpoint(name: str, folder: Path) -> Path:
     import torch
 
     from cnncli.checkpoint import save_checkpoint
-    from cnncli.models.registry import create_model
+    from cnncli.models.registry import build_model
 
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10)
-    info = model.cnncli_info
-    meta = {"kind": "model", "model": model.cnncli_spec, "num_classes": 10,
+    built = build_model(name, num_classes=10)
+    model, info = built.module, built.info
+    meta = {"kind": "model", "model": built.spec, "num_classes": 10,
             "class_names": [str(i) for i in range(10)], "input_size": list(info.input_size),
             "mean": list(info.mean), "std": list(info.std), "dataset": None}
     return save_checkpoint(folder / f"{name.replace('/', '_')}.safetensors", model.state_dict(), meta)

@@ -45,7 +45,7 @@ def main() -> None:
 
     from cnncli.checkpoint import save_checkpoint
     from cnncli.export import export_checkpoint
-    from cnncli.models.registry import create_model
+    from cnncli.models.registry import build_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -54,8 +54,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cnncli-startup-") as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)
-        model = create_model("lenet5", num_classes=10)
-        meta = {"kind": "model", "model": model.cnncli_spec, "num_classes": 10,
+        built = build_model("lenet5", num_classes=10)
+        model = built.module
+        meta = {"kind": "model", "model": built.spec, "num_classes": 10,
                 "class_names": [str(i) for i in range(10)], "input_size": [1, 32, 32],
                 "mean": [0.29], "std": [0.35], "dataset": "fashion-mnist-mini"}
         ckpt = save_checkpoint(tmp / "model.safetensors", model.state_dict(), meta)

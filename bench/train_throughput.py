@@ -48,12 +48,13 @@ def baseline_images_per_second(name: str, root: str, batch_size: int, workers: i
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from cnncli.models.registry import create_model
+    from cnncli.models.registry import build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10)
-    size = model.cnncli_info.input_size[-1]
+    built = build_model(name, num_classes=10)
+    model = built.module
+    size = built.info.input_size[-1]
     steps_needed = [transforms.Resize(size)] if size != 28 else []
     # Fashion-MNIST's own mean and std, as cnncli computes them on its training split
     transform = transforms.Compose(steps_needed + [transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))])

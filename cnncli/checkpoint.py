@@ -218,20 +218,24 @@ def is_checkpoint_ref(name: str) -> bool:
 
 def model_from_meta(meta: RunDocument | Mapping[str, Any], device: str | None = None):
     """Rebuild the (untrained) network a checkpoint describes (a document or its mapping)."""
-    from cnncli.models.registry import create_model
+    return built_from_meta(meta, device).module
+
+
+def built_from_meta(meta: RunDocument | Mapping[str, Any], device: str | None = None):
+    """`model_from_meta` with the spec and ModelInfo: a `cnncli.models.BuiltModel`."""
+    from cnncli.models.registry import BuiltModel, build_model
 
     spec = meta.model.to_dict() if isinstance(meta, RunDocument) else ModelSpec.from_dict(meta["model"]).to_dict()
     name = spec["name"]
     try:
         if spec.get("model_file"):
-            from cnncli.models.model_file import create_model_from_spec
+            from cnncli.models.registry import build_model_file
 
-            model, _ = create_model_from_spec(spec["model_file"], num_classes=spec.get("num_classes"),
-                                              in_chans=spec.get("in_chans"), source=name)
-            model.cnncli_spec = dict(spec)
-            return model
-        return create_model(name, num_classes=spec.get("num_classes"), in_chans=spec.get("in_chans"),
-                            device=device, **(spec.get("kwargs") or {}))
+            model, info = build_model_file(spec["model_file"], num_classes=spec.get("num_classes"),
+                                           in_chans=spec.get("in_chans"), source=name)
+            return BuiltModel(model, dict(spec), info)
+        return build_model(name, num_classes=spec.get("num_classes"), in_chans=spec.get("in_chans"),
+                           device=device, **(spec.get("kwargs") or {}))
     except (TypeError, ValueError, RuntimeError) as e:  # arguments the constructor does not take
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise InputError(f"the checkpoint's network '{name}' cannot be rebuilt from its metadata: {reason}") from None

@@ -316,20 +316,20 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
     output.set_quiet(quiet)
     validate_finetune(cfg)
     if resume:
-        model, input_size, mean, std, extra = _resume_model(Path(resume))
+        model, input_size, mean, std, extra, spec = _resume_model(Path(resume))
         source = extra.get("weights_source") or {}
     else:
         from cnncli.engine.weights import resolve_backbone
 
         backbone = resolve_backbone(cfg.model, cfg.weights, cfg.pretrained)
         model, input_size, mean, std = backbone.model, backbone.input_size, backbone.mean, backbone.std
-        source = backbone.source
+        source, spec = backbone.source, backbone.spec
         extra = {"weights_source": source}
-    base_name = model.cnncli_spec["name"] if hasattr(model, "cnncli_spec") else cfg.model
+    base_name = spec["name"] if spec else cfg.model
     data_name = cfg.data.split(":")[0]
     run_name = cfg.name or f"{Path(base_name).stem if base_name.endswith('.toml') else base_name.replace('/', '_')}-ft-{data_name}"
     trainer = Trainer(cfg, resume=resume, model=model, extra_meta=extra, input_size=input_size, mean=mean,
-                      std=std, quiet=quiet, run_name=run_name)
+                      std=std, quiet=quiet, run_name=run_name, model_spec=spec)
 
     # the new head for the dataset's classes (a resumed run's weights are loaded over it by fit)
     model.reset_classifier(trainer.num_classes)
@@ -366,7 +366,7 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
 
 def _resume_model(run_dir: Path):
     """The fine-tuned network's architecture (new head included) and record, from the run's state."""
-    from cnncli.checkpoint import model_from_meta, read_meta
+    from cnncli.checkpoint import built_from_meta, read_meta
 
     path = run_dir / "train_state.safetensors"
     if not path.exists():
@@ -374,6 +374,6 @@ def _resume_model(run_dir: Path):
     meta = read_meta(path)
     if "finetune" not in meta:
         raise InputError(f"{run_dir} is a 'cnncli train' run; resume it with 'cnncli train --resume {run_dir}'")
-    model = model_from_meta(meta)
+    built = built_from_meta(meta)
     extra = {"weights_source": meta.get("weights_source"), "finetune": meta.get("finetune")}
-    return model, tuple(meta["input_size"]), list(meta["mean"]), list(meta["std"]), extra
+    return built.module, tuple(meta["input_size"]), list(meta["mean"]), list(meta["std"]), extra, built.spec

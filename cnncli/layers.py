@@ -24,15 +24,13 @@ This module imports torch only (never timm): `cnncli inspect alexnet` must stay 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cnncli.errors import InputError
-
-Pair = tuple[int, int]
+from cnncli.geometry import Pair, pair, same_padding
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -48,15 +46,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 PADDINGS = ("valid", "same")
-
-
-def _pair(v: int | Sequence[int], what: str = "value") -> Pair:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(int(x) for x in v)
-    if len(v) != 2:
-        raise InputError(f"{what} must be an int or a pair of ints, got {v}")
-    return v  # type: ignore[return-value]
 
 
 def make_activation(name: str | None) -> nn.Module:
@@ -78,35 +67,12 @@ def _check_padding(padding) -> str | Pair:
         if padding.lower() not in PADDINGS:
             raise InputError(f"unknown padding '{padding}'; use 'valid', 'same' or a number of pixels")
         return padding.lower()
-    return _pair(padding, "padding")
+    return pair(padding, "padding")
 
 
 # ---------------------------------------------------------------------------------------------
-# Padding arithmetic (seed: "Padding", fig. 10)
+# Padding at run time (seed: "Padding", fig. 10; the arithmetic is in cnncli.geometry)
 # ---------------------------------------------------------------------------------------------
-
-
-def same_padding(in_size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """Zeros to add before and after one spatial axis for TF/Keras 'same' padding.
-
-    The seed: with 'same' the layer has ceil(in / stride) units and the zeros are spread "as
-    evenly as possible"; when the total is odd the extra zero goes at the bottom/right (as in
-    TensorFlow, timm's `pad_same`). Works for any stride, unlike PyTorch's padding='same'.
-    """
-    out = -(-in_size // stride)  # ceil division on ints (also works on symbolic sizes)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - in_size, 0)
-    before = total // 2
-    return before, total - before
-
-
-def valid_output_size(in_size: int, kernel: int, stride: int, dilation: int = 1) -> int:
-    """Units along one axis with 'valid' padding: rows/cols that do not fit are dropped."""
-    return (in_size - (kernel - 1) * dilation - 1) // stride + 1
-
-
-def same_output_size(in_size: int, stride: int) -> int:
-    """Units along one axis with 'same' padding: in / stride, rounded up."""
-    return -(-in_size // stride)
 
 
 def _is_static_same(kernel: Pair, stride: Pair, dilation: Pair) -> bool:
@@ -138,7 +104,7 @@ class Conv2dSame(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding="same",
                  dilation=1, groups: int = 1, bias: bool = True):
-        kernel, strides, dil = _pair(kernel_size, "kernel"), _pair(stride, "stride"), _pair(dilation, "dilation")
+        kernel, strides, dil = pair(kernel_size, "kernel"), pair(stride, "stride"), pair(dilation, "dilation")
         spec = _check_padding(padding)
         self.dynamic_same = spec == "same" and not _is_static_same(kernel, strides, dil)
         if spec == "same":
@@ -227,8 +193,8 @@ class _Pool(nn.Module):
 
     def __init__(self, kernel_size, stride=None, padding="valid"):
         super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel")
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        self.kernel_size = pair(kernel_size, "kernel")
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
         self.padding = _check_padding(padding)
         self._static_same = self.padding == "same" and _is_static_same(self.kernel_size, self.stride, (1, 1))
         self.activation = None

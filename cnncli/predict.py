@@ -148,7 +148,7 @@ def load_network(model: str, pretrained: bool = False, weights: str | None = Non
 
 
 def _registry_network(name: str, pretrained: bool, weights: str | None, device: str):
-    from cnncli.models.registry import create_model, resolve_path_or_name
+    from cnncli.models.registry import build_model, resolve_path_or_name
 
     if not pretrained and not weights:
         raise InputError(f"'{name}' is a registry name without weights: pass --pretrained (timm models) "
@@ -163,18 +163,18 @@ def _registry_network(name: str, pretrained: bool, weights: str | None, device: 
 
         backbone = resolve_backbone(name, pretrained=True)
         net, weights_source = backbone.model, backbone.source
-        net.cnncli_info = _with(net.cnncli_info, backbone)
+        info, spec = _with(backbone.info, backbone), backbone.spec
     else:
         from cnncli.checkpoint import load_state_strict
         from cnncli.engine.weights import read_state_dict
 
-        net = create_model(name)
+        built = build_model(name)
+        net, info, spec = built.module, built.info, built.spec
         load_state_strict(net, read_state_dict(weights), weights)
         weights_source = {"kind": "file", "path": str(weights)}
     from cnncli.checkpoint import build_document
 
-    info = net.cnncli_info
-    meta = build_document(model=net.cnncli_spec, num_classes=info.num_classes,
+    meta = build_document(model=spec, num_classes=info.num_classes,
                           class_names=class_names_for(info.num_classes), input_size=info.input_size,
                           mean=info.mean, std=info.std, dataset="imagenet" if info.num_classes == 1000 else None,
                           extra={"pretrained_source": weights_source})

@@ -30,13 +30,12 @@ def open_network(model: str, pretrained: bool = False, weights: str | None = Non
         from cnncli.predict import load_network
 
         return load_network(model, pretrained=pretrained, weights=weights, device="cpu")
-    from cnncli.models.registry import create_model, resolve_path_or_name
-
-    net = create_model(resolve_path_or_name(model)).eval()
     from cnncli.checkpoint import build_document
+    from cnncli.models.registry import build_model, resolve_path_or_name
 
-    info = net.cnncli_info
-    meta = build_document(model=net.cnncli_spec, num_classes=info.num_classes, input_size=info.input_size,
+    built = build_model(resolve_path_or_name(model))
+    net, info = built.module.eval(), built.info
+    meta = build_document(model=built.spec, num_classes=info.num_classes, input_size=info.input_size,
                           mean=info.mean, std=info.std, extra={"weights": "random (untrained)"})
     return net, meta
 

@@ -20,12 +20,11 @@ from cnncli.checkpoint import (
 )
 from cnncli.cli import app
 from cnncli.errors import InputError
-from cnncli.models.registry import create_model
+from cnncli.models.registry import build_model, create_model
 
 
 def lenet_document(**changes) -> RunDocument:
-    model = create_model("lenet5", num_classes=3)
-    fields = dict(model=model.cnncli_spec, num_classes=3, class_names=["a", "b", "c"], input_size=(1, 32, 32),
+    fields = dict(model=build_model("lenet5", num_classes=3).spec, num_classes=3, class_names=["a", "b", "c"], input_size=(1, 32, 32),
                   mean=[0.3], std=[0.2], dataset="synthetic", epoch=2, metrics={"val_top1": 0.5}, seed=7,
                   versions={"torch": torch.__version__}, recipe={"lr": 0.01}, extra={"finetune": {"head": "fc"}})
     fields.update(changes)

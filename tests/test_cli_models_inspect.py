@@ -96,11 +96,12 @@ def test_inspect_depth_and_num_classes_options():
 
 def test_inspect_checkpoint_file(tmp_path):
     from cnncli.checkpoint import save_checkpoint
-    from cnncli.models.registry import create_model
+    from cnncli.models.registry import build_model
 
-    model = create_model("lenet5", num_classes=4)
+    built = build_model("lenet5", num_classes=4)
+    model = built.module
     path = save_checkpoint(tmp_path / "model.safetensors", model.state_dict(),
-                           {"kind": "model", "model": model.cnncli_spec, "num_classes": 4,
+                           {"kind": "model", "model": built.spec, "num_classes": 4,
                             "input_size": [1, 32, 32]})
     for ref in (str(path), str(tmp_path)):  # the file, or the run directory holding it
         result = run("inspect", ref, "-f", "json")

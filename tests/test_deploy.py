@@ -266,10 +266,11 @@ def test_gate_with_an_injected_clock(run_dir, exported):
 
 def test_int8_without_test_data_says_how_to_give_some(tmp_path):
     from cnncli.checkpoint import save_checkpoint
-    from cnncli.models.registry import create_model
+    from cnncli.models.registry import build_model
 
-    model = create_model("lenet5", num_classes=3)
-    meta = {"kind": "model", "model": model.cnncli_spec, "num_classes": 3, "class_names": ["a", "b", "c"],
+    built = build_model("lenet5", num_classes=3)
+    model = built.module
+    meta = {"kind": "model", "model": built.spec, "num_classes": 3, "class_names": ["a", "b", "c"],
             "input_size": [1, 32, 32], "mean": [0.5], "std": [0.25], "dataset": "synthetic"}
     ckpt = save_checkpoint(tmp_path / "model.safetensors", model.state_dict(), meta)
     result = run_cli("export", ckpt, "--int8")

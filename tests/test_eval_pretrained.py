@@ -66,11 +66,10 @@ def stub_backbone(monkeypatch):
 
     torch.manual_seed(0)
     net = timm.create_model("test_efficientnet").eval()
-    from cnncli.models.registry import create_model
+    from cnncli.models.registry import get_model_info
 
-    info = create_model("timm/test_efficientnet").cnncli_info
-    net.cnncli_info = info
-    backbone = W.Backbone(net, {"kind": "stub"}, (3, 64, 64), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], IMAGENET)
+    backbone = W.Backbone(net, {"kind": "stub"}, (3, 64, 64), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], IMAGENET,
+                          spec={"name": "timm/test_efficientnet"}, info=get_model_info("timm/test_efficientnet"))
     calls = []
 
     def fake(name, weights=None, pretrained=False):

@@ -11,7 +11,7 @@ import torch
 
 from cnncli import export as ex
 from cnncli.checkpoint import load_model, read_header, read_meta, save_checkpoint
-from cnncli.models.registry import create_model
+from cnncli.models.registry import build_model
 
 CLASSES = [f"class {i}" for i in range(4)]
 
@@ -19,9 +19,10 @@ CLASSES = [f"class {i}" for i in range(4)]
 def make_checkpoint(path, name, input_size, dataset="fashion-mnist-mini", seed=0):
     """A checkpoint as `cnncli train` writes it (random weights, but real metadata)."""
     torch.manual_seed(seed)
-    model = create_model(name, num_classes=len(CLASSES), in_chans=input_size[0])
+    built = build_model(name, num_classes=len(CLASSES), in_chans=input_size[0])
+    model = built.module
     mean, std = ([0.5], [0.25]) if input_size[0] == 1 else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    meta = {"kind": "model", "model": model.cnncli_spec, "num_classes": len(CLASSES),
+    meta = {"kind": "model", "model": built.spec, "num_classes": len(CLASSES),
             "class_names": CLASSES, "input_size": list(input_size), "mean": mean, "std": std,
             "dataset": dataset}
     save_checkpoint(path, model.state_dict(), meta)

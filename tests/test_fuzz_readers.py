@@ -33,7 +33,7 @@ from cnncli.data.cifar import read_batch
 from cnncli.data.idx import encode_idx, parse_idx, read_idx, read_idx_images_labels
 from cnncli.engine.config import TrainConfig, build_config
 from cnncli.errors import CnnError
-from cnncli.models.registry import create_model
+from cnncli.models.registry import build_model, create_model
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
 FAST = settings(FUZZ, max_examples=80)
@@ -265,8 +265,8 @@ units = "num_classes"
 
 
 def test_the_base_model_file_builds():
-    model = create_model(str(scratch("fuzz.toml", MODEL_FILE.encode())), device="meta")
-    assert model.cnncli_info.input_size == (1, 28, 28)
+    built = build_model(str(scratch("fuzz.toml", MODEL_FILE.encode())), device="meta")
+    assert built.info.input_size == (1, 28, 28)
 
 
 @FUZZ

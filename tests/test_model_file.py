@@ -27,13 +27,19 @@ from cnncli.models.model_file import (
     LAYER_TYPES,
     check_spec,
     create_model_from_file,
-    create_model_from_spec,
     good_practice_toml,
     load_spec,
     loads_spec,
     model_file_info,
+    new_model_file,
 )
-from cnncli.models.registry import count_params, create_model, get_model_info
+from cnncli.models.registry import (
+    build_model,
+    build_model_file,
+    count_params,
+    create_model,
+    get_model_info,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "models"
@@ -50,7 +56,7 @@ CLASSIFIER = {"type": "dense", "units": "num_classes"}
 
 def _error(spec, **kwargs) -> str:
     with pytest.raises(InputError) as err:
-        create_model_from_spec(spec, source="bad.toml", **kwargs)
+        build_model_file(spec, source="bad.toml", **kwargs)
     message = str(err.value)
     assert "\n" not in message and err.value.exit_code == 2
     return message
@@ -85,7 +91,7 @@ def test_every_plain_shipped_file_builds_and_its_checked_shapes_are_the_real_one
     assert {layer.name: layer.out_shape for layer in plan.layers} == real
     assert model(x).shape == (2, info.num_classes)
     assert info.source == "file" and info.params == count_params(model)
-    assert model.cnncli_model_file == spec
+    assert build_model(str(path)).spec["model_file"] == spec  # what a checkpoint stores whole
     # the timm-like API: features, then head; the classifier is the last layer
     feats = model.forward_features(x)
     assert feats.shape[1] == model.num_features
@@ -100,7 +106,7 @@ def test_the_efficientnet_lite0_head_file_builds_offline_without_weights():
     assert spec["backbone"] == {"model": "timm/tf_efficientnet_lite0", "pretrained": True}
     small = copy.deepcopy(spec)
     small["model"]["input"] = [3, 64, 64]  # the same network; a small input keeps the test fast
-    model, info = create_model_from_spec(small, source=str(path))
+    model, info = build_model_file(small, source=str(path))
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     assert model.num_features == 1280
     assert info.mean == (0.5, 0.5, 0.5)  # the backbone's pretrained normalization
@@ -158,7 +164,7 @@ def test_every_layer_type_builds_and_the_checked_shapes_match_torch(size):
     spec = _spec(EVERY_TYPE, input_=size, num_classes=5)
     plan = check_spec(spec)
     assert {layer.type for layer in plan.layers} == set(LAYER_TYPES) - {"flatten"}
-    model, _ = create_model_from_spec(spec)
+    model, _ = build_model_file(spec)
     real = _layer_shapes(model, torch.randn(2, *size))
     assert {layer.name: layer.out_shape for layer in plan.layers} == real
     assert [layer.name for layer in plan.layers][-3:] == ["dense1", "dense2", "dense3"]
@@ -183,7 +189,7 @@ def test_spatial_arithmetic_agrees_with_the_layers_for_odd_sizes(kind, padding, 
         layer["filters"] = 2
     spec = _spec([layer, {"type": "flatten"}, CLASSIFIER], input_=(2, 13, 10))
     plan = check_spec(spec)
-    model, _ = create_model_from_spec(spec)
+    model, _ = build_model_file(spec)
     name = plan.layers[0].name
     assert _layer_shapes(model, torch.randn(1, 2, 13, 10))[name] == plan.layers[0].out_shape
 
@@ -305,7 +311,7 @@ def test_model_table_mistakes(mutate, expected):
 def test_the_input_may_be_written_as_a_string_and_overridden():
     spec = _spec([{"type": "conv", "filters": 4, "kernel": 3}, {"type": "flatten"}, CLASSIFIER])
     spec["model"]["input"] = "3x16x16"
-    model, info = create_model_from_spec(spec, num_classes=4, in_chans=2)
+    model, info = build_model_file(spec, num_classes=4, in_chans=2)
     assert info.input_size == (2, 16, 16) and info.num_classes == 4
     assert model(torch.randn(1, 2, 16, 16)).shape == (1, 4)
     assert spec["model"]["input"] == "3x16x16"  # the document itself is never changed
@@ -339,10 +345,11 @@ def test_cli_inspect_reads_a_model_file_with_the_file_names_as_rows(runner):
 def test_registry_and_checkpoint_rebuild_a_file_network_without_the_file(tmp_path):
     path = tmp_path / "net.toml"
     path.write_text((RECIPES / "small_senet.toml").read_text())
-    model = create_model(str(path), num_classes=3)
-    assert model.cnncli_spec["model_file"] == load_spec(path)
+    built = build_model(str(path), num_classes=3)
+    model = built.module
+    assert built.spec["model_file"] == load_spec(path)
     assert get_model_info(str(path)).source == "file"
-    meta = {"model": model.cnncli_spec, "num_classes": 3}
+    meta = {"model": built.spec, "num_classes": 3}
     save_checkpoint(tmp_path / "model.safetensors", model.state_dict(), meta)
     path.unlink()  # the checkpoint alone must be enough
     rebuilt, _ = load_model(tmp_path / "model.safetensors")
@@ -374,7 +381,7 @@ def _head_spec(backbone, input_=(3, 32, 32), head=None):
 
 
 def test_timm_backbone_with_a_head_builds_forwards_and_groups_its_stages():
-    model, info = create_model_from_spec(_head_spec("timm/test_efficientnet"))
+    model, info = build_model_file(_head_spec("timm/test_efficientnet"))
     x = torch.randn(2, 3, 32, 32)
     assert model(x).shape == (2, 4)
     assert isinstance(model.get_classifier(), torch.nn.Linear) and model.classifier.out_features == 4
@@ -397,8 +404,9 @@ def test_a_backbone_with_head_checkpoint_rebuilds_without_the_file(tmp_path):
     info = get_model_info(str(path))
     # a weights path in a model file is relative to the file; loading it is finetune's job
     assert info.extra["backbone_weights"]["weights"] == str(tmp_path / "w" / "base.safetensors")
-    model = create_model(str(path))
-    save_checkpoint(tmp_path / "model.safetensors", model.state_dict(), {"model": model.cnncli_spec})
+    built = build_model(str(path))
+    model = built.module
+    save_checkpoint(tmp_path / "model.safetensors", model.state_dict(), {"model": built.spec})
     path.unlink()
     rebuilt, _ = load_model(tmp_path / "model.safetensors")
     x = torch.randn(2, 3, 32, 32)
@@ -441,7 +449,7 @@ def test_train_loads_the_backbone_weights_a_model_file_asks_for(tmp_path):
 
 
 def test_hand_built_backbone_loses_its_dense_layers_and_keeps_its_stages():
-    model, _ = create_model_from_spec(_head_spec("typical_cnn", input_=(1, 28, 28)))
+    model, _ = build_model_file(_head_spec("typical_cnn", input_=(1, 28, 28)))
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 4)
     # typical_cnn's own fc1/fc2 are never used by forward_features: removed, not carried dead
     convs = sum(p.numel() for n, p in create_model("typical_cnn").named_parameters() if n.startswith("conv"))
@@ -523,3 +531,48 @@ def test_new_model_refuses_more_blocks_than_the_input_allows(runner, tmp_path):
 def test_good_practice_text_is_valid_toml_for_odd_names():
     text = good_practice_toml('we"ird\\name', (1, 28, 28), 3, blocks=1, width=4)
     assert loads_spec(text)["model"]["name"] == 'we"ird\\name'
+
+
+# --------------------------------------------------------------------------- library doors
+
+def test_new_model_file_is_checked_by_the_library_without_the_cli():
+    """What `cnncli new-model` writes and reports comes from the library: the text, its parsed
+    document and the parameter count of a meta-device build (no memory)."""
+    made = new_model_file("x", (1, 28, 28), 10)
+    assert made.text == good_practice_toml("x", (1, 28, 28), 10)
+    assert made.spec == loads_spec(made.text)
+    assert made.params == 1_413_834 and made.layers == 14
+    assert made.info.input_size == (1, 28, 28) and made.info.num_classes == 10
+    with pytest.raises(InputError, match="--blocks 6 is too many for a 28x28 input"):
+        new_model_file("x", (1, 28, 28), 10, blocks=6)
+
+
+def test_a_backbone_needs_the_registrys_factory_and_says_so_in_one_line():
+    """model_file never imports the registry: without a backbone factory a [backbone] file is
+    refused with one line (exit 1: a caller's mistake, not the file's); through the registry it builds."""
+    from cnncli.errors import CnnError
+
+    spec = {"model": {"name": "bh", "input": [1, 28, 28], "num_classes": 4},
+            "backbone": {"model": "typical_cnn"}, "head": [{"type": "global_avgpool"}, CLASSIFIER]}
+    with pytest.raises(CnnError) as err:
+        check_spec(spec, source="bh.toml")
+    assert "\n" not in str(err.value) and err.value.exit_code == 1 and "registry" in str(err.value)
+    model, info = build_model_file(spec, source="bh.toml")
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 4) and info.source == "file"
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 28, 31])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [(3, 1, "same", 1), (3, 2, "same", 1), (5, 3, "valid", 1),
+                                                            (3, 2, 1, 1), (3, 1, 0, 2), (2, 2, "valid", 1)])
+def test_the_shared_size_helpers_give_the_sizes_the_layers_produce(size, kernel, stride, padding, dilation):
+    from cnncli.geometry import output_size, same_padding
+    from cnncli.layers import ConvLayer
+
+    expected = output_size(size, kernel, stride, padding, dilation)
+    if expected < 1:
+        return  # the checks refuse such a layer before it is built
+    conv = ConvLayer(1, 1, kernel, stride, padding, dilation=dilation)
+    assert conv(torch.zeros(1, 1, size, size)).shape[-1] == expected
+    if padding == "same":
+        before, after = same_padding(size, kernel, stride, dilation)
+        assert (size + before + after - dilation * (kernel - 1) - 1) // stride + 1 == expected

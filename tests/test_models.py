@@ -3,14 +3,19 @@ timm's where those exist (parameters in order and shape, and outputs once weight
 
 from __future__ import annotations
 
+import ast
 import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from cnncli.layers import ConvLayer
-from cnncli.models.registry import HAND_BUILT, count_params, create_model
+from cnncli.models.registry import HAND_BUILT, build_model, count_params, create_model
 
 META = torch.device("meta")
 ALL = list(HAND_BUILT)
@@ -91,10 +96,12 @@ def test_default_input_gives_logits_and_features(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_in_chans_and_num_classes_change_first_conv_and_classifier(name):
-    m = meta(name, in_chans=1, num_classes=7)
+    built = build_model(name, device="meta", in_chans=1, num_classes=7)
+    m = built.module
     assert first_conv(m).in_channels == 1
     assert m.get_classifier().out_features == 7
-    assert m.cnncli_info.input_size[0] == 1
+    assert built.info.input_size[0] == 1
+    assert built.spec == {"name": name, "num_classes": 7, "in_chans": 1, "kwargs": {}}
     _, h, w = HAND_BUILT[name].input_size
     if name not in DEEP:
         assert m(torch.empty(2, 1, h, w, device=META)).shape == (2, 7)
@@ -394,3 +401,66 @@ def test_every_layer_block_declares_inspect_attributes(name):
         assert isinstance(b.layer_type, str) and isinstance(b.atomic, bool)
     convs = [b for b in blocks if isinstance(b, ConvLayer)]
     assert all(isinstance(c.kernel_size, tuple) and isinstance(c.stride, tuple) for c in convs)
+
+
+# --------------------------------------------------------------------------- module structure
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "cnncli" / "models"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_no_source_of_networks_imports_the_registry_back():
+    """The registry dispatches over the sources; a source that imported it would make a cycle."""
+    sources = [p for p in MODELS_DIR.rglob("*.py") if p.name != "registry.py" and p.parent.name != "__pycache__"]
+    assert len(sources) > 10
+    for path in sources:
+        if path == MODELS_DIR / "__init__.py":
+            continue  # the package's front door re-exports the registry
+        bad = {m for m in _imports(path) if m.startswith("cnncli.models.registry") or m == "cnncli.models"}
+        assert not bad, f"{path.relative_to(MODELS_DIR)} imports {bad}"
+
+
+def test_what_only_describes_or_checks_a_network_imports_no_torch():
+    """info, the hand-built table, the model-file vocabulary and schema, and the geometry they share
+    load without torch, so `cnncli models` and a model file's checks stay instant."""
+    code = ("import sys\n"
+            "import cnncli.geometry, cnncli.models.info, cnncli.models.hand, cnncli.models.registry\n"
+            "import cnncli.models.model_file.vocabulary, cnncli.models.model_file.schema\n"
+            "from cnncli.models.model_file import check_spec, good_practice_toml, model_file_info\n"
+            "assert 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(MODELS_DIR.parents[1])})
+
+
+@pytest.mark.parametrize("first", ["cnncli.models.model_file.build", "cnncli.models.model_file.template",
+                                   "cnncli.models.registry", "cnncli.checkpoint"])
+def test_every_models_module_imports_first_in_a_fresh_interpreter(first):
+    """No import cycle: whichever module a caller imports first, the rest follow."""
+    rest = sorted("cnncli." + ".".join(p.relative_to(MODELS_DIR.parent).with_suffix("").parts).removesuffix(".__init__")
+                  for p in MODELS_DIR.rglob("*.py"))
+    code = f"import {first}\n" + "".join(f"import {m}\n" for m in rest)
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(MODELS_DIR.parents[1])})
+
+
+def test_no_models_module_is_over_600_lines():
+    for path in [*MODELS_DIR.rglob("*.py"), MODELS_DIR.parent / "geometry.py"]:
+        assert len(path.read_text().splitlines()) <= 600, path.name
+
+
+
+def test_a_module_built_by_the_registry_carries_no_patched_attributes():
+    """The spec and info travel beside the module (BuiltModel), never set on the nn.Module."""
+    built = build_model("lenet5", device="meta")
+    assert not hasattr(built.module, "cnncli_spec") and not hasattr(built.module, "cnncli_info")
+    assert built.info.name == "lenet5" and built.spec["name"] == "lenet5"
+    assert create_model("lenet5", device="meta").__class__ is built.module.__class__

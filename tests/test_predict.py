@@ -11,7 +11,7 @@ from torchvision.io import write_jpeg, write_png
 from cnncli import predict as pr
 from cnncli.checkpoint import load_model, save_checkpoint
 from cnncli.data.transforms import decode_image_file, prepare_images
-from cnncli.models.registry import create_model
+from cnncli.models.registry import build_model, create_model
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -23,8 +23,9 @@ def json_lines(text):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("lenet5", num_classes=3)
-    meta = {"kind": "model", "model": model.cnncli_spec, "num_classes": 3, "class_names": CLASSES,
+    built = build_model("lenet5", num_classes=3)
+    model = built.module
+    meta = {"kind": "model", "model": built.spec, "num_classes": 3, "class_names": CLASSES,
             "input_size": [1, 32, 32], "mean": [0.3], "std": [0.2], "dataset": "synthetic"}
     return save_checkpoint(tmp_path_factory.mktemp("run") / "model.safetensors", model.state_dict(), meta)
 

@@ -13,7 +13,7 @@ from torchvision.io import ImageReadMode, decode_png, read_file, write_png
 from cnncli import viz
 from cnncli.checkpoint import load_model, save_checkpoint
 from cnncli.errors import InputError
-from cnncli.models.registry import create_model
+from cnncli.models.registry import build_model
 from cnncli.plots import plot_confusion, plot_curves, plot_feature_maps, plot_filters
 
 
@@ -29,8 +29,9 @@ def open_png(path, min_size=(150, 150)):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("lenet5", num_classes=3)
-    meta = {"kind": "model", "model": model.cnncli_spec, "num_classes": 3, "class_names": ["a", "b", "c"],
+    built = build_model("lenet5", num_classes=3)
+    model = built.module
+    meta = {"kind": "model", "model": built.spec, "num_classes": 3, "class_names": ["a", "b", "c"],
             "input_size": [1, 32, 32], "mean": [0.5], "std": [0.5], "dataset": "synthetic"}
     return save_checkpoint(tmp_path_factory.mktemp("run") / "model.safetensors", model.state_dict(), meta)
 

@@ -15,7 +15,7 @@ import torch
 
 from cnncli.engine import weights as W
 from cnncli.errors import InputError
-from cnncli.models.registry import create_model
+from cnncli.models.registry import build_model, create_model
 
 
 # ---------------------------------------------------------------- efficientnet_pytorch naming
@@ -150,7 +150,7 @@ def test_backbone_keys_that_do_not_fit_are_reported_not_ignored(change, message)
     state = _tiny().state_dict()
     change(state)
     with pytest.raises(InputError, match=r"weights in src.pth do not fit timm/test_resnet: .*" + message):
-        W.load_backbone_state(_tiny(), state, "src.pth")
+        W.load_backbone_state(_tiny(), state, "src.pth", "timm/test_resnet")
 
 
 def test_classifier_names_come_from_the_network():
@@ -226,7 +226,7 @@ def test_timm_cache_comes_before_packages(no_sources, monkeypatch, tmp_path):
     from safetensors.torch import load_file
 
     assert torch.equal(got.model.conv_stem.weight, load_file(str(cached))["conv_stem.weight"])
-    assert "path" not in str(got.model.cnncli_spec)  # a checkpoint's rebuild needs no local file
+    assert "path" not in str(got.spec)  # a checkpoint's rebuild needs no local file
     assert got.class_names is not None and len(got.class_names) == 1000
 
 
@@ -244,7 +244,7 @@ def test_cnncli_checkpoint_is_a_source(no_sources, tmp_path):
     from cnncli.checkpoint import save_checkpoint
 
     model = _tiny("lenet5", num_classes=4)
-    meta = {"kind": "model", "model": dict(model.cnncli_spec), "num_classes": 4,
+    meta = {"kind": "model", "model": dict(build_model("lenet5", num_classes=4, device="meta").spec), "num_classes": 4,
             "class_names": ["a", "b", "c", "d"], "input_size": [1, 32, 32], "mean": [0.3], "std": [0.2],
             "dataset": "synthetic"}
     save_checkpoint(tmp_path / "run" / "model.safetensors", model.state_dict(), meta)

@@ -1,8 +1,8 @@
 """`cnncli new-model NAME`: write a TOML model file that follows the lecture's design rules.
 
-The design lives in the library (`cnncli.models.model_file.good_practice_toml`); this command
-parses the options, checks the file it is about to write by building it (on the meta device:
-shapes only), writes it atomically and never overwrites a file without --force.
+The design, and the check that the file builds (on the meta device: shapes only), live in the
+library (`cnncli.models.model_file.new_model_file`); this command parses the options, writes
+the file atomically and never overwrites a file without --force.
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ def new_model(
     from cnncli.cli.common import parse_size
     from cnncli.errors import InputError
     from cnncli.fileio import atomic_write_text
-    from cnncli.models.model_file import create_model_from_spec, good_practice_toml, loads_spec
-    from cnncli.models.registry import count_params
+    from cnncli.models.model_file import new_model_file
     from cnncli.output import emit_json, note, plural
 
     model_name = Path(name).name.removesuffix(".toml")
@@ -61,19 +60,14 @@ def new_model(
         raise InputError(f"{path} already exists; pass --force to overwrite it")
 
     size = parse_size(input_size)
-    text = good_practice_toml(model_name, size, classes, blocks=blocks, width=width)
-    import torch
-
-    spec = loads_spec(text, str(path))
-    with torch.device("meta"):  # check it builds, count its parameters: shapes only
-        model, info = create_model_from_spec(spec, source=str(path))
-    atomic_write_text(path, text)
-    params = count_params(model)
+    made = new_model_file(model_name, size, classes, blocks=blocks, width=width, source=str(path))
+    atomic_write_text(path, made.text)
+    info, params = made.info, made.params
     if as_json:
         emit_json({"path": str(path), "name": model_name, "input": list(info.input_size),
                    "num_classes": info.num_classes, "blocks": blocks, "width": width,
-                   "layers": len(spec["layers"]), "params": params})
+                   "layers": made.layers, "params": params})
         return
     print(path)
-    note(f"{model_name}: {plural(len(spec['layers']), 'layer')}, {params:,} parameters; "
+    note(f"{model_name}: {plural(made.layers, 'layer')}, {params:,} parameters; "
          f"next: cnncli inspect {path}")

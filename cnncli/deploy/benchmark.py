@@ -81,13 +81,14 @@ def _open_network(ref: str):
     if is_checkpoint_ref(ref) or Path(ref).is_file():
         model, meta = load_model(ref)
         return model, meta, True
-    from cnncli.models.registry import create_model
+    from cnncli.checkpoint import build_document
+    from cnncli.models.registry import build_model
 
-    model = create_model(ref).eval()
-    info = model.cnncli_info
-    meta = {"kind": "model", "model": dict(model.cnncli_spec), "num_classes": info.num_classes,
-            "class_names": [str(i) for i in range(info.num_classes)], "input_size": list(info.input_size),
-            "mean": list(info.mean), "std": list(info.std), "dataset": None}
+    built = build_model(ref)
+    model, info = built.module.eval(), built.info
+    meta = build_document(model=built.spec, num_classes=info.num_classes,
+                          class_names=[str(i) for i in range(info.num_classes)], input_size=info.input_size,
+                          mean=info.mean, std=info.std)
     return model, meta, False
 
 

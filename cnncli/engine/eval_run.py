@@ -63,15 +63,16 @@ def evaluate_checkpoint(
     elif meta is None:
         from cnncli.checkpoint import load_state_strict
         from cnncli.engine.weights import read_state_dict
-        from cnncli.models.registry import create_model
+        from cnncli.models.registry import build_model
 
         if weights is None:
             raise InputError(f"'{checkpoint}' is not a checkpoint; to evaluate a registry network pass "
                              "--weights FILE (trained for the dataset's classes) or --pretrained (as is)")
-        model = create_model(checkpoint, num_classes=len(class_names))
+        built = build_model(checkpoint, num_classes=len(class_names))
+        model = built.module
         load_state_strict(model, read_state_dict(weights), weights)
         model.to(dev).eval()
-        input_size = tuple(model.cnncli_info.input_size)
+        input_size = tuple(built.info.input_size)
         mean = channel_stats(stats[0], input_size[0])
         std = channel_stats(stats[1], input_size[0])
         model_name = checkpoint
@@ -152,7 +153,7 @@ def _pretrained_as_is(name: str, subset, class_names: list[str]) -> _AsIs:
 
     backbone = resolve_backbone(resolve_path_or_name(name), pretrained=True)
     model = backbone.model
-    n_out = int(getattr(model, "num_classes", 0) or model.cnncli_info.num_classes)
+    n_out = int(getattr(model, "num_classes", 0) or backbone.info.num_classes)
     names = backbone.class_names if backbone.class_names and len(backbone.class_names) == n_out else None
     if names is None:
         names = [str(i) for i in range(n_out)]

@@ -86,7 +86,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, resume: str | None = None, model: torch.nn.Module | None = None,
                  phases: list[Phase] | None = None, extra_meta: dict | None = None,
                  input_size: tuple[int, int, int] | None = None, mean=None, std=None,
-                 quiet: bool = False, run_name: str | None = None):
+                 quiet: bool = False, run_name: str | None = None, model_spec: dict | None = None):
         self.cfg = cfg
         self._optimizer_state: dict | None = None  # a resumed phase's optimizer, loaded once
         self.resume_dir = Path(resume) if resume else None
@@ -119,10 +119,12 @@ class Trainer:
         self.class_names = list(self.data.class_names)
         self.num_classes = len(self.class_names)
 
+        self.model_spec, info = model_spec, None  # what a checkpoint stores to rebuild the network
         if model is None:
-            from cnncli.models.registry import create_model, is_model_file
+            from cnncli.models.registry import build_model, is_model_file
 
-            model = create_model(cfg.model, num_classes=self.num_classes)
+            built = build_model(cfg.model, num_classes=self.num_classes)
+            model, self.model_spec, info = built.module, built.spec, built.info
             if cfg.weights:
                 from cnncli.engine.weights import load_initial_weights
 
@@ -130,11 +132,10 @@ class Trainer:
             elif is_model_file(cfg.model):
                 from cnncli.engine.weights import load_requested_backbone
 
-                requested = load_requested_backbone(model, cfg.model)
+                requested = load_requested_backbone(built, cfg.model)
                 if requested is not None:
                     self.weights_source = requested
         self.model = model
-        info = getattr(model, "cnncli_info", None)
         net_size = tuple(input_size or (info.input_size if info else self.data.train.images.shape[1:]))
         if cfg.img_size:
             net_size = (net_size[0], cfg.img_size, cfg.img_size)
@@ -184,7 +185,7 @@ class Trainer:
     def checkpoint_meta(self, epoch: int, metrics: dict) -> RunDocument:
         """The run's document for a checkpoint written after `epoch` epochs."""
         return build_document(
-            model=getattr(self.model, "cnncli_spec", {"name": self.cfg.model}), num_classes=self.num_classes,
+            model=self.model_spec or {"name": self.cfg.model}, num_classes=self.num_classes,
             class_names=self.class_names, input_size=self.input_size, mean=self.mean, std=self.std,
             dataset=self.cfg.data, data_source=getattr(self.data, "info", None), epoch=epoch, metrics=metrics,
             seed=self.cfg.seed, versions=versions(), recipe=self.cfg.to_dict(),

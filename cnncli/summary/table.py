@@ -70,7 +70,7 @@ def summarize(model_or_name, input_size=None, num_classes: int | None = None,
     trainable = sum(p.numel() for p in params if p.requires_grad)
     weight_bytes = sum(p.numel() * p.element_size() for p in params)
     weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
-    _, declared_classes = build.declared(model)
+    _, declared_classes = build.declared(target)
     classes = num_classes if num_classes is not None else (
         getattr(model, "num_classes", None) or declared_classes)
     return ModelSummary(
