@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnncli.layers import LocalResponseNorm, same_output_size, same_padding, valid_output_size
+from cnncli.geometry import output_size, same_padding
+from cnncli.layers import LocalResponseNorm
 from cnncli.summary import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,10 +81,10 @@ def test_every_number_the_docs_quote_is_what_inspect_prints(summaries, model, de
 
 
 def test_the_padding_formulas_of_the_docs():
-    assert valid_output_size(227, 11, 4) == (227 - 11) // 4 + 1 == 55
-    assert [valid_output_size(n, 3, 2) for n in (55, 27, 13)] == [27, 13, 6]
-    assert valid_output_size(7, 2, 2) == 3  # typical_cnn's pool3 drops the 7th row
-    assert same_output_size(224, 2) == 112 and same_padding(224, 7, 2) == (2, 3)  # GoogLeNet conv1
+    assert output_size(227, 11, 4) == (227 - 11) // 4 + 1 == 55
+    assert [output_size(n, 3, 2) for n in (55, 27, 13)] == [27, 13, 6]
+    assert output_size(7, 2, 2) == 3  # typical_cnn's pool3 drops the 7th row
+    assert output_size(224, 7, 2, "same") == 112 and same_padding(224, 7, 2) == (2, 3)  # GoogLeNet conv1
     assert same_padding(112, 3, 2) == (0, 1) and same_padding(27, 5, 1) == (2, 2)
 
 
