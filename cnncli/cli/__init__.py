@@ -133,7 +133,7 @@ from cnncli.cli import viz as _viz  # noqa: E402
 app.command("models")(_models.models)
 app.command("inspect")(_inspect.inspect)
 app.command("new-model")(_new_model.new_model)
-app.command("datasets")(_datasets.datasets)
+app.add_typer(_datasets.datasets_app, name="datasets")
 app.command("train")(_train.train)
 app.command("finetune")(_finetune.finetune)
 app.command("eval")(_eval.eval_command)
