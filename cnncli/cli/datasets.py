@@ -110,7 +110,7 @@ def check(
     json_out: bool = typer.Option(False, "--json", help="Print the whole report as one JSON document."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when a val or test image also appears "
                                 "(exactly or nearly) in train: for CI."),
-    threshold: int = typer.Option(4, "--threshold", help="Near duplicates: pHashes at most this many "
+    threshold: int = typer.Option(6, "--threshold", help="Near duplicates: pHashes at most this many "
                                   "bits apart (of 64) are compared."),
     min_similarity: float = typer.Option(0.99, "--min-similarity", help="Near duplicates: the least "
                                          "correlation of their 16x16 thumbnails."),

@@ -15,9 +15,11 @@ through Pillow's draft mode) to a 32x32 gray thumbnail, of which only the 64-bit
 Exact duplicates are identical content (the same file bytes; for a named dataset the same
 pixels). Near duplicates are found in two steps: pHashes within `threshold` bits (multi-index
 hashing, `cnncli.data.phash`), then confirmed on the 16x16 thumbnails: the correlation of
-their contrast-normalized pixels must reach `min_similarity` (noise and JPEG re-encoding stay
-above 0.99; similar but distinct articles of clothing mostly below: threshold 0.99). A shift by one pixel is
-found on images of 48 px and more; on 28x28 images it moves the thumbnail too much to count.
+their contrast-normalized pixels must reach `min_similarity`. Measured on generated pictures:
+noise and JPEG re-encoding stay above 0.998, a one-pixel shift of a 128 px image above 0.99
+(and within 6 bits); on Fashion-MNIST, similar but distinct articles mostly fall below 0.99.
+A one-pixel shift of a 28x28 image moves it by 3.6% of its width, as far as two different
+shirts are apart: it is not reported at the default settings.
 """
 
 from __future__ import annotations
