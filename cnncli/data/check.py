@@ -10,7 +10,7 @@ already in memory as uint8 tensors), or `imagefolder:PATH` / `csv:FILE`, which a
 from the index (`cnncli.data.index`): each file is read once, its header checked (Pillow's
 open + verify, the pixel count priced before decoding), and it is decoded downscaled (JPEG
 through Pillow's draft mode) to a 32x32 gray thumbnail, of which only the 64-bit pHash and a
-16x16 copy stay in memory: 264 bytes an image, whatever the images' size.
+16x16 copy stay in memory: under 300 bytes an image (and its path), whatever its size.
 
 Exact duplicates are identical content (the same file bytes; for a named dataset the same
 pixels). Near duplicates are found in two steps: pHashes within `threshold` bits (multi-index
@@ -93,6 +93,20 @@ def _read_chunk(paths: list[str]) -> list[tuple[Any, ...]]:
     return [_read_file(p) for p in paths]
 
 
+def _ordered(pool: ThreadPoolExecutor, chunks: list[list[str]], ahead: int):
+    """Results of `_read_chunk` in order, with at most `ahead` chunks decoded and waiting
+    (Executor.map would submit them all: a slow consumer would hold the whole folder)."""
+    from collections import deque
+
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append(pool.submit(_read_chunk, chunk))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 # ------------------------------------------------------------------------- the items checked
 class _Items:
     """What the search needs about every readable image, as arrays, plus how to name each."""
@@ -148,8 +162,7 @@ def _scan_index(index: ImageIndex, workers: int, progress: Callable[[int, int], 
     chunks = [index.paths[i:i + CHUNK] for i in range(0, n, CHUNK)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         position = 0
-        # map keeps the order; at most `workers` chunks ahead are decoded and waiting
-        for results in pool.map(_read_chunk, chunks):
+        for results in _ordered(pool, chunks, ahead=2 * max(1, workers)):
             for ok, reason, size, ch, digest, thumb in results:
                 if ok:
                     keep.append(position)
