@@ -128,6 +128,7 @@ def check(
     from cnncli.data.check import check_dataset
 
     report = check_dataset(name, data_dir, threshold, min_similarity, max_pairs, workers)
+    output.note(f"checked {report['images']:,} images in {report['seconds']:.1f} s")
     if json_out:
         output.emit_json(report)
     else:
