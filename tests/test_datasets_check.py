@@ -223,6 +223,32 @@ def test_named_dataset_is_checked_from_memory():
     assert report["pairs"] == [] or all(p["a"]["item"].split("[")[0] in ("train", "test") for p in report["pairs"])
 
 
+def test_checking_files_imports_no_torch_and_prices_pixels_as_decoding_does(tmp_path):
+    import subprocess
+    import sys
+
+    from cnncli.data import check, transforms
+
+    assert check.MAX_IMAGE_PIXELS == transforms.MAX_IMAGE_PIXELS
+    save(random_picture(np.random.default_rng(5)), tmp_path / "a" / "x.png")
+    code = ("import sys; from cnncli.data.check import check_dataset; "
+            f"r = check_dataset('imagefolder:{tmp_path}'); print(r['images'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "False"]
+    # a header that claims 20000x20000 pixels is refused before anything is decoded
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 9000, 8, 0, 0, 0, 0))  # 108 megapixels, gray
+    (tmp_path / "a" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b""))
+    report = check_dataset(f"imagefolder:{tmp_path}")
+    assert report["unreadable"] == [{"path": str(tmp_path / "a" / "huge.png"), "split": "train",
+                                     "reason": "12000x9000 pixels is more than cnncli decodes"}]
+
+
 def test_a_jpeg_is_hashed_from_its_downscaled_decode(tmp_path):
     """A large JPEG and its PNG twin are near duplicates although the JPEG is decoded at 1/8 scale."""
     picture = random_picture(np.random.default_rng(3)).resize((512, 512), Image.Resampling.BICUBIC)

@@ -47,14 +47,15 @@ BYTES_PER_IMAGE = 8 + SMALL * SMALL + 16 + 8  # hash, thumbnail, digest, label/s
 MAX_CHECK_BYTES = 4 * 2**30
 CHUNK = 256  # files per task handed to a worker thread
 HELD_OUT = ("val", "test")
+# cnncli.data.transforms.MAX_IMAGE_PIXELS, the most any command decodes; repeated here because
+# that module imports torch, which checking a folder of files does not need (a test keeps them equal)
+MAX_IMAGE_PIXELS = 100_000_000
 
 
 # ------------------------------------------------------------------------- reading files
 def _read_file(path: str) -> tuple[Any, ...]:
     """(ok, reason, (width, height), channels, digest, thumbnail 32x32 float32) of one image file."""
     from PIL import Image
-
-    from cnncli.data.transforms import MAX_IMAGE_PIXELS
 
     try:
         with open(path, "rb") as f:
