@@ -163,6 +163,18 @@ def test_phash_is_stable_under_noise_and_far_between_different_pictures():
     assert min(far) > 8 and 24 <= np.median(far) <= 40  # about half the bits of 64
 
 
+def test_in_memory_thumbnails_equal_pillows_resize_of_a_file():
+    """A named dataset's images and an image folder's files are hashed from the same thumbnails."""
+    from cnncli.data.phash import thumbnails_from_tensor
+
+    rng = np.random.default_rng(2)
+    for height, width in ((28, 28), (64, 48), (200, 120)):
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        ours = thumbnails_from_tensor(rgb.transpose(2, 0, 1)[None])[0]
+        pillow = np.asarray(Image.fromarray(rgb).convert("L").resize((32, 32), Image.Resampling.BILINEAR))
+        assert np.abs(ours - pillow).max() <= 1.5  # Pillow rounds to whole gray levels, twice
+
+
 # ----------------------------------------------------------------------------- the report
 def test_check_finds_every_planted_pair_and_no_other(planted):
     report = check_dataset(f"imagefolder:{planted}")

@@ -115,7 +115,7 @@ def check(
     min_similarity: float = typer.Option(0.99, "--min-similarity", help="Near duplicates: the least "
                                          "correlation of their 16x16 thumbnails."),
     max_pairs: int = typer.Option(1000, "--max-pairs", help="List at most this many pairs (all are counted)."),
-    show_pairs: int = typer.Option(20, "--show", help="Table: show this many pairs."),
+    show_pairs: int = typer.Option(20, "--list", help="Table: list this many pairs (--json: all up to --max-pairs)."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Threads reading files (default: up to 4)."),
     data_dir: Path | None = DATA_DIR,
 ) -> None:

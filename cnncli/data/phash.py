@@ -56,21 +56,30 @@ def phash_thumbnails(gray: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint64) * _BIT_WEIGHTS).sum(axis=1, dtype=np.uint64)
 
 
-def thumbnails_from_tensor(images) -> np.ndarray:
-    """Gray 32x32 thumbnails (N, 32, 32) float32 of a uint8 batch (N, C, H, W) (a torch tensor)."""
-    import torch
-    import torch.nn.functional as F
+def resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) weights of an antialiased bilinear (triangle filter) resize, as Pillow's
+    BILINEAR resize computes them: `M_h @ image @ M_w.T` resizes a 2-D image."""
+    scale = size_in / size_out
+    support = max(scale, 1.0)
+    centers = (np.arange(size_out) + 0.5) * scale
+    weights = np.maximum(0.0, 1.0 - np.abs(np.arange(size_in)[None, :] + 0.5 - centers[:, None]) / support)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    x = images.to(torch.float32)
-    if x.shape[1] >= 3:
-        x = 0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+
+def thumbnails_from_tensor(images) -> np.ndarray:
+    """Gray 32x32 thumbnails (N, 32, 32) float32 of uint8 images (N, C, H, W) (a tensor or an array).
+
+    Plain numpy (two small matrix products an image): no torch threads to contend for the CPU.
+    """
+    x = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
+    if x.shape[1] >= 3:  # ITU-R 601-2 luma, as Pillow's convert("L")
+        gray = 0.299 * x[:, 0].astype(np.float32) + 0.587 * x[:, 1] + 0.114 * x[:, 2]
     else:
-        x = x[:, 0]
-    x = x.unsqueeze(1)
-    if tuple(x.shape[-2:]) != (HASH_SIZE, HASH_SIZE):
-        shrink = min(x.shape[-2:]) > HASH_SIZE  # antialiasing only matters when shrinking (and is slow)
-        x = F.interpolate(x, size=(HASH_SIZE, HASH_SIZE), mode="bilinear", antialias=shrink, align_corners=False)
-    return x[:, 0].numpy()
+        gray = x[:, 0].astype(np.float32)
+    h, w = gray.shape[1:]
+    if (h, w) == (HASH_SIZE, HASH_SIZE):
+        return gray
+    return resize_matrix(h, HASH_SIZE) @ gray @ resize_matrix(w, HASH_SIZE).T
 
 
 def phash_tensor(images, batch: int = 8192) -> np.ndarray:
