@@ -223,16 +223,25 @@ def _scan_tensors(splits: list[tuple[str, Any]], progress):
 
 
 # ------------------------------------------------------------------------- finding pairs
-def _similarity(small: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+def _thumbnail_stats(small: np.ndarray, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the mean of its 16x16 thumbnail and the norm of the thumbnail minus that mean
+    (at least that of one gray level a pixel: a flat thumbnail correlates with nothing)."""
+    means = np.empty(len(small), dtype=np.float32)
+    norms = np.empty(len(small), dtype=np.float32)
+    for start in range(0, len(small), batch):
+        x = small[start:start + batch].astype(np.float32)
+        means[start:start + batch] = x.mean(axis=1)
+        centred = x - means[start:start + batch, None]
+        norms[start:start + batch] = np.sqrt(np.einsum("ij,ij->i", centred, centred))
+    return means, np.maximum(norms, np.sqrt(small.shape[1]))
+
+
+def _similarity(small: np.ndarray, stats, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Correlation of the contrast-normalized 16x16 thumbnails of pairs (i, j)."""
-    a = small[i].astype(np.float32)
-    b = small[j].astype(np.float32)
-    a -= a.mean(axis=1, keepdims=True)
-    b -= b.mean(axis=1, keepdims=True)
-    # a flat thumbnail (std under one gray level) correlates with nothing
-    na = np.maximum(np.linalg.norm(a, axis=1), np.sqrt(a.shape[1]))
-    nb = np.maximum(np.linalg.norm(b, axis=1), np.sqrt(b.shape[1]))
-    return (a * b).sum(axis=1) / (na * nb)
+    means, norms = stats
+    dot = np.einsum("ij,ij->i", small[i].astype(np.float32), small[j].astype(np.float32))
+    covariance = dot - small.shape[1] * means[i] * means[j]
+    return covariance / (norms[i] * norms[j])
 
 
 def _find_pairs(items: _Items, class_names: list[str], threshold: int, min_similarity: float, max_pairs: int):
@@ -240,12 +249,13 @@ def _find_pairs(items: _Items, class_names: list[str], threshold: int, min_simil
     held = np.array([s in HELD_OUT for s in SPLITS])
     leaked = np.zeros(len(items.hashes), dtype=bool)
     listed: list[tuple] = []  # (priority, distance, i, j, kind, similarity)
+    stats = _thumbnail_stats(items.small)
     for block in close_pairs(items.hashes, threshold):
         i, j, d = block.i, block.j, block.distance
         exact = items.group[i] == items.group[j]
         sim = np.ones(len(i), dtype=np.float32)
         if not exact.all():
-            sim[~exact] = _similarity(items.small, i[~exact], j[~exact])
+            sim[~exact] = _similarity(items.small, stats, i[~exact], j[~exact])
         keep = exact | (sim >= min_similarity)
         i, j, d, exact, sim = i[keep], j[keep], d[keep], exact[keep], sim[keep]
         if not len(i):
