@@ -127,7 +127,7 @@ from cnncli.cli import viz as _viz  # noqa: E402
 command(app, "models", _models.models)
 command(app, "inspect", _inspect.inspect)
 command(app, "new-model", _new_model.new_model)
-command(app, "datasets", _datasets.datasets)
+app.add_typer(_datasets.datasets_app, name="datasets")
 command(app, "train", _train.train)
 command(app, "finetune", _finetune.finetune)
 command(app, "eval", _eval.eval_command)

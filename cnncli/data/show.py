@@ -1,0 +1,205 @@
+"""`show_dataset`: a labelled grid of samples per class (PNG), and sample files to try `predict` on.
+
+Samples are K images of each class of one split, chosen at random with a fixed seed (the same
+images every time). A named dataset uses the splits training uses (val held out of train with
+the default fraction and seed); `imagefolder:PATH` and `csv:FILE` use the splits their index
+records (`cnncli.data.index`) and decode only the chosen files.
+
+The grid: one row per class, its name on the left in a column of LABEL_WIDTH pixels, then K
+cells of `cell_side` pixels with PAD pixels around each. Small images are enlarged by a whole
+factor (nearest neighbour: the pixels stay visible) up to CELL_MAX px; larger ones are
+shrunk to fit. Exported files are the images as stored (no resizing), named by class:
+`<class>-1.png`, `<class>-2.png`, ... with the class name made file-safe (`T-shirt/top` ->
+`t-shirt-top-1.png`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from cnncli.errors import InputError
+
+LABEL_WIDTH = 120
+PAD = 4
+CELL_MAX = 96
+MAX_PER_CLASS = 100
+MAX_GRID_BYTES = 256 * 2**20
+SPLIT_CHOICES = ("train", "val", "test")
+
+
+def cell_side(image_sides: list[int]) -> int:
+    """The side of a grid cell for samples whose longer sides are `image_sides`."""
+    side = max(image_sides)
+    return side * max(1, CELL_MAX // side) if side <= CELL_MAX else CELL_MAX
+
+
+def grid_size(classes: int, per_class: int, cell: int) -> tuple[int, int]:
+    """(width, height) in pixels of the grid PNG."""
+    return LABEL_WIDTH + per_class * (cell + PAD) + PAD, classes * (cell + PAD) + PAD
+
+
+def class_slug(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug or "class"
+
+
+def _choose(positions_by_class: list[list[int]], per_class: int, seed: int) -> list[list[int]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for positions in positions_by_class:
+        take = min(per_class, len(positions))
+        picked = rng.choice(len(positions), size=take, replace=False) if take else []
+        chosen.append([positions[int(k)] for k in sorted(picked)])
+    return chosen
+
+
+def sample_images(
+    name: str, split: str = "train", per_class: int = 8, data_dir: str | os.PathLike | None = None, seed: int = 0
+) -> tuple[list[str], list[list[Any]]]:
+    """(class names, per class a list of uint8 (C, H, W) tensors) of one split."""
+    from cnncli.data.index import index_source, is_index_source
+
+    if split not in SPLIT_CHOICES:
+        raise InputError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got '{split}'")
+    if not 1 <= per_class <= MAX_PER_CLASS:
+        raise InputError(f"--per-class must be between 1 and {MAX_PER_CLASS}, got {per_class}")
+    if is_index_source(name):
+        from cnncli.data.transforms import decode_image_file
+
+        index = index_source(name)
+        if split not in index.split_names():
+            raise InputError(f"{name} has no {split} split (it has: {', '.join(index.split_names())}); "
+                             f"choose one with --split")
+        by_class: list[list[int]] = [[] for _ in index.class_names]
+        for k in index.select(split):
+            by_class[index.labels[k]].append(k)
+        chosen = _choose(by_class, per_class, seed)
+        _price(len(index.class_names), per_class)
+        return index.class_names, [[decode_image_file(index.paths[k]) for k in ks] for ks in chosen]
+
+    from cnncli.data.registry import load_dataset
+
+    data = load_dataset(name, data_dir=data_dir)
+    part = {"train": data.train, "val": data.val, "test": data.test}[split]
+    if len(part) == 0:
+        raise InputError(f"{name} has no {split} images; choose another --split")
+    _price(part.num_classes, per_class)
+    labels = part.labels.tolist()
+    by_class = [[] for _ in part.class_names]
+    for k, label in enumerate(labels):
+        by_class[label].append(k)
+    chosen = _choose(by_class, per_class, seed)
+    return list(part.class_names), [[part.images[k] for k in ks] for ks in chosen]
+
+
+def _price(classes: int, per_class: int) -> None:
+    width, height = grid_size(classes, per_class, CELL_MAX)
+    need = width * height * 3
+    if need > MAX_GRID_BYTES:
+        raise InputError(f"a grid of {classes} classes x {per_class} images is {width}x{height} pixels "
+                         f"({need / 2**20:.0f} MiB), more than {MAX_GRID_BYTES // 2**20} MiB; "
+                         f"lower --per-class")
+
+
+def _to_pil(image):
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).numpy()
+    return Image.fromarray(array[:, :, 0], "L") if array.shape[2] == 1 else Image.fromarray(array, "RGB")
+
+
+def _check_target(path: Path) -> None:
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path} exists and is not a file; choose another path")
+
+
+def render_grid(class_names: list[str], samples: list[list[Any]], out: str | os.PathLike) -> Path:
+    """Draw the labelled grid (see the module doc) and write it atomically as a PNG."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from cnncli.fileio import atomic_write_bytes
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise InputError(f"--out must be a .png file, got {out}")
+    _check_target(out)
+    sides = [max(img.shape[1:]) for row in samples for img in row] or [CELL_MAX]
+    cell = cell_side(sides)
+    per_class = max([len(row) for row in samples] + [1])
+    canvas = Image.new("RGB", grid_size(len(class_names), per_class, cell), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for r, (label, row) in enumerate(zip(class_names, samples)):
+        top = PAD + r * (cell + PAD)
+        text = label
+        while text and draw.textlength(text, font=font) > LABEL_WIDTH - 2 * PAD:
+            text = text[:-1]
+        if text != label:
+            text = text[:-1] + "…"
+        box = draw.textbbox((0, 0), text or " ", font=font)
+        draw.text((PAD, top + (cell - (box[3] - box[1])) // 2 - box[1]), text, fill="black", font=font)
+        for c, image in enumerate(row):
+            picture = _to_pil(image).convert("RGB")
+            w, h = picture.size
+            if max(w, h) <= cell:
+                factor = max(1, cell // max(w, h))
+                picture = picture.resize((w * factor, h * factor), Image.Resampling.NEAREST)
+            else:
+                scale = cell / max(w, h)
+                picture = picture.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                         Image.Resampling.LANCZOS)
+            left = LABEL_WIDTH + c * (cell + PAD)
+            canvas.paste(picture, (left + (cell - picture.width) // 2, top + (cell - picture.height) // 2))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return atomic_write_bytes(out, buffer.getvalue())
+
+
+def export_samples(class_names: list[str], samples: list[list[Any]], folder: str | os.PathLike) -> list[Path]:
+    """Write every sample as `<class>-<n>.png` in `folder` (created if needed); the paths written."""
+    from cnncli.fileio import atomic_write_bytes, ensure_writable_dir
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--export {folder} exists and is not a folder; choose another path")
+    slugs = [class_slug(n) for n in class_names]
+    taken = {s for s in slugs if slugs.count(s) == 1}
+    slugs = [s if s in taken else f"{s}-{i}" for i, s in enumerate(slugs)]  # two names, one slug
+    targets = [folder / f"{slug}-{k + 1}.png" for slug, row in zip(slugs, samples) for k in range(len(row))]
+    for target in targets:
+        _check_target(target)
+    ensure_writable_dir(folder)
+    written = []
+    images = [img for row in samples for img in row]
+    for target, image in zip(targets, images):
+        buffer = io.BytesIO()
+        _to_pil(image).save(buffer, format="PNG")
+        written.append(atomic_write_bytes(target, buffer.getvalue()))
+    return written
+
+
+def show_dataset(
+    name: str,
+    split: str = "train",
+    per_class: int = 8,
+    out: str | os.PathLike | None = None,
+    export: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Sample, draw the grid (to `out`, or a name made from the dataset when neither `out` nor
+    `export` is given) and export; {"grid": path or None, "exported": [paths]}."""
+    if out is not None and Path(out).suffix.lower() != ".png":
+        raise InputError(f"--out must be a .png file, got {out}")
+    class_names, samples = sample_images(name, split, per_class, data_dir, seed)
+    if out is None and export is None:
+        out = f"{class_slug(name.partition(':')[0])}-{split}.png"
+    grid = render_grid(class_names, samples, out) if out is not None else None
+    exported = export_samples(class_names, samples, export) if export is not None else []
+    return {"grid": str(grid) if grid else None, "exported": [str(p) for p in exported]}
