@@ -1,4 +1,4 @@
-"""`cnncli inspect MODEL`: the layer table of a network, as in the seed's AlexNet table.
+"""`cnncli inspect MODEL`: the layer table of a network, as in the lecture's AlexNet table.
 
 Thin on purpose: parse the options, ask `cnncli.summary.summarize` for the rows, render them.
 torch is imported only inside the command (through cnncli.summary).
@@ -7,6 +7,7 @@ torch is imported only inside the command (through cnncli.summary).
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 import typer
 
@@ -25,23 +26,29 @@ CSV_COLUMNS = ["name", "type", "maps", "size", "kernel", "stride", "padding", "a
 _RIGHT = {"Maps", "Params", "MACs"}
 
 
+ModelArg = Annotated[str, typer.Argument(
+    metavar="MODEL",
+    help="A registry name (alexnet, resnet50, timm/efficientnet_b0; see 'cnncli models'), "
+    "a cnncli checkpoint (.safetensors or run folder) or a TOML model file.")]
+InputOpt = Annotated[str | None, typer.Option(
+    "--input", "-i", metavar="CxHxW", show_default="the model's own",
+    help="Input image size, e.g. 3x224x224. The channel count rebuilds the first layer.")]
+NumClassesOpt = Annotated[int | None, typer.Option(
+    "--num-classes", min=1, help="Rebuild the classifier with this many classes.")]
+DepthOpt = Annotated[int | None, typer.Option(
+    "--depth", min=1,
+    show_default="every layer; composite blocks (inception, residual units, ...) as one row each",
+    help="Open modules down to this depth (the model's children are depth 1); what is still "
+    "composite at that depth is one row.")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+
+
 def inspect(
-    model: str = typer.Argument(
-        ..., metavar="MODEL",
-        help="A registry name (alexnet, resnet50, timm/efficientnet_b0; see 'cnncli models'), "
-        "a cnncli checkpoint (.safetensors or run folder) or a TOML model file."),
-    input_size: str | None = typer.Option(
-        None, "--input", "-i", metavar="CxHxW",
-        help="Input image size, e.g. 3x224x224 (default: the model's own). The channel count "
-        "rebuilds the first layer."),
-    num_classes: int | None = typer.Option(
-        None, "--num-classes", min=1, help="Rebuild the classifier with this many classes."),
-    depth: int | None = typer.Option(
-        None, "--depth", min=1,
-        help="Open modules down to this depth (the model's children are depth 1); what is still "
-        "composite at that depth is one row. Default: every layer, with composite blocks "
-        "(inception modules, residual units, ...) as one row each."),
-    fmt: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    model: ModelArg,
+    input_size: InputOpt = None,
+    num_classes: NumClassesOpt = None,
+    depth: DepthOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Show a network layer by layer: maps, size, kernel, stride, padding, activation, output
     shape, parameters, multiply-adds and receptive field, then the totals."""
