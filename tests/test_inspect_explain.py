@@ -260,3 +260,15 @@ def test_without_explain_the_json_document_is_unchanged():
     result = run("inspect", "lenet5", "--format", "json")
     doc = json.loads(result.stdout)
     assert "explain" not in doc and all("explain" not in layer for layer in doc["layers"])
+
+
+def test_the_readme_shows_real_explain_output(explained):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("$ cnncli inspect alexnet --explain\n", 1)[1].split("```", 1)[0]
+    _, text = explained("alexnet")
+    shown = [line for line in block.splitlines() if line.strip() and line != "..."]
+    assert len(shown) >= 5
+    for line in shown:
+        assert line in text.splitlines(), line
