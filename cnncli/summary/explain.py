@@ -149,7 +149,8 @@ def _size(row: LayerRow) -> dict[str, Any]:
             return _item(f"each of the {row.input_shape[0]:,} maps of {_hw(in_hw)} reduced to one "
                          f"value: {cell}", None, value)
         if in_hw == out_hw:
-            return _item(f"kept from the input (no window, no stride): {cell}", None, value)
+            why = "the layers inside keep the size" if row.stride else "no window, no stride"
+            return _item(f"kept from the input ({why}): {cell}", None, value)
         stride = row.stride or [1, 1]
         axes = [f"ceil({n} / {s}) = {-(-n // s)}" for n, s in zip(in_hw, stride)]
         if [-(-n // s) for n, s in zip(in_hw, stride)] == out_hw and stride != [1, 1]:
@@ -417,6 +418,7 @@ def _field(row: LayerRow) -> dict[str, Any]:
                 and all(math.isclose(a[3], j) for a, j in zip(axes, jump))):
             return _item(f"{_per_axis([a[0] for a in axes])}: {cell}",
                          ", ".join(a[1] for a in axes), value, jump=jump)
+        return _item(f"as the trace propagated it, j = {_hw(jump)}: {cell}", None, value, jump=jump)
     out_hw = _spatial(row.output_shape)
     if row.output_shape and (len(row.output_shape) == 1 or out_hw == [1, 1]):
         axes = [f"max({_num(rp)}, {_num(j)})" for rp, j in zip(r_prev, jump)]
@@ -427,8 +429,8 @@ def _field(row: LayerRow) -> dict[str, Any]:
     same = ([round(v) for v in r_prev] == list(value)
             and all(math.isclose(a, b) for a, b in zip(j_prev, jump)))
     if same:
-        return _item(f"unchanged, j = {_hw(jump)} (no window, no stride): {cell}", None, value,
-                     jump=jump)
+        why = "through the layers inside" if row.stride else "no window, no stride"
+        return _item(f"unchanged, j = {_hw(jump)} ({why}): {cell}", None, value, jump=jump)
     return _item(f"through the layers inside ({_hw(r_prev)} -> {_hw(value)}, j {_hw(j_prev)} -> "
                  f"{_hw(jump)}; --depth opens them one by one): {cell}", None, value, jump=jump)
 
