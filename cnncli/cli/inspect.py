@@ -41,11 +41,6 @@ DepthOpt = Annotated[int | None, typer.Option(
     help="Open modules down to this depth (the model's children are depth 1); what is still "
     "composite at that depth is one row.")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
-ExplainOpt = Annotated[bool, typer.Option(
-    "--explain",
-    help="Under every layer, the arithmetic behind its size, parameters, multiply-adds and "
-    "receptive field with the real numbers; and what a fully connected layer would cost "
-    "instead of the first convolution (JSON: an 'explain' object per layer).")]
 
 
 def inspect(
@@ -152,6 +147,13 @@ def _csv_row(row) -> list:
 
 # --- --explain -------------------------------------------------------------------------------
 
+# declared next to what it switches on; typer reads the annotations when the command runs
+ExplainOpt = Annotated[bool, typer.Option(
+    "--explain",
+    help="Under every layer, the arithmetic behind its size, parameters, multiply-adds and "
+    "receptive field with the real numbers; and what a fully connected layer would cost "
+    "instead of the first convolution (JSON: an 'explain' object per layer). "
+    "docs/concepts.md explains each rule.")]
 EXPLAINED = (("size", "size"), ("params", "params"), ("macs", "MACs"), ("receptive_field", "field"))
 
 

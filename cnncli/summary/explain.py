@@ -41,6 +41,7 @@ LEGEND = [
     "field: receptive field r = r_prev + (k - 1) * j_prev and jump j = j_prev * s, in input "
     "pixels (j: the distance between neighbouring units of the map); a field larger than the "
     "image reaches into the padding.",
+    "docs/concepts.md explains each rule with the lecture's numbers.",
 ]
 
 _NORMS = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm")
