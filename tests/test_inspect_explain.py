@@ -91,6 +91,12 @@ def explained():
     return get
 
 
+def test_the_networks_checked_here_are_the_ones_cnncli_models_lists():
+    result = run("models", "--json")
+    assert result.exit_code == 0, result.output
+    assert [m["name"] for m in json.loads(result.stdout) if m["source"] == "hand"] == list(HAND_BUILT)
+
+
 @pytest.mark.parametrize("name", list(HAND_BUILT))
 def test_every_json_explanation_arrives_at_the_layers_own_figures(explained, name):
     doc, _ = explained(name)
