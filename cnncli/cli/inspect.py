@@ -49,6 +49,7 @@ def inspect(
     num_classes: NumClassesOpt = None,
     depth: DepthOpt = None,
     fmt: FormatOpt = Format.table,
+    explain: ExplainOpt = False,
 ) -> None:
     """Show a network layer by layer: maps, size, kernel, stride, padding, activation, output
     shape, parameters, multiply-adds and receptive field, then the totals."""
@@ -59,6 +60,9 @@ def inspect(
     size = parse_size(input_size) if input_size is not None else None
     summary = summarize(model, input_size=size, num_classes=num_classes, depth=depth)
     fmt = Format(fmt)
+    if explain:
+        _explained(summary, fmt)
+        return
     if fmt is Format.json:
         emit_json(summary.to_dict())
         return
@@ -139,3 +143,83 @@ def _csv_row(row) -> list:
     cells[COLUMNS.index("MACs")] = row.macs
     cells[COLUMNS.index("Activation")] = row.activation or ""
     return ["" if c == "-" else c for c in cells]
+
+
+# --- --explain -------------------------------------------------------------------------------
+
+# declared next to what it switches on; typer reads the annotations when the command runs
+ExplainOpt = Annotated[bool, typer.Option(
+    "--explain",
+    help="Under every layer, the arithmetic behind its size, parameters, multiply-adds and "
+    "receptive field with the real numbers; and what a fully connected layer would cost "
+    "instead of the first convolution (JSON: an 'explain' object per layer). "
+    "docs/concepts.md explains each rule.")]
+EXPLAINED = (("size", "size"), ("params", "params"), ("macs", "MACs"), ("receptive_field", "field"))
+
+
+def _explained(summary, fmt: Format) -> None:
+    """The table with the arithmetic of every row under it (cnncli.summary.explain)."""
+    from cnncli.output import emit_json, render_rows
+    from cnncli.summary.explain import explain_network, explain_rows
+
+    explanations = explain_rows(summary)
+    network = explain_network(summary)
+    if fmt is Format.json:
+        doc = summary.to_dict()
+        for layer, explanation in zip(doc["layers"], explanations):
+            layer["explain"] = explanation
+        doc["explain"] = network
+        emit_json(doc)
+        return
+    if fmt is Format.csv:
+        columns = CSV_COLUMNS + [f"explain_{key}" for key, _ in EXPLAINED]
+        rows = [_csv_row(r) + [e[key]["text"] for key, _ in EXPLAINED]
+                for r, e in zip(summary.rows, explanations)]
+        render_rows(columns, rows, fmt="csv")
+        return
+    comparison = network["dense_comparison"]
+    closing = ["", *network["legend"]] + (["", *comparison["text"]] if comparison else [])
+    footer = _footer(summary) + closing
+    justify = ["right" if c in _RIGHT else "left" for c in COLUMNS]
+    if fmt is Format.markdown:
+        rows = [_input_row(summary)]
+        for row, explanation in zip(summary.rows, explanations):
+            lines = [f"{label}: {explanation[key]['text']}".replace("*", "\\*")
+                     for key, label in EXPLAINED]
+            rows += [_table_row(row), ["<br>".join(lines)] + [""] * (len(COLUMNS) - 1)]
+        render_rows(COLUMNS, rows, fmt="markdown", title=_title(summary),
+                    footer=[t.replace("*", "\\*") for t in footer], justify=justify)
+        return
+    _render_explained_table(summary, explanations, footer, justify)
+
+
+def _render_explained_table(summary, explanations, footer, justify) -> None:
+    """Plain columns with each row's arithmetic on the lines under it (never wrapped: a line
+    of arithmetic is read whole; on a terminal the explanation is dimmed)."""
+    from cnncli.output import stdout_console
+
+    rows = [_input_row(summary)] + [_table_row(r) for r in summary.rows]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+
+    def line(cells) -> str:
+        return "  ".join(c.rjust(w) if j == "right" else c.ljust(w)
+                         for c, w, j in zip(cells, widths, justify)).rstrip()
+
+    indent = " " * (widths[0] + 2)
+    console = stdout_console()
+
+    def say(text: str = "", style: str | None = None) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True, style=style)
+
+    say(_title(summary))
+    say()
+    say(line(COLUMNS), style="bold")
+    say("  ".join("-" * w for w in widths))
+    say(line(rows[0]))
+    for cells, explanation in zip(rows[1:], explanations):
+        say(line(cells))
+        for key, label in EXPLAINED:
+            say(f"{indent}{label:<7}{explanation[key]['text']}", style="dim")
+    say()
+    for text in footer:
+        say(text)

@@ -13,16 +13,19 @@ How the figures are obtained, rather than computed by hand-written formulas, one
   and padding from the module's own attributes.
 * `diagnose`: an input the network cannot take, as one line naming the layer.
 * `rows`: the row and summary dataclasses; `table`: `summarize()`, which puts them together.
+* `explain`: the arithmetic behind every row's figures, from the rows (`inspect --explain`).
 
 Importing this package does not import torch; `summarize()` does.
 """
 
 from cnncli.summary.build import CPU_WEIGHT_LIMIT
+from cnncli.summary.explain import explain_network, explain_row, explain_rows
 from cnncli.summary.roles import SKIP_TYPES, activation_of_module, layer_type_of
 from cnncli.summary.rows import (
     FLOAT32_BYTES,
     LayerRow,
     ModelSummary,
+    Part,
     display_activation,
     format_size,
 )
@@ -34,8 +37,12 @@ __all__ = [
     "SKIP_TYPES",
     "LayerRow",
     "ModelSummary",
+    "Part",
     "activation_of_module",
     "display_activation",
+    "explain_network",
+    "explain_row",
+    "explain_rows",
     "format_size",
     "layer_type_of",
     "summarize",

@@ -4,7 +4,10 @@ Plain dataclasses, independent of how the figures were obtained and of how they 
 Besides the columns of the table (and of `--format json`), each row keeps the figures an
 explanation needs to show its arithmetic: the input shape, the jump (the distance in input
 pixels between neighbouring units) and the receptive field and jump of the row's input.
-Those are data on the row but not part of its JSON document (`to_dict`), which stays as it is.
+Those are data on the row but not part of its JSON document (`to_dict`), which stays as it is,
+and so are the row's `parts`: the modules inside it that hold parameters or do multiply-adds,
+with their tensors' shapes and their own counted figures (`cnncli.summary.explain` shows the
+arithmetic from them).
 """
 
 from __future__ import annotations
@@ -21,7 +24,22 @@ _ACTIVATION_DISPLAY = {
 }
 
 # LayerRow fields that are data for the library but not keys of the JSON document
-_NOT_IN_JSON = ("input_shape", "jump", "input_receptive_field", "input_jump")
+_NOT_IN_JSON = ("input_shape", "jump", "input_receptive_field", "input_jump", "dilation",
+                "ceil_mode", "parts")
+
+
+@dataclass
+class Part:
+    """One module inside a row that holds parameters or does multiply-adds (the row's own
+    module too): what the row's Params and MACs columns are the sum of."""
+
+    name: str  # path inside the row ("conv", "branch2.1.conv"); "" for the row's own module
+    type: str  # the module's class name: "Conv2d", "Linear", "BatchNorm2d", ...
+    tensors: list[tuple[str, list[int]]]  # its own parameters: (name, shape)
+    macs: int  # multiply-adds counted for this module (0 for a module with children)
+    input_shape: list[int] | None = None  # without the batch axis
+    output_shape: list[int] | None = None
+    groups: int = 1
 
 
 @dataclass
@@ -46,6 +64,9 @@ class LayerRow:
     jump: list[float] | None = field(default=None)  # [h, w] input pixels between output units
     input_receptive_field: list[float] | None = field(default=None)  # of the row's input
     input_jump: list[float] | None = field(default=None)  # of the row's input
+    dilation: list[int] | None = field(default=None)  # [dh, dw] of the row's kernel
+    ceil_mode: bool = False  # a pooling window that keeps what does not fit
+    parts: list[Part] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The row's JSON document (the columns of the table)."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 from cnncli.errors import InputError
 from cnncli.summary import build
 from cnncli.summary.flops import module_macs, total_macs
-from cnncli.summary.geometry import effective_stride, geometry
+from cnncli.summary.geometry import dilation_and_ceil, effective_stride, geometry
 from cnncli.summary.roles import layer_type_of, plan, role
-from cnncli.summary.rows import FLOAT32_BYTES, LayerRow, ModelSummary, format_size
+from cnncli.summary.rows import FLOAT32_BYTES, LayerRow, ModelSummary, Part, format_size
 
 
 def summarize(model_or_name, input_size=None, num_classes: int | None = None,
@@ -96,11 +96,14 @@ def rows_of(model, recorder, counter) -> list[LayerRow]:
     for rec in recorder.rows:
         module, planned = rec.module, rec.planned
         shape = list(rec.output.shape[1:]) if rec.output is not None else []
+        dilation, ceil_mode = None, False
         if planned.role == "activation":
             kernel = stride = padding = None
             layer_type = "Activation"
         else:
             kernel, stride, padding = geometry(module)
+            if kernel is not None:
+                dilation, ceil_mode = dilation_and_ceil(module)
             layer_type = layer_type_of(module)
             if stride is None and role(module) in ("block", "container"):
                 stride = effective_stride(rec.input, rec.output)
@@ -111,6 +114,7 @@ def rows_of(model, recorder, counter) -> list[LayerRow]:
         else:
             maps, size = None, format_size(shape) if shape else "-"
         field_, in_field = rec.field, rec.input_field
+        path = None if planned.depth == 0 else planned.path
         rows.append(LayerRow(
             name=planned.path,
             type=layer_type,
@@ -122,15 +126,39 @@ def rows_of(model, recorder, counter) -> list[LayerRow]:
             activation=rec.activation,
             output_shape=shape,
             params=sum(p.numel() for p in module.parameters()),
-            macs=module_macs(counts, root, None if planned.depth == 0 else planned.path),
+            macs=module_macs(counts, root, path),
             receptive_field=[round(field_[0]), round(field_[1])] if field_ else None,
             depth=planned.depth,
             input_shape=list(rec.input.shape[1:]) if rec.input is not None else None,
             jump=_exact(field_[2:]) if field_ else None,
             input_receptive_field=_exact(in_field[:2]) if in_field else None,
             input_jump=_exact(in_field[2:]) if in_field else None,
+            dilation=dilation,
+            ceil_mode=ceil_mode,
+            parts=parts_of(module, path, root, counts, recorder.shapes),
         ))
     return rows
+
+
+def parts_of(module, path: str | None, root: str, counts, shapes) -> list[Part]:
+    """The modules inside a row that hold parameters of their own or do multiply-adds of their
+    own (a module without children), with their figures as the trace and the counter saw them."""
+    parts = []
+    for sub_name, sub in module.named_modules():
+        tensors = [(name, list(p.shape)) for name, p in sub.named_parameters(recurse=False)]
+        leaf = not any(True for _ in sub.children())
+        full = ".".join(n for n in (path, sub_name) if n) or None
+        macs = module_macs(counts, root, full) if leaf else 0
+        if not tensors and not macs:
+            continue
+        in_shape, out_shape = shapes.get(sub, (None, None))
+        parts.append(Part(
+            name=sub_name, type=type(sub).__name__, tensors=tensors, macs=macs,
+            input_shape=list(in_shape[1:]) if in_shape else None,
+            output_shape=list(out_shape[1:]) if out_shape else None,
+            groups=int(getattr(sub, "groups", 1) or 1),
+        ))
+    return parts
 
 
 def _exact(values) -> list[float]:

@@ -76,6 +76,7 @@ class Recorder:
         self.names = {m: n for n, m in model.named_modules()}
         self.stack: list = []
         self.inputs: dict = {}  # module -> shape of its first input (for error messages)
+        self.shapes: dict = {}  # module -> (input shape, output shape) of its first call
         self.records: dict = {}  # module -> Recorded
         self.rows: list[Recorded] = []  # execution order
         self.activation_outputs: dict[int, tuple] = {}  # id(tensor) -> (tensor, activation name)
@@ -111,6 +112,9 @@ class Recorder:
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
         out = _first_tensor(output)
+        if out is not None and module not in self.shapes:
+            x = _first_tensor(args)
+            self.shapes[module] = (tuple(x.shape) if x is not None else None, tuple(out.shape))
         act = activation_of_module(module)
         if act and out is not None:
             self.activation_outputs[id(out)] = (out, act)
