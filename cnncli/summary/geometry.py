@@ -22,10 +22,10 @@ def dilation_and_ceil(module) -> tuple[list[int], bool]:
     """([dh, dw], ceil_mode) of a row's kernel: the spacing of its taps (1: adjacent) and
     whether a pooling window that does not fit is kept (ceil) rather than dropped."""
     src = _geometry_source(module)
-    dilation = pair(getattr(src, "dilation", None))
+    dilation = pair_or_none(getattr(src, "dilation", None))
     if dilation is None:  # cnncli's ConvLayer/SeparableConv2d keep theirs on the inner conv
         for sub in src.modules():
-            dilation = pair(getattr(sub, "dilation", None))
+            dilation = pair_or_none(getattr(sub, "dilation", None))
             if dilation is not None:
                 break
     return dilation or [1, 1], bool(getattr(src, "ceil_mode", False))
