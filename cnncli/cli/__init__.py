@@ -119,8 +119,10 @@ def _root(
     """cnncli: inspect, train, fine-tune, evaluate and export convolutional networks."""
 
 
+from cnncli.cli import compare as _compare  # noqa: E402
 from cnncli.cli import datasets as _datasets  # noqa: E402
 from cnncli.cli import eval as _eval  # noqa: E402
+from cnncli.cli import explain as _explain  # noqa: E402
 from cnncli.cli import export as _export  # noqa: E402
 from cnncli.cli import finetune as _finetune  # noqa: E402
 from cnncli.cli import inspect as _inspect  # noqa: E402
@@ -139,6 +141,8 @@ app.command("finetune")(_finetune.finetune)
 app.command("eval")(_eval.eval_command)
 app.command("export")(_export.export)
 app.command("predict")(_predict.predict)
+app.command("explain")(_explain.explain)
+app.command("compare")(_compare.compare)
 app.add_typer(_viz.viz_app, name="viz")
 
 

@@ -8,7 +8,7 @@ import typer
 
 viz_app = typer.Typer(
     name="viz",
-    help="Draw feature maps, filters, the seed's fig. 8, training curves and confusion matrices as PNG.",
+    help="Draw feature maps, filters, the seed's fig. 8, training curves, confusion matrices and the highest-loss images as PNG.",
     no_args_is_help=True,
 )
 
@@ -89,3 +89,25 @@ def confusion(
     from cnncli.viz import render_confusion
 
     _done(render_confusion(source, out, normalize=normalize))
+
+
+@viz_app.command("mistakes")
+def mistakes(
+    source: Path = typer.Argument(..., help="A run directory (evaluated on its test split) or a CSV from "
+                                  "'cnncli eval --predictions'."),
+    top: int = typer.Option(16, "--top", "-k", min=1, max=100, help="How many of the highest-loss images."),
+    cam: bool = typer.Option(False, "--cam", help="Draw each image's class activation map for the class the "
+                             "network answered (needs the grad-cam package: the 'explain' extra)."),
+    method: str = typer.Option("gradcam", "--method", help="CAM method with --cam (see 'cnncli explain --help')."),
+    layer: str = typer.Option("auto", "--layer", "-l", help="CAM layer with --cam: a row name of 'cnncli inspect', or auto."),
+    model: str | None = typer.Option(None, "--model", help="With --cam and a CSV outside its run: the run or checkpoint."),
+    split: str = typer.Option("test", "--split", help="Split to evaluate a run on: train, val, test, or all."),
+    data: str | None = typer.Option(None, "--data", "-d", help="Dataset to evaluate a run on [default: its own]."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    out: Path | None = OUT,
+) -> None:
+    """The K test images with the highest loss, with true and predicted class and probability."""
+    from cnncli.mistakes import render_mistakes
+
+    _done(render_mistakes(source, out, top=top, cam=cam, method=method, layer=layer, model=model,
+                          split=split, data=data, data_dir=data_dir))
