@@ -1,7 +1,8 @@
 """`cnncli compare A B`: two runs (or a run and a file exported from it) on the same images.
 
 Both sides are evaluated on one split of one data set (A's, unless `data` says otherwise),
-loaded once, each side preparing the images as its own metadata says. The result says what
+loaded once with A's seed (a generated data set draws its test images from the seed), each
+side preparing the images as its own metadata says. The result says what
 differs in the recorded configuration, how every metric moved (B - A), how each class's F1
 moved, the difference of the confusion matrices, and which images flipped: right in A and
 wrong in B, or the other way round. A run against its own ONNX export flips nothing.

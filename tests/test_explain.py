@@ -246,3 +246,15 @@ def test_a_pretrained_network_looks_at_the_photo_not_the_canvas(tmp_path):
     assert cam.shape == (448, 448)
     share = cam[224:, 224:].sum() / cam.sum()
     assert share >= 0.6, f"only {share:.0%} of the map lies on the photo (a quarter of the canvas)"
+
+
+def test_eval_predictions_of_an_image_folder_name_each_image_by_its_file(quadrant_run, tmp_path):
+    import csv
+
+    run, test_dir = quadrant_run
+    result = run_cli("eval", run, "--predictions", tmp_path / "p.csv", "--json")
+    assert result.exit_code == 0, result.stderr
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["id"] for r in rows) == sorted(str(p) for p in test_dir.glob("*/*.png"))
+    assert all(os.path.basename(os.path.dirname(r["id"])) == r["true"] for r in rows)

@@ -74,7 +74,7 @@ class PredictionCollector:
         log_probs = F.log_softmax(logits, dim=1)
         top = log_probs.topk(self.k, dim=1)
         self.top_index[index] = top.indices
-        self.top_prob[index] = top.values.exp().double()
+        self.top_prob[index] = top.values.double().exp()
         true_log = log_probs.gather(1, targets[:, None]).squeeze(1).double()
         self.prob_true[index] = true_log.exp()
         self.loss[index] = -true_log
