@@ -352,9 +352,17 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str | os
         for p in (overlay, map_path) if save_maps else (overlay,):
             if p.exists() and not p.is_file():
                 raise InputError(f"{p} exists and is not a file; choose another --out folder")
+    warned = False
     for path, (overlay, map_path) in zip(images, paths):
         image = decode_image_file(path)
         result = explainer.explain(image, index)
+        if not warned and not result.cam.any():
+            from cnncli import output
+
+            warned = True
+            output.warn(f"{path}: the {explainer.method} map on {explainer.layer.name} is zero everywhere (its "
+                        "channel weights cancel out, as with a dense layer on a flattened map); "
+                        "try --method layercam or scorecam")
         plot_overlay(image, result, overlay, title_name=Path(path).name)
         saved = None
         if save_maps:

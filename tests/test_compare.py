@@ -64,7 +64,7 @@ def runs(tmp_path_factory):
         run = root / f"seed{seed}"
         result = run_cli("train", model_file, "--data", DATA, "--epochs", 2, "--max-samples", 500, "--lr", 0.01,
                          "--seed", seed,
-                         "--deterministic", "--quiet", "--out", run)
+                         "--deterministic", "--out", run)
         assert result.exit_code == 0, result.stderr
         csv_path = run / "predictions.csv"
         result = run_cli("eval", run, "--predictions", csv_path, "--json")

@@ -99,7 +99,7 @@ def quadrant_run(tmp_path_factory):
     model_file.write_text(QUADRANT_NET)
     run = root / "run"
     result = run_cli("train", model_file, "--data", f"imagefolder:{root / 'data'}", "--epochs", 6,
-                     "--seed", 0, "--deterministic", "--lr", 0.003, "--batch-size", 32, "--quiet",
+                     "--seed", 0, "--deterministic", "--lr", 0.003, "--batch-size", 32,
                      "--out", run, "--json")
     assert result.exit_code == 0, result.stderr
     return run, root / "data" / "test"
