@@ -35,6 +35,7 @@ if [[ -n "$QUICK" ]]; then
     bench eval_throughput --quick
     bench cli_latency --runs 2
     bench onnx_vs_eager --models lenet5 --rounds 1 --seconds 0.5
+    bench explain_speed --images 2 --rounds 1 --methods gradcam
     if [[ -f recipes/fashion_mnist_best.toml && -z "${SKIP_TTA:-}" ]]; then
         bench time_to_accuracy recipes/fashion_mnist_best.toml --set epochs=1 --set max_samples=2000
     fi
@@ -43,6 +44,7 @@ else
     bench eval_throughput
     bench cli_latency
     bench onnx_vs_eager
+    bench explain_speed
     if [[ -f recipes/fashion_mnist_best.toml && -z "${SKIP_TTA:-}" ]]; then
         bench time_to_accuracy recipes/fashion_mnist_best.toml
     fi
