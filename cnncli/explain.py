@@ -345,8 +345,8 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str | os
     from cnncli.fileio import atomic_write_bytes
 
     index = resolve_target(target, explainer.class_names)
-    for path in images:
-        decode_image_file(path)  # an unreadable image is one line and exit 2, before any file
+    for path in images:  # an unreadable or too large image is one line and exit 2, before any file
+        check_image_cost(path, decode_image_file(path))
     paths = output_paths(images, out_dir)
     for overlay, map_path in paths:
         for p in (overlay, map_path) if save_maps else (overlay,):
@@ -368,6 +368,21 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str | os
         if save_maps:
             saved = atomic_write_bytes(map_path, _npy_bytes(result.cam))
         yield Explained(str(path), result, overlay, saved)
+
+
+MAX_PIXELS = 25_000_000  # the map, its overlay and their float copies: ~50 bytes a pixel
+BYTES_PER_PIXEL = 50
+
+
+def check_image_cost(path, image) -> None:
+    """Refuse an image whose map and overlay would cost more than MAX_PIXELS allows, saying the price."""
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    if h * w > MAX_PIXELS:
+        from cnncli.output import human_bytes
+
+        raise InputError(f"{path}: {w}x{h} pixels: its map and overlay at that size would take about "
+                         f"{human_bytes(h * w * BYTES_PER_PIXEL)}; explain takes images of up to "
+                         f"{MAX_PIXELS // 1_000_000} megapixels, resize it first")
 
 
 def _npy_bytes(array) -> bytes:
@@ -415,8 +430,9 @@ def overlay_array(image, cam, alpha: float = 0.45):
     import numpy as np
     from matplotlib import colormaps
 
-    heat = colormaps["jet"](np.clip(cam, 0.0, 1.0))[..., :3]
-    return np.round(((1 - alpha) * image_for_display(image) + alpha * heat) * 255).astype(np.uint8)
+    heat = colormaps["jet"](np.clip(cam, 0.0, 1.0), bytes=True)[..., :3].astype(np.float32)
+    shown = image_for_display(image) * np.float32(255 * (1 - alpha))
+    return np.round(shown + np.float32(alpha) * heat).astype(np.uint8)
 
 
 def plot_overlay(image, result: CamResult, out_path: str | os.PathLike, title_name: str = "") -> Path:

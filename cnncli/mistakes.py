@@ -102,7 +102,13 @@ def render_mistakes(source: str | os.PathLike, out: str | os.PathLike | None = N
     out = Path(out) if out is not None else base / "mistakes.png"
     if out.exists() and not out.is_file():
         raise InputError(f"{out} exists and is not a file; choose another --out")
-    maps = [explainer.explain(img) for img in images] if explainer is not None else [None] * len(images)
+    maps = [None] * len(images)
+    if explainer is not None:
+        from cnncli.explain import check_image_cost
+
+        for row, img in zip(chosen, images):
+            check_image_cost(row.id, img)
+        maps = [explainer.explain(img) for img in images]
     title = f"{len(chosen)} highest-loss images of {chosen[0].dataset} ({chosen[0].split})"
     if explainer is not None:
         title += f", {method} on {explainer.layer.name}"

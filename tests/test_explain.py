@@ -258,3 +258,14 @@ def test_eval_predictions_of_an_image_folder_name_each_image_by_its_file(quadran
         rows = list(csv.DictReader(f))
     assert sorted(r["id"] for r in rows) == sorted(str(p) for p in test_dir.glob("*/*.png"))
     assert all(os.path.basename(os.path.dirname(r["id"])) == r["true"] for r in rows)
+
+
+def test_an_image_too_large_to_explain_is_priced_and_refused(quadrant_run, tmp_path, monkeypatch):
+    from cnncli import explain
+
+    run, test_dir = quadrant_run
+    monkeypatch.setattr(explain, "MAX_PIXELS", 32 * 32 - 1)
+    out = tmp_path / "out"
+    result = run_cli("explain", run, test_dir / "top_left" / "000.png", "--out", out)
+    assert result.exit_code == 2 and "32x32 pixels" in result.stderr and "would take about" in result.stderr
+    assert not out.exists()
