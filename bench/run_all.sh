@@ -37,6 +37,7 @@ if [[ -n "$QUICK" ]]; then
     bench onnx_vs_eager --models lenet5 --rounds 1 --seconds 0.5
     bench int8_vs_fp32 --models typical_cnn --max-samples 500 --rounds 1 --seconds 0.2
     bench predict_startup --runs 1
+    bench explain_speed --images 2 --rounds 1 --methods gradcam
     if [[ -f recipes/fashion_mnist_best.toml && -z "${SKIP_TTA:-}" ]]; then
         bench time_to_accuracy recipes/fashion_mnist_best.toml --set epochs=1 --set max_samples=2000
     fi
@@ -47,6 +48,7 @@ else
     bench onnx_vs_eager
     bench int8_vs_fp32
     bench predict_startup
+    bench explain_speed
     if [[ -f recipes/fashion_mnist_best.toml && -z "${SKIP_TTA:-}" ]]; then
         bench time_to_accuracy recipes/fashion_mnist_best.toml
     fi

@@ -113,8 +113,10 @@ def _root(version: VersionOpt = False, debug: DebugOpt = False) -> None:
 
 
 from cnncli.cli import benchmark as _benchmark  # noqa: E402
+from cnncli.cli import compare as _compare  # noqa: E402
 from cnncli.cli import datasets as _datasets  # noqa: E402
 from cnncli.cli import eval as _eval  # noqa: E402
+from cnncli.cli import explain as _explain  # noqa: E402
 from cnncli.cli import export as _export  # noqa: E402
 from cnncli.cli import finetune as _finetune  # noqa: E402
 from cnncli.cli import inspect as _inspect  # noqa: E402
@@ -134,6 +136,8 @@ command(app, "eval", _eval.eval_command)
 command(app, "export", _export.export)
 command(app, "predict", _predict.predict)
 command(app, "benchmark", _benchmark.benchmark)
+command(app, "explain", _explain.explain)
+command(app, "compare", _compare.compare)
 app.add_typer(_viz.viz_app, name="viz")
 
 

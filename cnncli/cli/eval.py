@@ -25,6 +25,10 @@ MaxSamplesOpt = Annotated[int | None, typer.Option(
     "--max-samples", min=1, help="Evaluate at most N images, stratified.", show_default="all")]
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Draw the confusion matrix to this PNG.")]
 
+PredictionsOpt = Annotated[Path | None, typer.Option(
+    "--predictions", help="Write one CSV row per image: id (file path or index), true and predicted "
+    "class, their probabilities, loss, top-5 (for 'viz mistakes' and 'compare').")]
+
 
 def eval_command(
     checkpoint: CheckpointArg,
@@ -39,6 +43,7 @@ def eval_command(
     threads: CommandThreadsOpt = None,
     plot: PlotOpt = None,
     json_out: JsonOpt = False,
+    predictions: PredictionsOpt = None,
 ) -> None:
     """Evaluate a checkpoint: rebuilt from its metadata alone, on a dataset split.
 
@@ -49,11 +54,21 @@ def eval_command(
     from cnncli.engine import distributed
     from cnncli.engine.eval_run import evaluate_checkpoint
 
+    rows: list | None = [] if predictions is not None else None
+    if predictions is not None and predictions.exists() and not predictions.is_file():
+        from cnncli.errors import InputError
+
+        raise InputError(f"--predictions {predictions} exists and is not a file; give a .csv file name")
     doc = evaluate_checkpoint(checkpoint, data=data, split=split, data_dir=data_dir, weights=weights,
                               batch_size=batch_size, device=device, threads=threads,
-                              max_samples=max_samples, pretrained=pretrained)
+                              max_samples=max_samples, pretrained=pretrained, predictions=rows)
     if not distributed.context().is_main:
         return
+    if predictions is not None:
+        from cnncli.engine.predictions import write_predictions
+
+        doc["predictions_file"] = str(write_predictions(predictions, rows))
+        output.note(f"{len(rows)} predictions written to {predictions}")
     if plot is not None:
         from cnncli.plots import plot_confusion
 
@@ -75,10 +90,17 @@ def _render(doc: dict) -> None:
                        f"{output.plural(doc['n'], 'image')})",
                        justify=["left", "right", "right", "right", "right"],
                        footer=[f"top-1 {doc['top1']:.4f}   top-5 {doc['top5']:.4f}   loss {doc['loss']:.4f}   "
-                               f"{doc['images_per_second']:.0f} images/s"])
+                               f"{doc['images_per_second']:.0f} images/s"]
+                       + [f"{kind:<8}  precision {doc[kind]['precision']:.4f}   recall {doc[kind]['recall']:.4f}   "
+                          f"F1 {doc[kind]['f1']:.4f}" for kind in ("macro", "weighted") if kind in doc])
     names = [n[:9] for n in doc["class_names"]]
     other = doc.get("predicted_other")  # a pretrained network's predictions outside these classes
     matrix = [[names[i]] + [str(v) for v in row] + ([str(other[i])] if other else [])
               for i, row in enumerate(doc["confusion"])]
     output.render_rows(["true \\ predicted"] + names + (["other"] if other else []), matrix,
                        title="confusion matrix", justify=["left"] + ["right"] * (len(names) + bool(other)))
+    pairs = doc.get("confused_pairs")
+    if pairs:
+        output.render_rows(["true", "predicted as", "images"],
+                           [[p["true"], p["predicted"], p["count"]] for p in pairs],
+                           title="most confused pairs", justify=["left", "left", "right"])

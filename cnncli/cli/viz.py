@@ -12,8 +12,8 @@ from cnncli.cli.options import PngOutOpt, RegistryPretrainedOpt, RegistryWeights
 
 viz_app = typer.Typer(
     name="viz",
-    help="Draw feature maps, filters, the lecture's line filters (fig. 8), training curves and "
-    "confusion matrices as PNG.",
+    help="Draw feature maps, filters, the lecture's line filters (fig. 8), training curves, "
+    "confusion matrices and the highest-loss images as PNG.",
     no_args_is_help=True,
 )
 
@@ -94,9 +94,46 @@ def confusion(source: EvalSourceArg, normalize: NormalizeOpt = False, out: PngOu
     _done(render_confusion(source, out, normalize=normalize))
 
 
+MistakesSourceArg = Annotated[Path, typer.Argument(
+    help="A run directory (evaluated on its test split) or a CSV from 'cnncli eval --predictions'.")]
+TopOpt = Annotated[int, typer.Option("--top", "-k", min=1, max=100, help="How many of the highest-loss images.")]
+CamOpt = Annotated[bool, typer.Option(
+    "--cam", help="Draw each image's class activation map for the class the network answered (needs the "
+    "grad-cam package: the 'explain' extra).")]
+CamMethodOpt = Annotated[str, typer.Option("--method", help="CAM method with --cam (see 'cnncli explain --help').")]
+CamLayerOpt = Annotated[str, typer.Option(
+    "--layer", "-l", help="CAM layer with --cam: a row name of 'cnncli inspect', or auto.")]
+CamModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="With --cam and a CSV outside its run: the run or checkpoint.")]
+MistakesSplitOpt = Annotated[str, typer.Option("--split", help="Split to evaluate a run on: train, val, test, or all.")]
+MistakesDataOpt = Annotated[str | None, typer.Option(
+    "--data", "-d", help="Dataset to evaluate a run on.", show_default="its own")]
+MistakesDataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder holding the dataset files.")]
+
+
+def mistakes(
+    source: MistakesSourceArg,
+    top: TopOpt = 16,
+    cam: CamOpt = False,
+    method: CamMethodOpt = "gradcam",
+    layer: CamLayerOpt = "auto",
+    model: CamModelOpt = None,
+    split: MistakesSplitOpt = "test",
+    data: MistakesDataOpt = None,
+    data_dir: MistakesDataDirOpt = None,
+    out: PngOutOpt = None,
+) -> None:
+    """The K test images with the highest loss, with true and predicted class and probability."""
+    from cnncli.mistakes import render_mistakes
+
+    _done(render_mistakes(source, out, top=top, cam=cam, method=method, layer=layer, model=model,
+                          split=split, data=data, data_dir=data_dir))
+
+
 command(viz_app, "feature-maps", feature_maps)
 command(viz_app, "filters", filters)
 command(viz_app, "line-filters", line_filters)
 command(viz_app, "seed-filters", line_filters, hidden=True)  # its first name, kept for scripts
 command(viz_app, "curves", curves)
 command(viz_app, "confusion", confusion)
+command(viz_app, "mistakes", mistakes)

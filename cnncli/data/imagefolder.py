@@ -142,8 +142,9 @@ def load_image_folder(
     labels = torch.tensor(train_labels + test_labels, dtype=torch.int64)
     n_train = len(train_paths)
     name = f"imagefolder:{root}"
-    train = ImageData(images[:n_train], labels[:n_train], class_names, name, str(train_root))
+    ids = [str(p) for p in train_paths + test_paths]
+    train = ImageData(images[:n_train], labels[:n_train], class_names, name, str(train_root), ids[:n_train])
     test = None
     if test_root is not None:
-        test = ImageData(images[n_train:], labels[n_train:], class_names, name, str(test_root))
+        test = ImageData(images[n_train:], labels[n_train:], class_names, name, str(test_root), ids[n_train:])
     return train, test

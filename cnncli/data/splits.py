@@ -27,6 +27,7 @@ class ImageData:
     class_names: list[str]
     name: str
     source: str  # where it was loaded from (a folder, "embedded", "generated")
+    ids: list[str] | None = None  # what names each image for a person (an image folder's file paths)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -48,7 +49,8 @@ class ImageData:
         return len(self.class_names)
 
     def subset(self, index: torch.Tensor) -> ImageData:
-        return ImageData(self.images[index], self.labels[index], self.class_names, self.name, self.source)
+        ids = [self.ids[i] for i in index.tolist()] if self.ids is not None else None
+        return ImageData(self.images[index], self.labels[index], self.class_names, self.name, self.source, ids)
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()

@@ -21,10 +21,13 @@ def evaluate_checkpoint(
     max_samples: int | None = None,
     download: bool = False,
     pretrained: bool = False,
+    predictions: list | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint, a registry network with a weights file for the dataset's classes,
     or (`pretrained`) a pretrained network as is: its own classes (ImageNet's), with the
-    dataset's classes matched onto them by name, WordNet ID or index (cnncli.class_match)."""
+    dataset's classes matched onto them by name, WordNet ID or index (cnncli.class_match).
+
+    `predictions`: a list that receives one `cnncli.engine.predictions.Prediction` per image."""
     import torch
 
     from cnncli.checkpoint import is_checkpoint_ref, load_model
@@ -53,6 +56,8 @@ def evaluate_checkpoint(
         if not data:
             raise InputError(f"{checkpoint} does not record its dataset; pass --data NAME")
     subset, class_names, stats = _load_split(data, split, data_dir, download, (meta or {}).get("seed", 0))
+    if subset.ids is None:  # an image is named by its index in the split, before any cap
+        subset.ids = [str(i) for i in range(len(subset.labels))]
     if max_samples:
         subset = _first_per_class(subset, max_samples)
     extra: dict[str, Any] = {}
@@ -92,14 +97,23 @@ def evaluate_checkpoint(
     def prepare(batch: torch.Tensor) -> torch.Tensor:
         return prepare_batch(batch, input_size, mean, std, dev)
 
-    if pretrained:
-        result = evaluate(model, subset.images, subset.labels, prepare, len(as_is.network_names),
-                          as_is.network_names, batch_size=batch_size, device=dev)
-        doc_result = _restricted(result.to_dict(), extra["class_map"])
-    else:
-        result = evaluate(model, subset.images, subset.labels, prepare, len(class_names), class_names,
-                          batch_size=batch_size, device=dev)
-        doc_result = result.to_dict()
+    output_names = as_is.network_names if pretrained else class_names
+    collector = None
+    if predictions is not None:
+        from cnncli.engine.predictions import PredictionCollector
+
+        collector = PredictionCollector(len(subset.labels), len(output_names))
+    result = evaluate(model, subset.images, subset.labels, prepare, len(output_names), output_names,
+                      batch_size=batch_size, device=dev, on_batch=collector)
+    doc_result = _restricted(result.to_dict(), extra["class_map"]) if pretrained else result.to_dict()
+    if collector is not None:
+        collector.gather()
+        predictions.extend(collector.rows(subset.labels, output_names, subset.ids, data, split))
+    from cnncli.engine.metrics import averages, confused_pairs
+
+    names = doc_result.get("class_names", class_names)
+    doc_result.update(averages(doc_result["per_class"]))
+    doc_result["confused_pairs"] = confused_pairs(doc_result["confusion"], names)
     return {"checkpoint": str(checkpoint), "model": model_name, "dataset": data, "split": split,
             "class_names": class_names, **doc_result, **extra}
 
@@ -120,8 +134,9 @@ def _load_split(data: str, split: str, data_dir: str | None, download: bool, see
     if split == "all":
         parts = [s for s in (splits.train, splits.val, splits.test) if s is not None and len(s.labels)]
         first = parts[0]
+        ids = [i for s in parts for i in s.ids] if all(s.ids is not None for s in parts) else None
         subset = ImageData(torch.cat([s.images for s in parts]), torch.cat([s.labels for s in parts]),
-                           first.class_names, first.name, first.source)
+                           first.class_names, first.name, first.source, ids)
     else:
         subset = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
     if subset is None or len(subset.labels) == 0:

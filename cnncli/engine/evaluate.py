@@ -42,8 +42,12 @@ def evaluate(
     device: torch.device | str = "cpu",
     amp: bool = False,
     shard: bool = True,
+    on_batch: Callable[[Any, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> EvalResult:
     """`prepare` turns a uint8 batch into the network's normalized float input on `device`.
+
+    `on_batch(index, logits, targets)`, when given, sees every batch (`index`: a slice or the
+    indices of the batch's images), for per-image records such as `eval --predictions`.
 
     Under torchrun each rank evaluates its own shard and the counts are summed.
     """
@@ -71,6 +75,8 @@ def evaluate(
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double().cpu()
             top5_hits += (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum().cpu()
             confusion_update(confusion, y.cpu(), logits.argmax(dim=1).cpu(), num_classes)
+            if on_batch is not None:
+                on_batch(sel, logits, y)
     seconds = time.perf_counter() - start
     if ctx.enabled and shard:
         stats = torch.cat([confusion.flatten().double(), loss_sum.view(1), top5_hits.double().view(1)])
