@@ -131,7 +131,7 @@ def test_the_end_of_run_line_of_train_and_of_finetune():
                       best_val_top1=None, test=None, seconds=2.0, images_per_second=0.0,
                       stages=[{"name": "head", "epochs": 2}, {"name": "unfreeze", "epochs": 1}],
                       weights_source={"kind": "file", "path": "w.safetensors"})
-    assert end_of_run_line(tuned) == "runs/b/model.safetensors: 2 head + 1 unfreeze epochs, no test split, 2.0s"
+    assert end_of_run_line(tuned) == "runs/b/model.safetensors: 2 head epochs + 1 unfreeze epoch, no test split, 2.0s"
     summary = run_summary(tuned)
     assert summary["stages"][0]["name"] == "head" and summary["weights_source"]["kind"] == "file"
 

@@ -248,11 +248,12 @@ def test_meta_and_zero_weight_cpu_runs_agree(monkeypatch):
 
 
 def test_falls_back_to_a_real_cpu_build_when_meta_cannot_run(monkeypatch):
+    from cnncli.models.info import BuiltModel
     from cnncli.summary import build
 
     monkeypatch.setattr(build, "CPU_WEIGHT_LIMIT", 0)
     monkeypatch.setattr(build, "resolve_target", lambda name, size, classes: build.Target(
-        name, lambda device: _NeedsRealData().to(device), (1, 8, 8)))
+        name, lambda device: BuiltModel(_NeedsRealData().to(device), {"name": name}, None), (1, 8, 8)))
     s = summarize("needs-real-data")
     assert s.device == "cpu"
     assert s.rows[0].output_shape == [2, 6, 6] and s.total_params == 20
