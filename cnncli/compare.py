@@ -75,17 +75,19 @@ def _forward_module(fn):
     import torch
 
     class Forward(torch.nn.Module):
-        """A plain function (onnxruntime's session) where evaluate expects a module."""
+        """A plain function (onnxruntime's or OpenVINO's session: numpy in, numpy out) where
+        evaluate expects a module."""
 
         def __init__(self):
             super().__init__()
             self.fn = fn
 
         def forward(self, x):
-            return self.fn(x)
+            import numpy as np
+
+            return torch.as_tensor(np.asarray(self.fn(x.detach().cpu().numpy())))
 
     return Forward()
-
 
 
 def compare_runs(a: str, b: str, data: str | None = None, split: str = "test", data_dir: str | None = None,

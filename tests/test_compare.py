@@ -160,7 +160,7 @@ def test_compare_refuses_networks_with_other_classes(runs, tmp_path):
 
     run, _, _ = runs[0]
     state, meta = load_checkpoint(run / "model.safetensors")
-    meta["class_names"] = [f"class {i}" for i in range(10)]
+    meta = meta.replace(class_names=[f"class {i}" for i in range(10)])
     other = save_checkpoint(tmp_path / "other.safetensors", state, meta)
     result = run_cli("compare", run, other)
     assert result.exit_code == 2 and "same classes" in result.stderr

@@ -16,7 +16,7 @@ from cnncli.cli import app
 from cnncli.data import FASHION_CLASSES, load_dataset
 from cnncli.data.show import class_slug, grid_size
 from cnncli.data.transforms import decode_image_file
-from cnncli.models.registry import create_model
+from cnncli.models.registry import build_model
 
 runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -58,8 +58,9 @@ def test_export_writes_k_images_per_class_that_predict_reads(tmp_path):
 
     # and `cnncli predict` reads every one of them
     torch.manual_seed(0)
-    model = create_model("lenet5", num_classes=10)
-    meta = {"kind": "model", "model": model.cnncli_spec, "num_classes": 10, "class_names": FASHION_CLASSES,
+    built = build_model("lenet5", num_classes=10)
+    model = built.module
+    meta = {"kind": "model", "model": built.spec, "num_classes": 10, "class_names": FASHION_CLASSES,
             "input_size": [1, 32, 32], "mean": [0.29], "std": [0.35], "dataset": "fashion-mnist-mini"}
     ckpt = save_checkpoint(tmp_path / "run" / "model.safetensors", model.state_dict(), meta)
     predicted = runner.invoke(app, ["predict", str(ckpt), str(folder), "--json", "--top-k", "1"])

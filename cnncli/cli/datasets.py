@@ -40,7 +40,7 @@ StrictOpt = Annotated[bool, typer.Option(
 ThresholdOpt = Annotated[int, typer.Option(
     "--threshold", min=0, max=64, help="Near duplicates: pHashes at most this many bits apart (of 64) are compared.")]
 MinSimilarityOpt = Annotated[float, typer.Option(
-    "--min-similarity", min=-1.0, max=1.0, help="Near duplicates: the least correlation of their 16x16 thumbnails.")]
+    "--min-similarity", help="Near duplicates: the least correlation of their 16x16 thumbnails.")]
 MaxPairsOpt = Annotated[int, typer.Option(
     "--max-pairs", min=0, help="List at most this many pairs (all are counted).")]
 ListOpt = Annotated[int, typer.Option(
