@@ -218,6 +218,11 @@ def _torchscript_predictor(path: str, device: str) -> Predictor:
     except Exception as e:  # noqa: BLE001 - not an archive cnncli wrote: say so in one line
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise InputError(f"{path}: not a TorchScript file from 'cnncli export' ({reason})") from None
+    if not isinstance(meta, dict) or not meta.get("input_size"):
+        raise InputError(f"{path}: cnncli metadata without an input size")
+    from cnncli.deploy.runtime import check_document
+
+    check_document(path, meta)
     if not meta.get("class_names"):
         meta["class_names"] = [str(i) for i in range(int(meta.get("num_classes") or 0))]
     return Predictor(forward=module, meta=meta, source="torchscript", device=device, model=module)
@@ -273,6 +278,7 @@ def predict_files(predictor: Predictor, paths: Sequence[str], top_k: int = DEFAU
     """Results in input order, decoding and running `batch_size` files at a time."""
     names = predictor.class_names
     for start in range(0, len(paths), batch_size):
+        price_images(paths[start:start + batch_size])
         decoded: list[FileResult | Any] = []
         for path in paths[start:start + batch_size]:
             try:
@@ -283,3 +289,20 @@ def predict_files(predictor: Predictor, paths: Sequence[str], top_k: int = DEFAU
         tops = iter(top_classes(predictor.probabilities(images), names, top_k) if images else ())
         for d in decoded:
             yield d if isinstance(d, FileResult) else FileResult(d[0], top=next(tops))
+
+
+def price_images(paths: Sequence[str]) -> None:
+    """Refuse a batch whose images, decoded together, cost more than the memory budget
+    (PIL reads each size from the header; a file it cannot read is reported by decode)."""
+    from PIL import Image
+
+    from cnncli.cost import check_pixels
+
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except Exception:  # noqa: BLE001 - not an image: decode says so, with its name
+            continue
+    check_pixels(sizes, label=f"a batch of {len(paths)} images")
