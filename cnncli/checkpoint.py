@@ -223,10 +223,21 @@ def model_from_meta(meta: RunDocument | Mapping[str, Any], device: str | None = 
 
 def built_from_meta(meta: RunDocument | Mapping[str, Any], device: str | None = None):
     """`model_from_meta` with the spec and ModelInfo: a `cnncli.models.BuiltModel`."""
-    from cnncli.models.registry import BuiltModel, build_model
 
     spec = meta.model.to_dict() if isinstance(meta, RunDocument) else ModelSpec.from_dict(meta["model"]).to_dict()
     name = spec["name"]
+    built = _built_from_spec(spec, name, device)
+    input_size = meta.get("input_size")
+    if input_size:  # the input it declares is priced too (cnncli.cost)
+        from cnncli.cost import check_input
+
+        check_input(built.module, input_size, label="the input size the checkpoint declares,")
+    return built
+
+
+def _built_from_spec(spec: dict, name: str, device):
+    from cnncli.models.registry import BuiltModel, build_model
+
     try:
         if spec.get("model_file"):
             from cnncli.models.registry import build_model_file

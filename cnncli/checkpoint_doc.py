@@ -64,6 +64,15 @@ def _numbers(value, length: int | None) -> bool:
             and (length is None or len(value) == length) and all(_number(v) for v in value))
 
 
+# The only constructor arguments a file may pass to a network (hand-built or timm): anything
+# else (timm's `checkpoint_path`, `pretrained_cfg_overlay`...) would let a file steer the build.
+MODEL_KWARGS = frozenset({"dropout", "drop_rate", "drop_path_rate", "global_pool"})
+
+
+def _rate(value) -> bool:
+    return _number(value) and 0 <= value <= 1
+
+
 def _table(value) -> bool:
     return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
 
@@ -96,8 +105,11 @@ def _check_model(spec: Mapping[str, Any], check: _Checker) -> None:
     check("model.in_chans", spec.get("in_chans"), _count(spec.get("in_chans"), 1, MAX_CHANNELS),
           f"a number of channels from 1 to {MAX_CHANNELS}")
     kwargs = spec.get("kwargs")
-    check("model.kwargs", kwargs, _table(kwargs) and all(k.isidentifier() for k in kwargs),
-          "a table of keyword arguments")
+    check("model.kwargs", kwargs, _table(kwargs) and all(k in MODEL_KWARGS for k in kwargs)
+          and all(_rate(v) for k, v in kwargs.items() if k != "global_pool")
+          and isinstance(kwargs.get("global_pool", ""), str),
+          "a table of the constructor arguments " + ", ".join(sorted(MODEL_KWARGS))
+          + " (rates from 0 to 1)")
     check("model.model_file", spec.get("model_file"), isinstance(spec.get("model_file"), Mapping),
           "a model file's table")
 

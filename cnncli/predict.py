@@ -187,6 +187,7 @@ def predict_files(predictor: Predictor, paths: Sequence[str], top_k: int = DEFAU
     """Results in input order, decoding and running `batch_size` files at a time."""
     names = predictor.class_names
     for start in range(0, len(paths), batch_size):
+        price_images(paths[start:start + batch_size])
         decoded: list[FileResult | Any] = []
         for path in paths[start:start + batch_size]:
             try:
@@ -197,3 +198,20 @@ def predict_files(predictor: Predictor, paths: Sequence[str], top_k: int = DEFAU
         tops = iter(top_classes(predictor.probabilities(images), names, top_k) if images else ())
         for d in decoded:
             yield d if isinstance(d, FileResult) else FileResult(d[0], top=next(tops))
+
+
+def price_images(paths: Sequence[str]) -> None:
+    """Refuse a batch whose images, decoded together, cost more than the memory budget
+    (PIL reads each size from the header; a file it cannot read is reported by decode)."""
+    from PIL import Image
+
+    from cnncli.cost import check_pixels
+
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except Exception:  # noqa: BLE001 - not an image: decode says so, with its name
+            continue
+    check_pixels(sizes, label=f"a batch of {len(paths)} images")

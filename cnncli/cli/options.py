@@ -18,6 +18,31 @@ import typer
 
 from cnncli.cli.common import Optimizer, Schedule, enum_value, parse_device
 
+
+def _range(low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False):
+    """A typer callback refusing a number that is not finite or out of range (exit 2, one line)."""
+    import math
+
+    def check(value):
+        if value is None:
+            return value
+        bad = not math.isfinite(value) if isinstance(value, float) else False
+        bad = bad or (low is not None and (value < low or (low_open and value == low)))
+        bad = bad or (high is not None and (value > high or (high_open and value == high)))
+        if bad:
+            lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+            hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+            where = f"in {lo}, {hi}" if low is not None and high is not None else (
+                f"{'above' if low_open else 'at least'} {low:g}" if low is not None else f"at most {high:g}")
+            raise typer.BadParameter(f"{value!r} is not a finite number {where}")
+        return value
+
+    return check
+
+
+MAX_THREADS = 1024
+
 # rich help panels of train and finetune (the other commands have few options: one panel)
 DATA = "Data"
 MODEL = "Model"
@@ -39,16 +64,16 @@ DownloadOpt = Annotated[bool, typer.Option(
     "--download/--no-download", rich_help_panel=DATA,
     help="Fetch the dataset through torchvision (needs a network).")]
 ValFractionOpt = Annotated[float, typer.Option(
-    "--val-fraction", rich_help_panel=DATA,
+    "--val-fraction", rich_help_panel=DATA, callback=_range(0, 1, high_open=True),
     help="Share of the training set held out for validation.")]
 MaxSamplesOpt = Annotated[int | None, typer.Option(
-    "--max-samples", rich_help_panel=DATA,
+    "--max-samples", rich_help_panel=DATA, callback=_range(1),
     help="Cap the training set at N images, stratified by class.")]
 ImgSizeOpt = Annotated[int | None, typer.Option(
-    "--img-size", rich_help_panel=DATA,
+    "--img-size", callback=_range(8, 4096), rich_help_panel=DATA,
     help="Resize images to this square size for the network.", show_default="the dataset's size")]
 FinetuneImgSizeOpt = Annotated[int | None, typer.Option(
-    "--img-size", rich_help_panel=DATA, show_default="the backbone's input size",
+    "--img-size", callback=_range(8, 4096), rich_help_panel=DATA, show_default="the backbone's input size",
     help="Resize images to this square size; smaller is much faster on a CPU.")]
 
 # ------------------------------------------------------------------------------ model
@@ -68,46 +93,46 @@ UnfreezeOpt = Annotated[str, typer.Option(
 
 # ------------------------------------------------------------------------------ optimisation
 EpochsOpt = Annotated[int, typer.Option(
-    "--epochs", "-e", rich_help_panel=OPTIMISATION, help="Epochs to train.")]
+    "--epochs", "-e", callback=_range(1, 10**6), rich_help_panel=OPTIMISATION, help="Epochs to train.")]
 UnfrozenEpochsOpt = Annotated[int, typer.Option(
-    "--epochs", "-e", rich_help_panel=OPTIMISATION,
+    "--epochs", "-e", callback=_range(0, 10**6), rich_help_panel=OPTIMISATION,
     help="Stage 2: epochs with the top blocks unfrozen.")]
 HeadEpochsOpt = Annotated[int, typer.Option(
-    "--head-epochs", rich_help_panel=OPTIMISATION,
+    "--head-epochs", rich_help_panel=OPTIMISATION, callback=_range(0, 10**6),
     help="Stage 1: epochs training only the new head on the frozen base.")]
 UnfreezeLrFactorOpt = Annotated[float, typer.Option(
-    "--unfreeze-lr-factor", rich_help_panel=OPTIMISATION,
+    "--unfreeze-lr-factor", rich_help_panel=OPTIMISATION, callback=_range(0, None, low_open=True),
     help="Stage 2 learning rate = --lr times this.")]
 CacheFeaturesOpt = Annotated[bool | None, typer.Option(
     "--cache-features/--no-cache-features", rich_help_panel=OPTIMISATION,
     show_default="on unless augmenting",
     help="Stage 1: compute the frozen base's features once.")]
 BatchSizeOpt = Annotated[int, typer.Option(
-    "--batch-size", "-b", rich_help_panel=OPTIMISATION, help="Batch size (global under torchrun).")]
+    "--batch-size", "-b", rich_help_panel=OPTIMISATION, callback=_range(1, 65536), help="Batch size (global under torchrun).")]
 OptimizerOpt = Annotated[Optimizer, typer.Option(
     "--optimizer", rich_help_panel=OPTIMISATION, help="Optimizer.")]
 LrOpt = Annotated[float | None, typer.Option(
-    "--lr", rich_help_panel=OPTIMISATION, show_default="1e-3 with adamw, 0.05 with sgd",
+    "--lr", rich_help_panel=OPTIMISATION, callback=_range(0, 10, low_open=True), show_default="1e-3 with adamw, 0.05 with sgd",
     help="Peak learning rate.")]
 MomentumOpt = Annotated[float, typer.Option(
-    "--momentum", rich_help_panel=OPTIMISATION, help="SGD momentum.")]
+    "--momentum", rich_help_panel=OPTIMISATION, callback=_range(0, 1, high_open=True), help="SGD momentum.")]
 NesterovOpt = Annotated[bool, typer.Option(
     "--nesterov/--no-nesterov", rich_help_panel=OPTIMISATION, help="Nesterov momentum for SGD.")]
 WeightDecayOpt = Annotated[float | None, typer.Option(
-    "--weight-decay", rich_help_panel=OPTIMISATION, show_default="0.05 with adamw, 5e-4 with sgd",
+    "--weight-decay", rich_help_panel=OPTIMISATION, callback=_range(0, 10), show_default="0.05 with adamw, 5e-4 with sgd",
     help="Weight decay.")]
 ScheduleOpt = Annotated[Schedule, typer.Option(
     "--schedule", rich_help_panel=OPTIMISATION, help="Learning-rate schedule.")]
 WarmupEpochsOpt = Annotated[float, typer.Option(
-    "--warmup-epochs", rich_help_panel=OPTIMISATION,
+    "--warmup-epochs", rich_help_panel=OPTIMISATION, callback=_range(0, 10**6),
     help="Linear warm-up, in epochs (may be fractional).")]
 LabelSmoothingOpt = Annotated[float, typer.Option(
-    "--label-smoothing", rich_help_panel=OPTIMISATION, help="Label smoothing in [0, 1).")]
+    "--label-smoothing", rich_help_panel=OPTIMISATION, callback=_range(0, 1, high_open=True), help="Label smoothing in [0, 1).")]
 ClipGradOpt = Annotated[float | None, typer.Option(
-    "--clip-grad", rich_help_panel=OPTIMISATION,
+    "--clip-grad", rich_help_panel=OPTIMISATION, callback=_range(0, None, low_open=True),
     help="Clip the gradient norm to this value.", show_default="no clipping")]
 PatienceOpt = Annotated[int | None, typer.Option(
-    "--patience", rich_help_panel=OPTIMISATION, show_default="no early stop",
+    "--patience", rich_help_panel=OPTIMISATION, callback=_range(1), show_default="no early stop",
     help="Stop after this many epochs without a better validation top-1.")]
 
 # ------------------------------------------------------------------------------ augmentation
@@ -126,7 +151,7 @@ RunNameOpt = Annotated[str | None, typer.Option(
     "--name", rich_help_panel=RUN, help="Run name under runs/.")]
 ResumeOpt = Annotated[Path | None, typer.Option(
     "--resume", rich_help_panel=RUN, help="Continue the run in this directory.")]
-SeedOpt = Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Random seed.")]
+SeedOpt = Annotated[int, typer.Option("--seed", rich_help_panel=RUN, callback=_range(0, 2**32 - 1), help="Random seed.")]
 DeterministicOpt = Annotated[bool, typer.Option(
     "--deterministic/--no-deterministic", rich_help_panel=RUN,
     help="Use only deterministic algorithms.")]
@@ -140,7 +165,7 @@ DeviceOpt = Annotated[str, typer.Option(
     "--device", rich_help_panel=DEVICE, parser=parse_device, metavar=DEVICE_METAVAR,
     help=DEVICE_HELP)]
 ThreadsOpt = Annotated[int | None, typer.Option(
-    "--threads", rich_help_panel=DEVICE, help="CPU threads for PyTorch.",
+    "--threads", rich_help_panel=DEVICE, callback=_range(1, MAX_THREADS), help="CPU threads for PyTorch.",
     show_default="PyTorch's choice")]
 AmpOpt = Annotated[bool, typer.Option(
     "--amp/--no-amp", rich_help_panel=DEVICE,
@@ -155,9 +180,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 CommandDeviceOpt = Annotated[str, typer.Option(
     "--device", parser=parse_device, metavar=DEVICE_METAVAR, help=DEVICE_HELP)]
 CommandThreadsOpt = Annotated[int | None, typer.Option(
-    "--threads", min=1, help="CPU threads for PyTorch.", show_default="PyTorch's choice")]
+    "--threads", min=1, callback=_range(1, MAX_THREADS), help="CPU threads for PyTorch.", show_default="PyTorch's choice")]
 InferenceBatchSizeOpt = Annotated[int, typer.Option(
-    "--batch-size", "-b", min=1, help="Images per forward pass.")]
+    "--batch-size", "-b", min=1, callback=_range(1, 65536), help="Images per forward pass.")]
 RegistryPretrainedOpt = Annotated[bool, typer.Option(
     "--pretrained", help="Registry name: timm's pretrained weights (needs the hub or its cache).")]
 RegistryWeightsOpt = Annotated[str | None, typer.Option(

@@ -36,7 +36,9 @@ def _read_bytes(path: Path) -> bytes:
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                data = f.read(MAX_BYTES + 1)
+                head = f.read(4 + 4 * 255)
+                _price_header(head, path)  # before decompressing what the header declares
+                data = head + f.read(MAX_BYTES + 1 - len(head))
         else:
             data = path.read_bytes()
     except FileNotFoundError:
@@ -50,6 +52,19 @@ def _read_bytes(path: Path) -> bytes:
     if len(data) > MAX_BYTES:
         raise InputError(f"{path}: larger than {MAX_BYTES >> 30} GiB once decompressed; not an IDX file")
     return data
+
+
+def _price_header(head: bytes, name) -> None:
+    """Refuse a header that declares more than the memory budget holds (as read, then as float32)."""
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_TYPES:
+        return  # parse_idx says what is wrong
+    ndim = head[3]
+    if ndim == 0 or len(head) < 4 + 4 * ndim:
+        return
+    from cnncli.cost import check_array
+
+    dims = struct.unpack(f">{ndim}I", head[4:4 + 4 * ndim])
+    check_array(dims, IDX_TYPES[head[2]].itemsize + 4, f"{name}")
 
 
 def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
@@ -69,6 +84,7 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
         raise InputError(f"{name}: truncated header ({len(data)} bytes, the {ndim} dimensions need {header})")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = IDX_TYPES[code]
+    _price_header(data[:header], name)
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     actual = len(data) - header
     if actual != expected:

@@ -54,9 +54,32 @@ def _check_meta(path, text: str | None) -> dict[str, Any]:
         raise InputError(f"{path}: corrupt cnncli metadata") from None
     if not isinstance(meta, dict) or not meta.get("input_size"):
         raise InputError(f"{path}: cnncli metadata without an input size")
+    check_document(path, meta)
     if not meta.get("class_names"):
         meta["class_names"] = [str(i) for i in range(int(meta.get("num_classes") or 0))]
     return meta
+
+
+def check_document(path, meta: dict[str, Any]) -> None:
+    """An export's metadata goes through the checkpoint's checks (types, ranges, finiteness,
+    class names for the classes, mean/std per channel) and its input through the cost check."""
+    from cnncli.checkpoint_doc import RunDocument
+    from cnncli.cost import check_input_shape
+
+    doc = RunDocument.from_dict(meta if isinstance(meta.get("model"), dict)
+                                else {**meta, "model": {"name": "export"}}, path)
+    for key in ("mean", "std"):
+        if doc.input_size and getattr(doc, key) is None:
+            raise InputError(f"{path}: cnncli metadata without '{key}'")
+    check_input_shape(doc.input_size, label=f"{path}: its input")
+
+
+def check_graph_input(path, declared, actual) -> None:
+    """The graph's own input shape (N, C, H, W; names for dynamic axes) must be the metadata's."""
+    dims = list(actual)[1:] if actual is not None else []
+    if len(dims) == 3 and all(isinstance(d, int) for d in dims) and tuple(dims) != tuple(declared):
+        raise InputError(f"{path}: the graph takes {'x'.join(map(str, dims))} images but its cnncli "
+                         f"metadata says {'x'.join(map(str, declared))}; export it again")
 
 
 def open_onnx(path: str | os.PathLike, threads: int | None = None) -> RuntimeModel:
@@ -68,6 +91,7 @@ def open_onnx(path: str | os.PathLike, threads: int | None = None) -> RuntimeMod
     props = session.get_modelmeta().custom_metadata_map
     meta = _check_meta(path, props.get("cnncli"))
     name = session.get_inputs()[0].name
+    check_graph_input(path, meta["input_size"], session.get_inputs()[0].shape)
 
     def run(batch):
         return session.run(None, {name: batch})[0]

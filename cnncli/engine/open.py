@@ -212,6 +212,11 @@ def _open_exported(where: NetworkRef, device: str, threads: int | None) -> Opene
     except Exception as e:  # noqa: BLE001 - not an archive cnncli wrote: say so in one line
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise InputError(f"{where.path}: not a TorchScript file from 'cnncli export' ({reason})") from None
+    if not isinstance(meta, dict) or not meta.get("input_size"):
+        raise InputError(f"{where.path}: cnncli metadata without an input size")
+    from cnncli.deploy.runtime import check_document
+
+    check_document(where.path, meta)  # the checkpoint's checks, and the input's cost
     if not meta.get("class_names"):
         meta["class_names"] = [str(i) for i in range(int(meta.get("num_classes") or 0))]
     return OpenedNetwork(where.text, "torchscript", meta, module=module, path=where.path, device=device)

@@ -104,6 +104,8 @@ def build_model(
     its ModelInfo. `device="meta"` builds shapes only (instant, no memory)."""
     import torch
 
+    if str(device) != "meta":  # price it on the meta device first: a size from a file or flag
+        _price(name, num_classes, in_chans, kwargs)
     ctx = torch.device(device) if device else contextlib.nullcontext()
     model_file_doc = None
     if is_timm_name(name):
@@ -140,6 +142,15 @@ def build_model(
     return BuiltModel(model, spec, info)
 
 
+def _price(name: str, num_classes, in_chans, kwargs) -> None:
+    """Refuse a network whose weights cost more than the memory budget (cnncli.cost)."""
+    from cnncli.cost import build_priced
+
+    label = name + "".join(f" with {k}={v}" for k, v in (("num_classes", num_classes), ("in_chans", in_chans))
+                           if v is not None)
+    build_priced(lambda: build_model(name, num_classes, in_chans, False, "meta", **kwargs).module, label)
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
@@ -156,8 +167,12 @@ def build_model_file(doc: dict[str, Any], num_classes: int | None = None, in_cha
                      source: str = "") -> tuple[Any, ModelInfo]:
     """The network of a parsed model file (the document a checkpoint stores): (module, ModelInfo).
     `source` names the file in error messages."""
+    from cnncli.cost import build_priced
     from cnncli.models import model_file
 
+    build_priced(lambda: model_file.create_model_from_spec(doc, num_classes=num_classes, in_chans=in_chans,
+                                                           source=source, backbones=_backbones())[0],
+                 source or "the model file")
     return model_file.create_model_from_spec(doc, num_classes=num_classes, in_chans=in_chans, source=source,
                                              backbones=_backbones())
 

@@ -46,6 +46,9 @@ def summarize(model_or_name, input_size=None, num_classes: int | None = None,
     if input_size is None:
         raise InputError(f"{name} declares no input size; pass one (C, H, W)")
 
+    from cnncli.cost import check_input
+
+    check_input(model, input_size, label=f"{name} with the input")
     planned = plan(model, depth)
     try:
         recorder, counter = trace(model, input_size, planned)
