@@ -157,7 +157,8 @@ def tune(req: TuneRequest) -> dict[str, Any]:
     start = time.monotonic()
     while req.timeout is None or time.monotonic() - start < req.timeout:
         with _ask_lock(url):
-            if len(study.get_trials(deepcopy=False)) >= req.trials:
+            waiting = optuna.trial.TrialState.WAITING  # enqueued trials are asked for, not extra
+            if sum(t.state != waiting for t in study.get_trials(deepcopy=False)) >= req.trials:
                 break
             trial = study.ask()
         if trial.number >= req.trials:  # another process on a server's storage got there first
