@@ -97,6 +97,11 @@ def check_every_file_is_complete(out: Path) -> None:
         elif path.name == "metrics.jsonl":
             rows = [json.loads(line) for line in path.read_text().splitlines()]
             assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+        elif path.name == "results.csv":  # --log csv (the default): whole rows, epochs in order
+            import csv
+
+            rows = list(csv.DictReader(path.open()))
+            assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
         elif path.suffix == ".toml":
             tomllib.loads(path.read_text())
         elif path.suffix == ".json":

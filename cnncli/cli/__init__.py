@@ -124,6 +124,7 @@ from cnncli.cli import models as _models  # noqa: E402
 from cnncli.cli import new_model as _new_model  # noqa: E402
 from cnncli.cli import predict as _predict  # noqa: E402
 from cnncli.cli import train as _train  # noqa: E402
+from cnncli.cli import tune as _tune  # noqa: E402
 from cnncli.cli import viz as _viz  # noqa: E402
 
 command(app, "models", _models.models)
@@ -132,6 +133,7 @@ command(app, "new-model", _new_model.new_model)
 app.add_typer(_datasets.datasets_app, name="datasets")
 command(app, "train", _train.train)
 command(app, "finetune", _finetune.finetune)
+command(app, "tune", _tune.tune)
 command(app, "eval", _eval.eval_command)
 command(app, "export", _export.export)
 command(app, "predict", _predict.predict)

@@ -157,6 +157,16 @@ DeterministicOpt = Annotated[bool, typer.Option(
     help="Use only deterministic algorithms.")]
 RunJsonOpt = Annotated[bool, typer.Option(
     "--json", rich_help_panel=RUN, help="Print one JSON document with the results on stdout.")]
+LogOpt = Annotated[str, typer.Option(
+    "--log", rich_help_panel=RUN, metavar="csv,tensorboard,mlflow",
+    help="Loggers, comma-separated: csv (results.csv), tensorboard (event files in the run), "
+    "mlflow; 'none' for none.")]
+MlflowUriOpt = Annotated[str | None, typer.Option(
+    "--mlflow-uri", rich_help_panel=RUN, show_default="$MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db",
+    help="MLflow tracking URI (a server or a database) for --log mlflow.")]
+ExperimentOpt = Annotated[str | None, typer.Option(
+    "--experiment", rich_help_panel=RUN, show_default="the run's or study's name",
+    help="MLflow experiment name for --log mlflow.")]
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", rich_help_panel=RUN, help="No progress bar or per-epoch lines.")]
 

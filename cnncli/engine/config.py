@@ -57,6 +57,10 @@ class TrainConfig:
     out: str | None = None
     name: str | None = None
     weights: str | None = None  # initial weights for the network (a safetensors or .pth file)
+    # experiment tracking (cnncli.track): loggers, comma-separated; MLflow's URI and experiment
+    log: str = "csv"
+    mlflow_uri: str | None = None
+    experiment: str | None = None
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -187,6 +191,10 @@ def validate(c: TrainConfig) -> None:
         raise InputError(f"unknown schedule '{c.schedule}'; choose one of {', '.join(SCHEDULES)}")
     if c.device not in ("auto", "cpu", "cuda", "mps") and not c.device.startswith("cuda:"):
         raise InputError(f"unknown device '{c.device}'; choose auto, cpu, cuda or mps")
+    if c.log:
+        from cnncli.track import parse_log
+
+        parse_log(c.log)
     if c.augment:
         from cnncli.data.augment import parse_augment
 

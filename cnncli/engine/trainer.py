@@ -60,6 +60,7 @@ from cnncli.engine.step import (
 )
 from cnncli.errors import InputError, RuntimeFailure
 from cnncli.fileio import atomic_write_text, remove_stale_temporaries
+from cnncli.track.hooks import Hooks, start_hooks
 
 # eval_run (and older callers) import these names from here
 channel_stats = adapt_stats  # the dataset's mean/std for the network's channels (luma-weighted for gray)
@@ -86,8 +87,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, resume: str | None = None, model: torch.nn.Module | None = None,
                  phases: list[Phase] | None = None, extra_meta: dict | None = None,
                  input_size: tuple[int, int, int] | None = None, mean=None, std=None,
-                 quiet: bool = False, run_name: str | None = None, model_spec: dict | None = None):
+                 quiet: bool = False, run_name: str | None = None, model_spec: dict | None = None,
+                 callbacks: list | None = None):
         self.cfg = cfg
+        # the one hook point: --log's loggers plus these callbacks (cnncli.track.base.Logger)
+        self.callbacks, self.hooks = list(callbacks or []), Hooks()
         self._optimizer_state: dict | None = None  # a resumed phase's optimizer, loaded once
         self.resume_dir = Path(resume) if resume else None
         self.quiet = quiet
@@ -199,17 +203,22 @@ class Trainer:
     def fit(self) -> RunResult:
         progress = self._open_run()
         self._wall_start = time.perf_counter() - progress.seconds
-        with SignalCatcher() as signals, ProgressBar(enabled=self.dist.is_main and not self.quiet) as bar:
+        hooks = self.hooks = start_hooks(self, progress, self.callbacks)
+        with SignalCatcher() as signals, ProgressBar(enabled=self.dist.is_main and not self.quiet) as bar, \
+                hooks.closed_on_error():
             while progress.phase < len(self.phases) and not progress.stopped_early:
                 self._run_phase(progress, signals, bar)
-        test = self._test_best()
-        return RunResult(run_dir=self.run_dir, checkpoint=self.best_path, epochs=progress.epoch,
+        with hooks.closed_on_error():
+            test = self._test_best()
+        result = RunResult(run_dir=self.run_dir, checkpoint=self.best_path, epochs=progress.epoch,
                          best_val_top1=progress.best_val_top1, test=test,
                          seconds=time.perf_counter() - self._wall_start,
                          images_per_second=(progress.train_images * self.dist.world_size / progress.train_seconds
                                             if progress.train_seconds else 0.0),
                          history=progress.history, stages=(self.extra_meta.get("finetune") or {}).get("stages"),
                          weights_source=self.weights_source)
+        hooks.run_end(result.to_dict(), self.run_dir)
+        return result
 
     def _open_run(self) -> Progress:
         """The run directory (new, or the one resumed), the batch geometry, where the run is."""
@@ -291,6 +300,7 @@ class Trainer:
                     self.checkpoint_meta(progress.epoch, {"val_top1": row["val_top1"], "train_loss": row["train_loss"]}))
         self._save_progress(step.optimizer, progress)
         self._write(self._write_history, self.run_dir, progress.history)
+        self.hooks.epoch_end(progress.epoch, row, val, step.optimizer)  # a tuning trial may be pruned here
         if self.dist.is_main:
             output.note(epoch_line(row, progress.epoch, sum(p.epochs for p in self.phases)))
         distributed.barrier()
@@ -324,8 +334,9 @@ class Trainer:
                     f"the loss became {e.value} at epoch {epoch + 1}, step {s + 1}; training stopped, the last "
                     f"good checkpoint in {self.run_dir} is kept (try a lower --lr or --clip-grad)") from None
             now = time.perf_counter()
-            bar.advance(loss.item() if bar.enabled else 0.0, meter.accuracy,
-                        len(idx) * dist.world_size / max(1e-9, now - tick))
+            rate = len(idx) * dist.world_size / max(1e-9, now - tick)
+            bar.advance(loss.item() if bar.enabled else 0.0, meter.accuracy, rate)
+            self.hooks.step(epoch * spe + s + 1, loss, step.optimizer, rate)
             tick = now
             if signals.signum and s + 1 < spe:
                 progress.step, progress.partial = s + 1, meter.partial()
