@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             wall = t0 - start - overhead  # the end of this epoch, on the training's own clock
             test = evaluate(self.model, self.data.test.images, self.data.test.labels, self.prepare,
                             self.num_classes, self.class_names, self.cfg.eval_batch_size, self.device,
-                            amp=self.cfg.amp)
+                            amp=self.precision.dtype or False)
             overhead += time.perf_counter() - t0
             row = history[-1]
             line = {"epoch": row["epoch"], "wall_seconds": round(wall, 2),

@@ -104,7 +104,7 @@ def finetune(
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    amp: AmpOpt = False,
+    amp: AmpOpt = "off",
     compile: CompileOpt = False,
 ) -> None:
     """Fine-tune a pretrained network on a dataset: a new head, trained on the frozen base, then

@@ -138,7 +138,26 @@ PatienceOpt = Annotated[int | None, typer.Option(
 # ------------------------------------------------------------------------------ augmentation
 AugmentOpt = Annotated[str | None, typer.Option(
     "--augment", rich_help_panel=AUGMENTATION, show_default="none",
-    help="Batch augmentations, comma-separated: shift,flip,lighting,erase.")]
+    help="Augmentations, comma-separated: shift,flip,lighting,erase (whole batches) and the "
+    "per-sample policies randaugment[=M[:N]], trivialaugment, autoaugment[=imagenet|cifar10|svhn], "
+    "augmix[=S].")]
+
+MixupOpt = Annotated[float | None, typer.Option(
+    "--mixup", rich_help_panel=AUGMENTATION, show_default="off",
+    help="mixup with this Beta alpha (e.g. 0.2); soft-target loss.")]
+CutmixOpt = Annotated[float | None, typer.Option(
+    "--cutmix", rich_help_panel=AUGMENTATION, show_default="off",
+    help="cutmix with this Beta alpha (e.g. 1.0); with --mixup, one of the two per batch.")]
+MixupOffEpochOpt = Annotated[int | None, typer.Option(
+    "--mixup-off-epoch", rich_help_panel=AUGMENTATION, show_default="never",
+    help="Train the epochs from this one on (0-based) without mixup/cutmix.")]
+EmaOpt = Annotated[float | None, typer.Option(
+    "--ema", rich_help_panel=OPTIMISATION, show_default="off",
+    help="Keep a moving average of the weights with this decay in (0, 1), e.g. 0.999 (with "
+    "warm-up); validation and test report it and the run's model is the average.")]
+AccumStepsOpt = Annotated[int, typer.Option(
+    "--accum-steps", rich_help_panel=OPTIMISATION,
+    help="Sum the gradients of this many batches before each optimizer step.")]
 
 # ------------------------------------------------------------------------------ run / output
 RecipeOpt = Annotated[Path | None, typer.Option(
@@ -177,9 +196,11 @@ DeviceOpt = Annotated[str, typer.Option(
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", rich_help_panel=DEVICE, callback=_range(1, MAX_THREADS), help="CPU threads for PyTorch.",
     show_default="PyTorch's choice")]
-AmpOpt = Annotated[bool, typer.Option(
-    "--amp/--no-amp", rich_help_panel=DEVICE,
-    help="bf16 autocast (CUDA, or CPUs that support it).")]
+AmpOpt = Annotated[str, typer.Option(
+    "--amp", rich_help_panel=DEVICE, metavar="auto|bf16|fp16|off",
+    help="Mixed precision: auto is bf16 on GPUs of capability >= 8 and on CPUs with native bf16 "
+    "(AVX512-BF16/AMX), fp16 with a GradScaler on other GPUs, float32 elsewhere; the choice is "
+    "printed and recorded.")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile/--no-compile", rich_help_panel=DEVICE,
     help="torch.compile the network (falls back to eager).")]

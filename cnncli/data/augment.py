@@ -11,7 +11,9 @@ black (the fill of shifts and erasing). The result has the input's shape, dtype 
 
 Spec strings: "shift,flip,lighting,erase", each optionally with a strength: "shift=2"
 (pixels), "lighting=0.3" (relative jitter), "erase=0.25" (probability), "flip=0.5"
-(probability). "none" or "" is no augmentation.
+(probability). "none" or "" is no augmentation. The policies of data/policies.py
+(randaugment=M:N, trivialaugment, autoaugment, augmix=S) join the same list; they run per
+sample, after the geometry and before lighting and erasing.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cnncli.data.policies import POLICIES, Policy, PolicyAugment, parse_policy
 from cnncli.errors import InputError
 
 
@@ -121,8 +124,11 @@ class AugmentOp:
 
     name: str
     value: float | None = None
+    policy: Policy | None = None  # randaugment, trivialaugment, ... (data/policies.py)
 
     def __str__(self) -> str:
+        if self.policy is not None:
+            return str(self.policy)
         return self.name if self.value is None else f"{self.name}={self.value:g}"
 
 
@@ -149,6 +155,8 @@ OPERATIONS: dict[str, tuple[Callable, str, tuple[float, float]]] = {
     "lighting": (_apply_lighting, "relative jitter", (0, 1)),
     "erase": (_apply_erase, "probability", (0, 1)),
 }
+# the order operations run in: geometry, then a policy (per sample), then lighting and erasing
+ORDER = ("shift", "flip", *POLICIES, "lighting", "erase")
 
 
 class BatchAugment:
@@ -168,16 +176,19 @@ class BatchAugment:
             generator = generator if generator is not None else ops.generator
             ops = ops.ops
         ops = list(ops or [])
-        order = list(OPERATIONS)
-        self.ops = sorted(ops, key=lambda op: order.index(op.name))
+        self.ops = sorted(ops, key=lambda op: ORDER.index(op.name))
         self.generator = generator
+        self._policies = {op.name: PolicyAugment(op.policy) for op in self.ops if op.policy is not None}
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if batch.dim() != 4:
             raise InputError(f"augmentation expects a batch (N, C, H, W), got shape {tuple(batch.shape)}")
         gen = generator if generator is not None else self.generator
         for op in self.ops:
-            batch = OPERATIONS[op.name][0](batch, op.value, gen)
+            if op.policy is not None:
+                batch = self._policies[op.name](batch, gen)
+            else:
+                batch = OPERATIONS[op.name][0](batch, op.value, gen)
         return batch
 
     def __len__(self) -> int:
@@ -207,7 +218,7 @@ def parse_augment(spec: str | list[str] | None, generator: torch.Generator | Non
     if spec is None:
         return BatchAugment([], generator)
     items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
-    valid = ", ".join(OPERATIONS)
+    valid = ", ".join([*OPERATIONS, *POLICIES])
     ops: dict[str, AugmentOp] = {}
     for item in items:
         item = str(item).strip().lower()
@@ -215,6 +226,9 @@ def parse_augment(spec: str | list[str] | None, generator: torch.Generator | Non
             continue
         name, _, raw = item.partition("=")
         name = name.strip()
+        if name in POLICIES:
+            ops[name] = AugmentOp(name, None, parse_policy(name, raw))
+            continue
         if name not in OPERATIONS:
             raise InputError(f"unknown augmentation '{name}'; valid: {valid} (comma-separated, e.g. shift,flip,lighting)")
         value = None
@@ -231,4 +245,4 @@ def parse_augment(spec: str | list[str] | None, generator: torch.Generator | Non
 
 
 def valid_names() -> list[str]:
-    return list(OPERATIONS)
+    return [*OPERATIONS, *POLICIES]

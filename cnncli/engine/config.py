@@ -51,7 +51,7 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"
     threads: int | None = None
-    amp: bool = False
+    amp: str = "off"  # auto | bf16 | fp16 | off (engine/amp.py); `true`/`false` of older recipes: auto/off
     compile: bool = False
     eval_batch_size: int = 512
     out: str | None = None
@@ -61,6 +61,11 @@ class TrainConfig:
     log: str = "csv"
     mlflow_uri: str | None = None
     experiment: str | None = None
+    ema: float | None = None  # decay of the weights' moving average (engine/ema.py)
+    mixup: float | None = None  # Beta alpha (engine/mixup.py)
+    cutmix: float | None = None
+    mixup_off_epoch: int | None = None  # epochs from this one on are not mixed
+    accum_steps: int = 1  # batches whose gradients are summed before one optimizer step
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -118,6 +123,8 @@ def coerce_options(options: dict[str, Any], where: str, cls=TrainConfig) -> dict
             raise InputError(f"{where}: unknown key '{raw_key}'{hint}")
         if key == "augment" and isinstance(value, str):
             value = [v for v in value.split(",") if v]
+        if key == "amp" and isinstance(value, bool):  # earlier recipes: amp = true / false
+            value = "auto" if value else "off"
         if isinstance(value, int) and not isinstance(value, bool) and _type_ok(float(value), hints[key]) \
                 and not _type_ok(value, hints[key]):
             value = float(value)
@@ -185,6 +192,22 @@ def validate(c: TrainConfig) -> None:
     if c.warmup_epochs < 0:
         raise InputError(f"--warmup-epochs must not be negative, got {c.warmup_epochs}")
     positive("clip_grad", c.clip_grad)
+    positive("accum_steps", c.accum_steps)
+    from cnncli.engine.amp import MODES
+
+    if str(c.amp).lower() not in MODES and not isinstance(c.amp, bool):
+        raise InputError(f"--amp {c.amp}: choose one of {', '.join(MODES)}")
+    if c.ema is not None:
+        from cnncli.engine.ema import check_decay
+
+        check_decay(c.ema)
+    if c.mixup is not None or c.cutmix is not None:
+        from cnncli.engine.mixup import check_alpha
+
+        check_alpha("mixup", c.mixup)
+        check_alpha("cutmix", c.cutmix)
+    if c.mixup_off_epoch is not None and c.mixup_off_epoch < 0:
+        raise InputError(f"--mixup-off-epoch must not be negative, got {c.mixup_off_epoch}")
     if c.optimizer not in OPTIMIZERS:
         raise InputError(f"unknown optimizer '{c.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
     if c.schedule not in SCHEDULES:

@@ -40,7 +40,7 @@ def evaluate(
     class_names: list[str] | None = None,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
-    amp: bool = False,
+    amp: bool | torch.dtype = False,
     shard: bool = True,
     on_batch: Callable[[Any, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> EvalResult:
@@ -49,8 +49,10 @@ def evaluate(
     `on_batch(index, logits, targets)`, when given, sees every batch (`index`: a slice or the
     indices of the batch's images), for per-image records such as `eval --predictions`.
 
-    Under torchrun each rank evaluates its own shard and the counts are summed.
+    Under torchrun each rank evaluates its own shard and the counts are summed. `amp`: True
+    (bf16) or the autocast dtype (a run's resolved precision), False for float32.
     """
+    amp_dtype = amp if isinstance(amp, torch.dtype) else torch.bfloat16
     device = torch.device(device)
     ctx = distributed.context()
     n_total = len(labels)
@@ -65,7 +67,7 @@ def evaluate(
     top5_hits = torch.zeros((), dtype=torch.int64)
     k = min(5, num_classes)
     start = time.perf_counter()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=bool(amp)):
         count = n_total if index is None else len(index)
         for lo in range(0, count, batch_size):
             sel = slice(lo, lo + batch_size) if index is None else index[lo:lo + batch_size]

@@ -64,7 +64,7 @@ class FeatureCache:
         with torch.no_grad():
             for start in range(0, len(images), step):
                 x = trainer.prepare(images[start:start + step])
-                with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.cfg.amp):
+                with trainer.precision.autocast():
                     f = model.forward_features(x)
                 chunks.append(f if self.keep_on_device else f.cpu())
         self.seconds = time.perf_counter() - t0

@@ -25,9 +25,12 @@ class RunResult:
     history: list[dict] = field(default_factory=list)
     stages: list[dict] | None = None  # finetune's stages, as its run records them
     weights_source: dict | None = None  # where the starting weights came from, if not random
+    # what the recipe features add: "precision", and with --ema "raw_test_top1" (the trained
+    # weights themselves; `test` is then the moving average's)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        return {**self.extra, **{
             "run_dir": str(self.run_dir),
             "checkpoint": str(self.checkpoint),
             "epochs": self.epochs,
@@ -37,7 +40,7 @@ class RunResult:
             "test_loss": self.test.loss if self.test else None,
             "seconds": self.seconds,
             "images_per_second": self.images_per_second,
-        }
+        }}
 
 
 def run_summary(result: RunResult) -> dict[str, Any]:
@@ -58,5 +61,7 @@ def end_of_run_line(result: RunResult) -> str:
     best = f"best val top-1 {result.best_val_top1:.4f}, " if result.best_val_top1 is not None else ""
     stages = " + ".join(plural(s["epochs"], f"{s['name']} epoch") for s in result.stages or [])
     speed = f" ({result.images_per_second:.0f} train img/s)" if result.images_per_second else ""
+    if result.extra.get("raw_test_top1") is not None:
+        test += f" (EMA weights; the trained weights: {result.extra['raw_test_top1']:.4f})"
     return (f"{result.checkpoint}: {stages or plural(result.epochs, 'epoch')}, {best}{test}, "
             f"{result.seconds:.1f}s{speed}")

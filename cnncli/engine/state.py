@@ -46,17 +46,25 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], doc: dict) -> dict:
 
 
 def save_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     progress: dict[str, Any], meta: RunDocument | Mapping[str, Any]) -> None:
-    """The run's document with the progress (and the optimizer's param groups) under `train_state`."""
+                     progress: dict[str, Any], meta: RunDocument | Mapping[str, Any],
+                     extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """The run's document with the progress (and the optimizer's param groups) under `train_state`.
+
+    `extra_tensors` (keys with their own prefix, e.g. the weight average's `ema.*`) ride along."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(extra_tensors or {})
     optim_tensors, optim_doc = optimizer_to_tensors(optimizer)
     tensors.update(optim_tensors)
     save_checkpoint(path, tensors, as_document(meta).replace(train_state={"optimizer": optim_doc, **progress}))
 
 
-def load_train_state(path: str | Path) -> tuple[dict, dict, RunDocument]:
-    """(model state dict, optimizer state dict, checked document) from a train_state file."""
+def load_train_state(path: str | Path, extras: dict | None = None) -> tuple[dict, dict, RunDocument]:
+    """(model state dict, optimizer state dict, checked document) from a train_state file.
+
+    `extras`, when given, receives the tensors that are neither the model's nor the optimizer's."""
     tensors, metadata = load_tensors(path)
+    if extras is not None:
+        extras.update({k: v for k, v in tensors.items() if not k.startswith(("model.", "optim."))})
     if META_KEY not in metadata:
         raise InputError(f"{path} is not a cnncli training state")
     doc = RunDocument.from_json(metadata[META_KEY], source=path)

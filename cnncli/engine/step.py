@@ -85,7 +85,8 @@ class EpochMeter:
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         self.loss_sum += loss.detach().double().cpu() * len(y)
-        self.correct += (logits.detach().argmax(1) == y).sum().cpu()
+        target = y.argmax(1) if y.dim() == 2 else y  # soft targets (mixup): the dominant class
+        self.correct += (logits.detach().argmax(1) == target).sum().cpu()
         self.seen += len(y)
 
     @property
@@ -108,21 +109,36 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
                  device: torch.device, amp: bool = False, label_smoothing: float = 0.0,
-                 clip_grad: float | None = None, dist=None):
+                 clip_grad: float | None = None, dist=None, precision=None, accum_steps: int = 1,
+                 after_update: Callable[[int], None] | None = None):
+        """`precision` (engine/amp.Precision) wins over `amp` (True: bf16 autocast); fp16 brings a
+        GradScaler. With `accum_steps` k the gradients of k batches are summed (each loss / k)
+        before one optimizer step; `after_update(step)` runs after each optimizer step (EMA)."""
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.device, self.amp = device, amp
         self.label_smoothing, self.clip_grad = label_smoothing, clip_grad
         self.dist = dist
+        if precision is None:
+            from cnncli.engine.amp import Precision
+
+            precision = Precision("bf16" if amp else "fp32", device.type)
+        self.precision = precision
+        self.scaler = precision.make_scaler()
+        self.accum_steps = max(1, int(accum_steps))
+        self.after_update = after_update
+        self.pending = 0  # batches whose gradients wait for the optimizer step (accumulation)
 
     def __call__(self, forward, x: torch.Tensor, y: torch.Tensor, step: int, meter: EpochMeter,
-                 signals=None) -> torch.Tensor:
+                 signals=None, last: bool = False) -> torch.Tensor:
         """Train on (x, y) at the phase's `step`; returns the loss. Raises LossNotFinite.
 
         With several processes the ranks agree, in one all-reduce, on whether every loss was
         finite and whether any rank was asked to stop (then `signals.signum` is set here too).
+        `y` is class indices, or soft targets (N, classes) from mixup/cutmix. `last`: the
+        epoch's last batch, which always ends an accumulation.
         """
         set_lr(self.optimizer, self.schedule.factor(step))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with self.precision.autocast():
             logits = forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
         finite = bool(torch.isfinite(loss.detach()))
@@ -134,10 +150,24 @@ class TrainStep:
                 signals.signum = signal.SIGTERM
         if not finite:
             raise LossNotFinite(loss.item())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.clip_grad:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
-        self.optimizer.step()
+        k = self.accum_steps
+        if not self.pending:
+            self.optimizer.zero_grad(set_to_none=True)
+        scaled = loss / k if k > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        self.pending += 1
+        if last or self.pending >= k:
+            self.pending = 0
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if self.clip_grad:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            if self.after_update is not None:
+                self.after_update(step)
         meter.add(loss, logits, y)
         return loss

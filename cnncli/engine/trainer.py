@@ -14,7 +14,6 @@ ends with the same weights as an uninterrupted one, on the CPU.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import signal
 import time
@@ -37,7 +36,6 @@ from cnncli.engine import distributed
 from cnncli.engine.config import TrainConfig, to_toml
 from cnncli.engine.console import ProgressBar, SignalCatcher, TrainingInterrupted, epoch_line
 from cnncli.engine.device import (
-    bf16_is_slow,
     resolve_device,
     set_threads,
     try_compile,
@@ -93,15 +91,17 @@ class Trainer:
         # the one hook point: --log's loggers plus these callbacks (cnncli.track.base.Logger)
         self.callbacks, self.hooks = list(callbacks or []), Hooks()
         self._optimizer_state: dict | None = None  # a resumed phase's optimizer, loaded once
+        self.raw_test: EvalResult | None = None  # with --ema: the trained weights' own test figures
         self.resume_dir = Path(resume) if resume else None
         self.quiet = quiet
         self.dist = distributed.init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
-        if cfg.amp and bf16_is_slow(self.device):
-            if self.dist.is_main:
-                output.warn("--amp: this CPU has no bf16 instructions (AVX512-BF16 or AMX) and emulated bf16 "
-                            "runs ~10x slower than float32 here; training in float32")
-            cfg = self.cfg = dataclasses.replace(cfg, amp=False)
+        from cnncli.engine.amp import resolve_precision
+
+        # what --amp resolves to on this device; printed (unless off) and recorded in the run
+        self.precision = resolve_precision(cfg.amp, self.device)
+        if str(cfg.amp) != "off" and self.dist.is_main:
+            output.note(self.precision.describe())
         set_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -150,6 +150,7 @@ class Trainer:
         self.std = list(std) if std is not None else adapt_stats(self.data.std, self.input_size[0])
         self.phases = phases or [Phase("train", cfg.epochs)]
         self.extra_meta = dict(extra_meta or {})
+        self.extra_meta["precision"] = self.precision.name
         if not hasattr(self, "weights_source"):
             self.weights_source = self.extra_meta.get("weights_source")
         self.run_name = run_name or f"{Path(cfg.model).stem if cfg.model.endswith('.toml') else cfg.model.replace('/', '_')}-{cfg.data.split(':')[0]}"
@@ -165,6 +166,16 @@ class Trainer:
             output.note(f"note: {self.cfg.model} expects {'x'.join(map(str, self.input_size))} input: {adaptation}")
         self.model.to(self.device)
         use_channels_last(self.model, self.device)
+        from cnncli.engine.mixup import build_mixer
+
+        self.mixer = build_mixer(cfg, self.num_classes)
+        self.ema = None
+        if cfg.ema is not None:
+            from cnncli.engine.ema import WeightAverage
+
+            self.ema = WeightAverage(self.model, cfg.ema)
+            self.extra_meta["ema"] = {"decay": cfg.ema}
+        self._global_step = 0  # the step being taken, counted over the whole run (the EMA's warm-up)
 
     # ---------------------------------------------------------------- helpers
     def _check_input_fits(self) -> None:
@@ -216,9 +227,16 @@ class Trainer:
                          images_per_second=(progress.train_images * self.dist.world_size / progress.train_seconds
                                             if progress.train_seconds else 0.0),
                          history=progress.history, stages=(self.extra_meta.get("finetune") or {}).get("stages"),
-                         weights_source=self.weights_source)
+                         weights_source=self.weights_source, extra=self._result_extra())
         hooks.run_end(result.to_dict(), self.run_dir)
         return result
+
+    def _result_extra(self) -> dict:
+        extra = {"precision": self.precision.name}
+        if self.ema is not None:
+            extra["ema_decay"] = self.cfg.ema
+            extra["raw_test_top1"] = self.raw_test.top1 if self.raw_test is not None else None
+        return extra
 
     def _open_run(self) -> Progress:
         """The run directory (new, or the one resumed), the batch geometry, where the run is."""
@@ -261,8 +279,10 @@ class Trainer:
         spe = self.steps_per_epoch
         schedule = Schedule(cfg.schedule, spe * phase.epochs, int(cfg.warmup_epochs * spe), spe,
                             cfg.step_epochs, cfg.step_gamma)
-        step = TrainStep(model, optimizer, schedule, device=self.device, amp=cfg.amp,
-                         label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, dist=self.dist)
+        after_update = (lambda _s: self.ema.update(model, self._global_step)) if self.ema is not None else None
+        step = TrainStep(model, optimizer, schedule, device=self.device, precision=self.precision,
+                         label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, dist=self.dist,
+                         accum_steps=cfg.accum_steps, after_update=after_update)
         feed = phase.feed(self) if phase.feed else image_feed(self.data.train.images, self.augment, self.prepare,
                                                               cfg.seed, forward)
         while progress.phase == index and not progress.stopped_early:
@@ -279,17 +299,22 @@ class Trainer:
         seconds = time.perf_counter() - t0
         progress.train_seconds += seconds
         progress.train_images += stats["images"]
-        val = self._validate()
+        raw_val = self._validate()
+        val = self._validate(self.ema.module) if self.ema is not None and raw_val is not None else raw_val
         progress.advance_epoch(phase.epochs)
         row = {"epoch": progress.epoch, "phase": phase.name, "train_loss": stats["loss"], "train_top1": stats["top1"],
-               "val_loss": val.loss if val else None, "val_top1": val.top1 if val else None,
+               "val_loss": raw_val.loss if raw_val else None, "val_top1": raw_val.top1 if raw_val else None,
                "lr": step.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
                "images_per_second": stats["images"] * self.dist.world_size / seconds if seconds else None}
+        if self.ema is not None:  # both figures: the trained weights' (above) and their average's
+            row["ema_val_loss"], row["ema_val_top1"] = (val.loss, val.top1) if val else (None, None)
         progress.history.append(row)
+        # with --ema the run's model is the average: chosen by its validation, saved as it
+        best_weights = self.ema.module if self.ema is not None else model
         if val is None or progress.best_val_top1 is None or val.top1 > progress.best_val_top1:
             progress.best_val_top1 = val.top1 if val else None
             progress.bad_epochs = 0
-            self._write(save_checkpoint, self.best_path, model.state_dict(), self.checkpoint_meta(
+            self._write(save_checkpoint, self.best_path, best_weights.state_dict(), self.checkpoint_meta(
                 progress.epoch, {"val_top1": progress.best_val_top1, "val_loss": val.loss if val else None,
                                  "train_loss": stats["loss"], "train_top1": stats["top1"]}))
         else:
@@ -318,6 +343,7 @@ class Trainer:
         order = torch.randperm(n_train, generator=torch.Generator().manual_seed(step_seed(cfg.seed, epoch, -1)))
         order = order[: (n_train // dist.world_size) * dist.world_size][dist.rank::dist.world_size]
         meter = EpochMeter(progress.partial)
+        mixing = self.mixer is not None and self.mixer.active(epoch)
         bar.start_epoch(epoch + 1, spe, progress.step)
         tick = time.perf_counter()
         for s in range(progress.step, spe):
@@ -327,8 +353,12 @@ class Trainer:
             torch.manual_seed(step_seed(cfg.seed, epoch, s))
             x = feed.inputs(idx, epoch, s)
             y = labels[idx].to(self.device, non_blocking=True)
+            if mixing:
+                x, y = self.mixer(x, y)
+            self._global_step = epoch * spe + s
             try:
-                loss = step(feed.forward, x, y, progress.epoch_in_phase * spe + s, meter, signals)
+                loss = step(feed.forward, x, y, progress.epoch_in_phase * spe + s, meter, signals,
+                            last=s + 1 == spe)
             except LossNotFinite as e:
                 raise RuntimeFailure(
                     f"the loss became {e.value} at epoch {epoch + 1}, step {s + 1}; training stopped, the last "
@@ -338,19 +368,25 @@ class Trainer:
             bar.advance(loss.item() if bar.enabled else 0.0, meter.accuracy, rate)
             self.hooks.step(epoch * spe + s + 1, loss, step.optimizer, rate)
             tick = now
-            if signals.signum and s + 1 < spe:
+            if signals.signum and s + 1 < spe and not step.pending:  # never inside an accumulation
                 progress.step, progress.partial = s + 1, meter.partial()
                 self._save_progress(step.optimizer, progress)
                 self._interrupt(signals.signum, self.run_dir)
         return meter.totals()
 
-    def _validate(self) -> EvalResult | None:
+    def _validate(self, model: torch.nn.Module | None = None) -> EvalResult | None:
         val = self.data.val
         if val is None or not len(val.labels):
             return None
-        distributed.broadcast_module(self.model, buffers_only=True)
-        return evaluate(self.model, val.images, val.labels, self.prepare, self.num_classes, self.class_names,
-                        self.cfg.eval_batch_size, self.device, amp=self.cfg.amp)
+        model = model if model is not None else self.model
+        distributed.broadcast_module(model, buffers_only=True)
+        return evaluate(model, val.images, val.labels, self.prepare, self.num_classes, self.class_names,
+                        self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
+
+    @property
+    def amp_dtype(self):
+        """evaluate's `amp`: the resolved autocast dtype, or False (float32)."""
+        return self.precision.dtype or False
 
     def _test_best(self) -> EvalResult | None:
         """The best weights on the test split; the figures join the best checkpoint's document."""
@@ -361,15 +397,21 @@ class Trainer:
         from cnncli.checkpoint import load_checkpoint
 
         doc = None
+        if self.ema is not None:  # the trained weights as they ended, beside their average's figure
+            distributed.broadcast_module(model)
+            self.raw_test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes,
+                                     self.class_names, self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
         if self.dist.is_main and best.exists():
             state_dict, doc = load_checkpoint(best)
             load_state_strict(model, state_dict, best)
         distributed.broadcast_module(model)
         test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes, self.class_names,
-                        self.cfg.eval_batch_size, self.device, amp=self.cfg.amp)
+                        self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
         if doc is not None:
             metrics = {**(doc.get("metrics") or {}), "test_top1": test.top1, "test_top5": test.top5,
                        "test_loss": test.loss}
+            if self.raw_test is not None:
+                metrics["raw_test_top1"] = self.raw_test.top1
             save_checkpoint(best, model.state_dict(), doc.replace(metrics=metrics))
             atomic_write_text(self.run_dir / "eval.json", output.to_json({"split": "test", **test.to_dict(),
                                                                           "class_names": self.class_names}))
@@ -409,7 +451,8 @@ class Trainer:
             # the next phase starts a new optimizer; nothing to carry over
             optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
         save_train_state(path, self.model, optimizer, progress.to_state(),
-                         self.checkpoint_meta(progress.epoch, {"val_top1": progress.best_val_top1}))
+                         self.checkpoint_meta(progress.epoch, {"val_top1": progress.best_val_top1}),
+                         extra_tensors=self.ema.state_tensors() if self.ema is not None else None)
 
     def _write_history(self, run_dir: Path, history: list[dict]) -> None:
         from cnncli.output import to_json
@@ -431,9 +474,12 @@ class Trainer:
             if self.dist.is_main:
                 output.note(f"{run_dir} stopped before its first epoch ended; starting it again")
             return None
-        model_sd, optim_sd, doc = load_train_state(path)
+        extras: dict = {}
+        model_sd, optim_sd, doc = load_train_state(path, extras)
         load_state_strict(self.model, model_sd, path)
         self.model.to(self.device)
+        if self.ema is not None:
+            self.ema.load_tensors(extras, path)
         progress = Progress.from_state(doc["train_state"], path)
         if not progress.optimizer_fresh:
             self._optimizer_state = optim_sd
