@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="DataLoader num_workers to try besides 0, comma-separated (2 = the cores here)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is kept")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
-    parser.add_argument("--amp", action="store_true", help="cnncli with --amp (bf16 autocast)")
+    parser.add_argument("--amp", action="store_true", help="cnncli with --amp bf16 (bf16 autocast)")
     parser.add_argument("--compile", action="store_true", help="cnncli with --compile")
     parser.add_argument("--quick", action="store_true", help="a few steps, one round: checks the script runs")
     args = parser.parse_args(argv)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     machine("train_throughput")
     models = [m for m in args.models.split(",") if m]
     workers = [0] + [int(w) for w in args.workers.split(",") if w and int(w) > 0]
-    extra = {k: True for k in ("amp", "compile") if getattr(args, k)}
+    extra = {k: v for k, v in (("amp", "bf16"), ("compile", True)) if getattr(args, k)}
     rounds = 1 if args.quick else args.rounds
     root = torchvision_root()
     try:

@@ -52,7 +52,7 @@ cnncli predict "$OUT/model.onnx" "$OUT/images" --top-k 3
 
 say "pictures: curves, confusion, the seed's fig. 8, first-layer filters, feature maps"
 cnncli viz curves "$OUT/run" --out "$OUT/curves.png"
-cnncli viz seed-filters "$OUT/images/test0_"*.png --out "$OUT/seed_filters.png"
+cnncli viz line-filters "$OUT/images/test0_"*.png --out "$OUT/seed_filters.png"
 cnncli viz filters "$OUT/run" --layer conv1 --out "$OUT/filters.png"
 cnncli viz feature-maps "$OUT/run" "$OUT/images/test0_"*.png --layer conv2_2 --out "$OUT/feature_maps.png"
 say "done: everything is in $OUT"
