@@ -27,15 +27,16 @@ def _range(low: float | None = None, high: float | None = None, low_open: bool =
     def check(value):
         if value is None:
             return value
-        bad = not math.isfinite(value) if isinstance(value, float) else False
-        bad = bad or (low is not None and (value < low or (low_open and value == low)))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise typer.BadParameter(f"must be a finite number, got {value!r}")
+        bad = low is not None and (value < low or (low_open and value == low))
         bad = bad or (high is not None and (value > high or (high_open and value == high)))
         if bad:
             lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
             hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
             where = f"in {lo}, {hi}" if low is not None and high is not None else (
                 f"{'above' if low_open else 'at least'} {low:g}" if low is not None else f"at most {high:g}")
-            raise typer.BadParameter(f"{value!r} is not a finite number {where}")
+            raise typer.BadParameter(f"must be {where}, got {value:g}")
         return value
 
     return check
