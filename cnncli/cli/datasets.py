@@ -10,8 +10,8 @@ import typer
 
 datasets_app = typer.Typer(
     name="datasets",
-    help="List the datasets (bare form), draw samples of one (show), or check one for broken files, "
-    "duplicates and train/test leaks (check).",
+    help="List the datasets (bare form), draw samples of one (show), check one for broken files, "
+    "duplicates and train/test leaks (check), or write one as WebDataset shards (pack).",
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -45,6 +45,15 @@ MaxPairsOpt = Annotated[int, typer.Option(
     "--max-pairs", min=0, help="List at most this many pairs (all are counted).")]
 ListOpt = Annotated[int, typer.Option(
     "--list", min=0, help="Table: list this many pairs (--json: all up to --max-pairs).")]
+PackSourceArg = Annotated[str, typer.Argument(
+    help="Any dataset cnncli reads: a name (see 'cnncli datasets'), imagefolder:PATH or csv:FILE.")]
+PackOutArg = Annotated[Path, typer.Argument(help="The folder for the shards and index.json (new or empty).")]
+ShardSizeOpt = Annotated[int, typer.Option(
+    "--shard-size", min=1, max=1_000_000, help="Samples per shard (tar file).")]
+PackImgSizeOpt = Annotated[int | None, typer.Option(
+    "--img-size", min=1, max=4096, help="Scale each image so that its shorter side is this many pixels "
+    "(re-encoded); files are copied as they are without it.", show_default="keep")]
+PackForceOpt = Annotated[bool, typer.Option("--force", help="Replace a pack already in the folder.")]
 WorkersOpt = Annotated[int | None, typer.Option(
     "--workers", min=1, max=64, help="Threads reading files.", show_default="up to 4")]
 
@@ -204,3 +213,33 @@ def _render_check(report: dict, show_pairs: int) -> None:
             title=f"pairs (first {len(pairs)} of {total:,}: leaks, then label conflicts, then the rest)",
             justify=["left", "right", "left", "left", "left", "left"],
         )
+
+
+@datasets_app.command("pack")
+def pack(
+    source: PackSourceArg,
+    out: PackOutArg,
+    shard_size: ShardSizeOpt = 1000,
+    img_size: PackImgSizeOpt = None,
+    force: PackForceOpt = False,
+    json_out: ReportJsonOpt = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Write a dataset as WebDataset tar shards plus index.json; train on them with --data wds:OUT.
+
+    The splits are those cnncli trains on (train/val/test given, or held out with seed 0).
+    Prints one line per split (shards, samples), or the index with --json.
+    """
+    from cnncli import output
+    from cnncli.data.pack import pack_dataset
+
+    doc = pack_dataset(source, out, shard_size, img_size, data_dir, force)
+    if json_out:
+        output.emit_json(doc)
+        return
+    output.render_rows(
+        ["split", "shards", "samples"],
+        [[name, len(s["shards"]), s["count"]] for name, s in doc["splits"].items()],
+        title=f"{source} -> {out} ({len(doc['class_names'])} classes)",
+        justify=["left", "right", "right"],
+    )

@@ -1,0 +1,319 @@
+"""`--cache ram|disk`: image files decoded once, at the training resolution, into a uint8 store.
+
+As Ultralytics' `cache=`: the first epoch (or run) decodes each file and scales it so that its
+shorter side is `side` pixels (never up: a small image stays as it is; the aspect ratio is
+kept), and every later read is a slice of one flat uint8 array instead of a JPEG decode.
+
+- `disk`: a memory-mapped file in the cnncli cache folder (`cache_dir()/images/`), reused by
+  later runs. Its name is a key of the file list, each file's size and mtime, the side and the
+  format version: a changed, added or removed file gives another key, and the store is built
+  again (the old one of the same folder is removed then). It is built in a temporary folder
+  and renamed when complete, so a killed writer leaves no half store that a later run could
+  read (its temporary folder is removed by the next build).
+- `ram`: the same store in (shared) memory, built by each run, refused up front when it would
+  cost more than the memory budget (cnncli.cost).
+
+The size of the store is known before anything is allocated: one pass over the image headers
+(no decoding) gives each image's size after scaling. Decoding runs in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cnncli.errors import InputError, RuntimeFailure
+
+FORMAT_VERSION = 1
+MODES = ("ram", "disk")
+
+
+def store_root() -> Path:
+    from cnncli.data.registry import cache_dir
+
+    return cache_dir() / "images"
+
+
+def scaled_size(height: int, width: int, side: int) -> tuple[int, int]:
+    """(H, W) with the shorter side `side` (never scaled up), aspect ratio kept."""
+    short = min(height, width)
+    if short <= side:
+        return height, width
+    scale = side / short
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def cache_key(paths: Sequence[str], side: int, label: str | None = None) -> tuple[str, str]:
+    """(place key, content key): the first names what is cached (`label`, e.g. the dataset and
+    split; by default the files' common folder) at which side, the second everything a store
+    depends on (paths, sizes, mtimes, side, format version)."""
+    content = hashlib.sha256(f"v{FORMAT_VERSION} side={side} n={len(paths)}\n".encode())
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise InputError(f"--cache: cannot read {path}: {e.strerror or e}") from None
+        content.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if label is None:
+        label = os.path.commonpath([os.path.abspath(p) for p in paths])
+    where = hashlib.sha256(f"v{FORMAT_VERSION}\0{side}\0{label}".encode())
+    return where.hexdigest()[:12], content.hexdigest()[:24]
+
+
+def _header_size(path: str) -> tuple[int, int, int]:
+    """(channels, height, width) from a file's header, EXIF orientation applied; no decoding."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            gray = image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
+            orientation = image.getexif().get(0x0112, 1) if image.format in ("JPEG", "WEBP", "PNG") else 1
+    except Exception:  # noqa: BLE001 - decoded later, where the decoder names what is wrong
+        raise InputError(f"{path}: not a readable image (its header)") from None
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return (1 if gray else 3), height, width
+
+
+class ImageStore:
+    """Images of different sizes in one flat uint8 array; `store[i]` is image i as (C, H, W).
+
+    The array is a tensor in shared memory (ram) or a read-only memory map (disk) opened
+    lazily in each process, so that DataLoader workers share it instead of copying it.
+    """
+
+    def __init__(self, table, data=None, path: Path | None = None, hit: bool = False):
+        self.table = table  # int64 (N, 4): offset, channels, height, width
+        self._data = data
+        self.path = path
+        self.hit = hit  # read from a store built earlier (no file was decoded)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def nbytes(self) -> int:
+        if not len(self.table):
+            return 0
+        off, c, h, w = (int(v) for v in self.table[-1])
+        return off + c * h * w
+
+    def _array(self):
+        if self._data is None:
+            import numpy as np
+            import torch
+
+            mm = np.memmap(self.path / "data.u8", dtype=np.uint8, mode="r", shape=(self.nbytes,))
+            with warnings.catch_warnings():  # a read-only view: nothing writes through it
+                warnings.simplefilter("ignore", UserWarning)
+                self._data = torch.from_numpy(mm)
+        return self._data
+
+    def __getitem__(self, i: int):
+        off, c, h, w = (int(v) for v in self.table[i])
+        return self._array()[off:off + c * h * w].view(c, h, w).clone()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.path is not None:
+            state["_data"] = None  # each process maps the file itself
+        return state
+
+
+class _Decode:
+    """Map-style dataset for the build: file i decoded and scaled, as a uint8 tensor."""
+
+    def __init__(self, paths: Sequence[str], table, decode: Callable):
+        self.paths, self.table, self.decode = list(paths), table, decode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from torchvision.transforms.v2.functional import resize
+
+        _, c, h, w = (int(v) for v in self.table[i])
+        image = self.decode(self.paths[i])
+        if image.shape[0] != c:
+            image = image.expand(3, -1, -1) if c == 3 else image[:1]
+        if tuple(image.shape[1:]) != (h, w):
+            image = resize(image, [h, w], antialias=True)
+        return i, image.contiguous()
+
+
+def _plan(paths: Sequence[str], side: int):
+    import torch
+
+    table = torch.zeros((len(paths), 4), dtype=torch.int64)
+    offset = 0
+    for i, path in enumerate(paths):
+        c, h, w = _header_size(path)
+        h, w = scaled_size(h, w, side)
+        table[i] = torch.tensor([offset, c, h, w])
+        offset += c * h * w
+    return table, offset
+
+
+def _as_is(item):
+    return item
+
+
+def _fill(target, paths, table, decode, workers: int, progress: Callable | None) -> None:
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_Decode(paths, table, decode), batch_size=None, shuffle=False,
+                        num_workers=workers, collate_fn=_as_is)
+    for n, (i, image) in enumerate(loader, start=1):
+        off, c, h, w = (int(v) for v in table[i])
+        if tuple(image.shape) != (c, h, w):
+            raise RuntimeFailure(f"--cache: {paths[i]} decoded to {tuple(image.shape)}, its header said {(c, h, w)}")
+        target[off:off + c * h * w] = image.reshape(-1)
+        if progress is not None:
+            progress(n, len(paths))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_temporaries(root: Path) -> None:
+    for tmp in root.glob(".*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_disk(folder: Path, content: str):
+    import torch
+
+    try:
+        import numpy as np
+
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("key") != content or meta.get("version") != FORMAT_VERSION or not meta.get("complete"):
+            return None
+        table = torch.from_numpy(np.load(folder / "table.npy", allow_pickle=False).astype(np.int64))
+        if table.shape != (meta["images"], 4):
+            return None
+        store = ImageStore(table, path=folder, hit=True)
+        if (folder / "data.u8").stat().st_size != store.nbytes:
+            return None
+        return store
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def open_store(
+    paths: Sequence[str],
+    side: int,
+    mode: str,
+    workers: int = 0,
+    decode: Callable | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    label: str | None = None,
+) -> ImageStore:
+    """The store of `paths` at `side`: read from the disk cache when its key matches, else built."""
+    import torch
+
+    from cnncli import cost
+
+    if mode not in MODES:
+        raise InputError(f"--cache must be one of {', '.join(MODES)}, got '{mode}'")
+    if not paths:
+        raise InputError("--cache: no image files to cache")
+    if decode is None:
+        from cnncli.data.transforms import decode_image_file as decode
+    where, content = cache_key(paths, side, label)
+    root = store_root()
+    final = root / f"{where}-{content}"
+    if mode == "disk" and final.is_dir():
+        store = _open_disk(final, content)
+        if store is not None:
+            return store
+        shutil.rmtree(final, ignore_errors=True)  # damaged: built again below
+
+    table, total = _plan(paths, side)
+    what = f"--cache {mode}: {len(paths):,} images with the shorter side at most {side} px need"
+    if mode == "ram":
+        cost.check(what, total)
+        data = torch.empty(total, dtype=torch.uint8).share_memory_()
+        _fill(data, paths, table, decode, workers, progress)
+        return ImageStore(table, data=data)
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(root).free
+    except OSError as e:
+        raise RuntimeFailure(f"--cache disk: cannot use {root}: {e.strerror or e}") from None
+    if total > free - (256 << 20):
+        raise InputError(f"{what} {cost.human(total)} on disk; {root} has {cost.human(free)} free "
+                         "(use --cache ram, or free space)")
+    _remove_dead_temporaries(root)
+    tmp = root / f".{where}-{content}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        import numpy as np
+
+        tmp.mkdir(parents=True)
+        mm = np.memmap(tmp / "data.u8", dtype=np.uint8, mode="w+", shape=(max(total, 1),))
+        _fill(torch.from_numpy(mm), paths, table, decode, workers, progress)
+        mm.flush()
+        del mm
+        if total == 0:  # pragma: no cover - every image has at least one pixel
+            os.truncate(tmp / "data.u8", 0)
+        meta = {"version": FORMAT_VERSION, "key": content, "side": side, "images": len(paths),
+                "bytes": total, "first": os.path.abspath(paths[0]), "label": label, "complete": True}
+        np.save(tmp / "table.npy", table.numpy(), allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        for name in ("data.u8", "table.npy", "meta.json"):
+            with open(tmp / name, "rb+") as f:
+                os.fsync(f.fileno())
+        for old in root.glob(f"{where}-*"):  # the store of these files before one changed
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another run finished the same store first
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeFailure(f"--cache disk: cannot write {tmp}: {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ImageStore(table, path=final, hit=False)
+
+
+class CachedImages:
+    """A map-style dataset over a store: (transform(uint8 image), label)."""
+
+    def __init__(self, store: ImageStore, labels: Sequence[int], transform: Callable | None = None):
+        if len(store) != len(labels):
+            raise ValueError(f"{len(store)} cached images but {len(labels)} labels")
+        self.store, self.labels, self.transform = store, list(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i: int):
+        image = self.store[i]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[i]
