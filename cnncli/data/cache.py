@@ -48,11 +48,12 @@ def scaled_size(height: int, width: int, side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def cache_key(paths: Sequence[str], side: int, label: str | None = None) -> tuple[str, str]:
+def cache_key(paths: Sequence[str], side: int, label: str | None = None,
+              channels: int | None = None) -> tuple[str, str]:
     """(place key, content key): the first names what is cached (`label`, e.g. the dataset and
     split; by default the files' common folder) at which side, the second everything a store
     depends on (paths, sizes, mtimes, side, format version)."""
-    content = hashlib.sha256(f"v{FORMAT_VERSION} side={side} n={len(paths)}\n".encode())
+    content = hashlib.sha256(f"v{FORMAT_VERSION} side={side} channels={channels} n={len(paths)}\n".encode())
     for path in paths:
         try:
             st = os.stat(path)
@@ -61,7 +62,7 @@ def cache_key(paths: Sequence[str], side: int, label: str | None = None) -> tupl
         content.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     if label is None:
         label = os.path.commonpath([os.path.abspath(p) for p in paths])
-    where = hashlib.sha256(f"v{FORMAT_VERSION}\0{side}\0{label}".encode())
+    where = hashlib.sha256(f"v{FORMAT_VERSION}\0{side}\0{channels}\0{label}".encode())
     return where.hexdigest()[:12], content.hexdigest()[:24]
 
 
@@ -141,19 +142,25 @@ class _Decode:
         _, c, h, w = (int(v) for v in self.table[i])
         image = self.decode(self.paths[i])
         if image.shape[0] != c:
-            image = image.expand(3, -1, -1) if c == 3 else image[:1]
+            if c == 3:
+                image = image.expand(3, -1, -1)
+            else:
+                from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+                image = rgb_to_grayscale(image)
         if tuple(image.shape[1:]) != (h, w):
             image = resize(image, [h, w], antialias=True)
         return i, image.contiguous()
 
 
-def _plan(paths: Sequence[str], side: int):
+def _plan(paths: Sequence[str], side: int, channels: int | None):
     import torch
 
     table = torch.zeros((len(paths), 4), dtype=torch.int64)
     offset = 0
     for i, path in enumerate(paths):
         c, h, w = _header_size(path)
+        c = channels or c
         h, w = scaled_size(h, w, side)
         table[i] = torch.tensor([offset, c, h, w])
         offset += c * h * w
@@ -226,8 +233,13 @@ def open_store(
     decode: Callable | None = None,
     progress: Callable[[int, int], None] | None = None,
     label: str | None = None,
+    channels: int | None = None,
 ) -> ImageStore:
-    """The store of `paths` at `side`: read from the disk cache when its key matches, else built."""
+    """The store of `paths` at `side`: read from the disk cache when its key matches, else built.
+
+    `channels` 1 or 3 makes every image gray or colour (None: each as its file is); `label`
+    names what is cached (see `cache_key`); `workers` decode in DataLoader worker processes.
+    """
     import torch
 
     from cnncli import cost
@@ -238,7 +250,9 @@ def open_store(
         raise InputError("--cache: no image files to cache")
     if decode is None:
         from cnncli.data.transforms import decode_image_file as decode
-    where, content = cache_key(paths, side, label)
+    if channels not in (None, 1, 3):
+        raise InputError(f"--cache: channels must be 1 or 3, got {channels}")
+    where, content = cache_key(paths, side, label, channels)
     root = store_root()
     final = root / f"{where}-{content}"
     if mode == "disk" and final.is_dir():
@@ -247,7 +261,7 @@ def open_store(
             return store
         shutil.rmtree(final, ignore_errors=True)  # damaged: built again below
 
-    table, total = _plan(paths, side)
+    table, total = _plan(paths, side, channels)
     what = f"--cache {mode}: {len(paths):,} images with the shorter side at most {side} px need"
     if mode == "ram":
         cost.check(what, total)

@@ -1,0 +1,126 @@
+"""`--cache ram|disk`: images decoded once into a uint8 store; a later run reads it without decoding,
+a changed file rebuilds it, a killed writer leaves no half store, the memory budget holds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from cnncli.data import cache
+from cnncli.data.transforms import decode_image_file
+from cnncli.errors import InputError
+
+
+def write_jpegs(folder: Path, n: int = 6) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        w, h = (64, 40) if i % 2 else (30, 50)
+        path = folder / f"{i:02d}.jpg"
+        Image.new("RGB" if i != 3 else "L", (w, h), (30 * i, 90, 200 - 20 * i) if i != 3 else 128).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def no_decode(path):
+    raise AssertionError(f"decoded {path}: the store should have been read")
+
+
+def test_disk_store_holds_scaled_images_and_a_second_run_decodes_nothing(tmp_path):
+    paths = write_jpegs(tmp_path / "img")
+    store = cache.open_store(paths, side=20, mode="disk")
+    assert not store.hit and len(store) == 6
+    for i, path in enumerate(paths):
+        image = store[i]
+        original = decode_image_file(path)
+        assert image.dtype == torch.uint8 and image.shape[0] == original.shape[0]
+        assert min(image.shape[1:]) == 20  # shorter side at the training resolution
+        ratio = original.shape[1] / original.shape[2]
+        assert abs(image.shape[1] / image.shape[2] - ratio) < 0.05  # aspect ratio kept
+    again = cache.open_store(paths, side=20, mode="disk", decode=no_decode)
+    assert again.hit and all(torch.equal(again[i], store[i]) for i in range(6))
+    assert store.path == again.path and str(store.path).startswith(str(cache.store_root()))
+
+
+def test_a_changed_file_rebuilds_the_store_and_removes_the_old_one(tmp_path):
+    paths = write_jpegs(tmp_path / "img")
+    first = cache.open_store(paths, side=16, mode="disk")
+    Image.new("RGB", (80, 80), (255, 0, 0)).save(paths[2])
+    os.utime(paths[2], ns=(1, 1_000_000_000))  # a different mtime whatever the clock did
+    second = cache.open_store(paths, side=16, mode="disk")
+    assert not second.hit and second.path != first.path and not first.path.exists()
+    assert tuple(second[2].shape) == (3, 16, 16) and int(second[2][0].float().mean()) > 240
+    # a removed file changes the key too
+    third = cache.open_store(paths[:-1], side=16, mode="disk")
+    assert not third.hit and len(third) == 5
+
+
+def test_images_smaller_than_the_side_stay_as_they_are_and_ram_matches_disk(tmp_path):
+    paths = write_jpegs(tmp_path / "img", n=4)
+    ram = cache.open_store(paths, side=1000, mode="ram", workers=2)
+    disk = cache.open_store(paths, side=1000, mode="disk")
+    for i, path in enumerate(paths):
+        assert torch.equal(ram[i], decode_image_file(path)) and torch.equal(ram[i], disk[i])
+
+
+def test_ram_store_over_the_memory_budget_is_refused_before_allocation(tmp_path, monkeypatch):
+    paths = write_jpegs(tmp_path / "img", n=3)
+    monkeypatch.setenv("CNNCLI_MEMORY_BUDGET", "2K")
+    with pytest.raises(InputError, match="--cache ram: 3 images .* memory budget"):
+        cache.open_store(paths, side=64, mode="ram", decode=no_decode)
+
+
+KILLER = """
+import os, signal, sys
+from cnncli.data import cache
+from cnncli.data.transforms import decode_image_file
+calls = []
+def decode(path):
+    calls.append(path)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return decode_image_file(path)
+cache.open_store(sys.argv[1:], side=16, mode="disk", decode=decode)
+"""
+
+
+def test_a_killed_writer_leaves_no_half_store(tmp_path):
+    paths = write_jpegs(tmp_path / "img")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", KILLER, *paths], env=env, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-500:]
+    root = cache.store_root()
+    assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == []  # no store under its name
+    assert any(p.name.endswith(".tmp") for p in root.iterdir())  # the killed writer's temporary
+    store = cache.open_store(paths, side=16, mode="disk")
+    assert not store.hit and len(store) == 6
+    assert [p.name for p in root.iterdir()] == [store.path.name]  # the temporary was cleaned up
+    assert cache.open_store(paths, side=16, mode="disk", decode=no_decode).hit
+
+
+def test_a_damaged_store_is_rebuilt(tmp_path):
+    paths = write_jpegs(tmp_path / "img", n=3)
+    store = cache.open_store(paths, side=16, mode="disk")
+    with open(store.path / "data.u8", "r+b") as f:
+        f.truncate(10)
+    again = cache.open_store(paths, side=16, mode="disk")
+    assert not again.hit and (again.path / "data.u8").stat().st_size == again.nbytes
+
+
+def test_workers_read_the_disk_store_through_their_own_map(tmp_path):
+    from torch.utils.data import DataLoader
+
+    paths = write_jpegs(tmp_path / "img", n=4)
+    store = cache.open_store(paths, side=20, mode="disk", channels=3)
+    assert store[3].shape[0] == 3 and torch.equal(store[3][0], store[3][2])  # the gray file, as colour
+    data = cache.CachedImages(store, [0, 1, 0, 1], transform=lambda x: x[:, :20, :20].float())
+    batches = list(DataLoader(data, batch_size=2, num_workers=2))
+    assert [b[1].tolist() for b in batches] == [[0, 1], [0, 1]]
+    assert torch.equal(batches[1][0][0], store[2][:, :20, :20].float())
