@@ -133,7 +133,7 @@ class StreamingSplits:
             pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE].sort().values
             small = StreamSplit(SubsetSource(train.src, pick), train.name, train.source,
                                 StreamConfig(size=64, channels=3, workers=0))
-            images = small.images[:]
+            images = small.decoded_sample()
             self._stats = channel_stats(images)
             self.info["stats_measured_on"] = len(images)
         return self._stats

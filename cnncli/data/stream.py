@@ -429,6 +429,20 @@ class StreamSplit:
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
+    def decoded_sample(self) -> torch.Tensor:
+        """Every sample with the eval transform, in this process, files that fail left out (for
+        measuring mean/std on a small subset: a bad file is reported when training meets it)."""
+        transform = PhotoTransform(replace(self.config, train=False))
+        out = []
+        for i in range(len(self)):
+            try:
+                out.append(transform.apply(self.src.load(i), 0))
+            except (BadImage, InputError):
+                continue
+        if not out:
+            raise InputError(f"{self.name}: none of the {len(self)} images sampled from the training split decodes")
+        return torch.stack(out)
+
     # -- batches
     def configure(self, config: StreamConfig) -> None:
         """Set how batches are made (closes workers started under another configuration)."""
