@@ -325,6 +325,9 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
         model, input_size, mean, std = backbone.module, backbone.input_size, backbone.mean, backbone.std
         source, spec = dict(backbone.weights_source), dict(backbone.spec)
         extra = {"weights_source": source}
+        crop_pct = (getattr(backbone, "info", None) and backbone.info.extra or {}).get("crop_pct")
+        if crop_pct:  # a streaming dataset's eval crop (engine/stream_feed.py)
+            extra["crop_pct"] = crop_pct
     base_name = spec["name"] if spec else cfg.model
     data_name = cfg.data.split(":")[0]
     run_name = cfg.name or f"{Path(base_name).stem if base_name.endswith('.toml') else base_name.replace('/', '_')}-ft-{data_name}"

@@ -45,6 +45,8 @@ from cnncli.cli.options import (
     RunOutOpt,
     ScheduleOpt,
     SeedOpt,
+    SkipBadImagesOpt,
+    StreamOpt,
     ThreadsOpt,
     UnfreezeLrFactorOpt,
     UnfreezeOpt,
@@ -52,6 +54,7 @@ from cnncli.cli.options import (
     ValFractionOpt,
     WarmupEpochsOpt,
     WeightDecayOpt,
+    WorkersOpt,
     given_options,
 )
 from cnncli.cli.train import resolve_recipe
@@ -71,6 +74,9 @@ def finetune(
     download: DownloadOpt = False,
     val_fraction: ValFractionOpt = 0.1,
     max_samples: MaxSamplesOpt = None,
+    stream: StreamOpt = None,
+    workers: WorkersOpt = None,
+    skip_bad_images: SkipBadImagesOpt = False,
     img_size: FinetuneImgSizeOpt = None,
     weights: PretrainedWeightsOpt = None,
     pretrained: PretrainedDownloadOpt = False,

@@ -70,6 +70,16 @@ ValFractionOpt = Annotated[float, typer.Option(
 MaxSamplesOpt = Annotated[int | None, typer.Option(
     "--max-samples", rich_help_panel=DATA, callback=_range(1),
     help="Cap the training set at N images, stratified by class.")]
+StreamOpt = Annotated[bool | None, typer.Option(
+    "--stream/--no-stream", rich_help_panel=DATA, show_default="by size",
+    help="imagefolder/csv: decode images per batch in worker processes, or load them all in memory "
+         "(default: stream when they would take over 512 MB decoded).")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", rich_help_panel=DATA, callback=_range(0, 256), show_default="the usable CPU cores",
+    help="DataLoader worker processes decoding a streaming dataset (0: in the main process).")]
+SkipBadImagesOpt = Annotated[bool, typer.Option(
+    "--skip-bad-images", rich_help_panel=DATA,
+    help="Skip (count and report) images that fail to decode instead of stopping.")]
 ImgSizeOpt = Annotated[int | None, typer.Option(
     "--img-size", callback=_range(8, 4096), rich_help_panel=DATA,
     help="Resize images to this square size for the network.", show_default="the dataset's size")]

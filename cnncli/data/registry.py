@@ -64,14 +64,16 @@ DATASETS: dict[str, DatasetSpec] = {
                     10_000, ("cifar-10-batches-py", "cifar10/cifar-10-batches-py")),
         DatasetSpec("synthetic", "generated oriented bars, learnable; for tests and offline demos", 10,
                     (1, 28, 28), 6_000, 1_200, options=("size", "channels", "classes", "n", "n_test")),
-        DatasetSpec("imagefolder:PATH", "PATH/<class>/*.png|jpg (optional train/ and test/ or val/)",
+        DatasetSpec("imagefolder:PATH", "PATH/<class>/*.png|jpg, or PATH/train|val|test/<class>/*",
+                    None, None, options=("image_size", "test_fraction")),
+        DatasetSpec("csv:FILE", "a CSV with columns path,label[,split] (paths relative to its folder)",
                     None, None, options=("image_size", "test_fraction")),
     ]
 }
 ALIASES = {
     "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
     "fashion-mnist-embedded": "fashion-mnist-mini", "fashion_mnist_mini": "fashion-mnist-mini",
-    "cifar-10": "cifar10", "cifar_10": "cifar10", "imagefolder": "imagefolder:PATH",
+    "cifar-10": "cifar10", "cifar_10": "cifar10", "imagefolder": "imagefolder:PATH", "csv": "csv:FILE",
 }
 
 _warned_fallback = False
@@ -96,6 +98,10 @@ def parse_dataset_name(name: str) -> tuple[str, str | None, dict[str, str]]:
     if key == "imagefolder:PATH":
         if not sep or not rest:
             raise InputError("imagefolder needs a folder: --data imagefolder:PATH (one sub-folder per class)")
+        return key, rest, {}
+    if key == "csv:FILE":
+        if not sep or not rest:
+            raise InputError("csv needs a file: --data csv:FILE (columns path,label[,split])")
         return key, rest, {}
     if key not in DATASETS:
         raise UnknownNameError("dataset", head, list(ALIASES) + dataset_names(), hint="or imagefolder:PATH; see 'cnncli datasets'")
@@ -263,6 +269,8 @@ def load_dataset(
     seed: int = 0,
     fallback_to_embedded: bool = False,
     hold_out_test: bool = True,
+    stream: bool | None = None,
+    say_sizes: bool = False,
     **options: Any,
 ):
     """Load a dataset by name into memory and split it: a `DatasetSplits`.
@@ -272,9 +280,31 @@ def load_dataset(
     full fashion-mnist is not found (and not downloading), load `fashion-mnist-mini` and say
     so once on stderr. `hold_out_test=False`: an image folder without a test folder keeps all
     its images in train and has an empty test split (for `eval --split all`, which uses every
-    image anyway, even of a folder too small to hold anything out). Options: see the module
-    doc; options given as None are ignored.
+    image anyway, even of a folder too small to hold anything out). `stream`: for imagefolder
+    and csv, True streams from the files, False loads them in memory, None decides by their
+    decoded size (data/folders.py). Options: see the module doc; options given as None are
+    ignored. `say_sizes`: say the split sizes on stderr (what every command does first).
     """
+    splits = _load_dataset(name, data_dir, download, val_fraction, max_samples, seed, fallback_to_embedded,
+                           hold_out_test, stream, **options)
+    if say_sizes:
+        _say_sizes(splits)
+    return splits
+
+
+def _say_sizes(splits) -> None:
+    if os.environ.get("RANK", "0") != "0":
+        return
+    from cnncli.output import note
+
+    info = getattr(splits, "info", {}) or {}
+    kind = "streamed from its files" if getattr(splits, "streaming", False) else "in memory"
+    note(f"data {info.get('requested') or info.get('name')}: {len(splits.train):,} train / {len(splits.val):,} val / "
+         f"{len(splits.test):,} test images, {len(splits.class_names)} classes ({kind})")
+
+
+def _load_dataset(name, data_dir, download, val_fraction, max_samples, seed, fallback_to_embedded, hold_out_test,
+                  stream, **options):
     from cnncli.data.splits import make_splits
 
     key, path_arg, name_options = parse_dataset_name(name)
@@ -319,29 +349,18 @@ def load_dataset(
         info["options"] = {**{k: v for k, v in DEFAULTS.items() if v is not None}, **ints}
         return make_splits(train, test, val_fraction, max_samples, seed, info)
 
-    # imagefolder:PATH
-    from cnncli.data.imagefolder import load_image_folder
-    from cnncli.data.splits import stratified_holdout
+    # imagefolder:PATH, csv:FILE: an index, then tensors or a stream (data/folders.py)
+    from cnncli.data.folders import load_indexed
 
-    options = _check_options("imagefolder", options, spec.options)
-    test_fraction = float(options.get("test_fraction", 0.2))
-    train, test = load_image_folder(path_arg, options.get("image_size"))
-    if test is None and not hold_out_test:
-        import torch
-
-        test = train.subset(torch.zeros(0, dtype=torch.int64))
-        info["test_split"] = "none (not held out)"
-    elif test is None:
-        # the test split must not move when --seed changes, so its seed is fixed
-        keep, held = stratified_holdout(train.labels, test_fraction, seed=0)
-        if len(held) == 0:
-            raise InputError(f"imagefolder: {path_arg} is too small to hold out a test split; add images or a test/ folder")
-        train, test = train.subset(keep), train.subset(held)
-        info["test_split"] = f"held out ({test_fraction:g}, fixed seed)"
-    else:
-        info["test_split"] = "given"
-    info["image_size"] = list(train.image_shape[1:])
-    return make_splits(train, test, val_fraction, max_samples, seed, info)
+    kind = key.partition(":")[0]
+    options = _check_options(kind, options, spec.options)
+    try:
+        test_fraction = float(options.get("test_fraction", 0.2))
+    except ValueError:
+        raise InputError(f"dataset {kind}: option test_fraction must be a number, got '{options['test_fraction']}'") from None
+    return load_indexed(f"{kind}:{path_arg}", val_fraction=val_fraction, max_samples=max_samples, seed=seed,
+                        hold_out_test=hold_out_test, test_fraction=test_fraction,
+                        image_size=options.get("image_size"), stream=stream, info=info)
 
 
 def _warn_fallback(data_dir) -> None:

@@ -66,6 +66,11 @@ class TrainConfig:
     cutmix: float | None = None
     mixup_off_epoch: int | None = None  # epochs from this one on are not mixed
     accum_steps: int = 1  # batches whose gradients are summed before one optimizer step
+    # streaming datasets (data/stream.py): None decides by size; DataLoader workers (None: the
+    # usable cores); drop files that fail to decode instead of stopping
+    stream: bool | None = None
+    workers: int | None = None
+    skip_bad_images: bool = False
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -193,6 +198,8 @@ def validate(c: TrainConfig) -> None:
         raise InputError(f"--warmup-epochs must not be negative, got {c.warmup_epochs}")
     positive("clip_grad", c.clip_grad)
     positive("accum_steps", c.accum_steps)
+    if c.workers is not None and c.workers < 0:
+        raise InputError(f"--workers must not be negative, got {c.workers}")
     from cnncli.engine.amp import MODES
 
     if str(c.amp).lower() not in MODES and not isinstance(c.amp, bool):

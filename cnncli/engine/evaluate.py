@@ -31,6 +31,19 @@ class EvalResult:
                 "images_per_second": self.images_per_second, "seconds": self.seconds}
 
 
+def _batches(images, n_total: int, index: torch.Tensor | None, batch_size: int):
+    """(selection, uint8 batch): slices of in-memory images, or a streaming split's batches
+    (data/stream.py: decoded in DataLoader workers; files skipped by --skip-bad-images left out)."""
+    split = getattr(images, "split", None)
+    if split is not None and hasattr(split, "eval_batches"):
+        yield from split.eval_batches(batch_size, index)
+        return
+    count = n_total if index is None else len(index)
+    for lo in range(0, count, batch_size):
+        sel = slice(lo, lo + batch_size) if index is None else index[lo:lo + batch_size]
+        yield sel, images[sel]
+
+
 def evaluate(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -68,10 +81,8 @@ def evaluate(
     k = min(5, num_classes)
     start = time.perf_counter()
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=bool(amp)):
-        count = n_total if index is None else len(index)
-        for lo in range(0, count, batch_size):
-            sel = slice(lo, lo + batch_size) if index is None else index[lo:lo + batch_size]
-            x = prepare(images[sel])
+        for sel, batch in _batches(images, n_total, index, batch_size):
+            x = prepare(batch)
             y = labels[sel].to(device, non_blocking=True)
             logits = model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double().cpu()

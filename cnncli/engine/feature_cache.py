@@ -125,6 +125,8 @@ def cache_decision(cfg, trainer) -> tuple[bool, str]:
     reasons = []
     if cfg.augment:
         reasons.append(f"augmentation ({','.join(cfg.augment)}) changes the images every epoch")
+    if getattr(trainer, "streaming", False):
+        reasons.append("a streaming dataset's random crops and flips change the images every epoch")
     if trainer.dist.enabled:
         reasons.append("the head would train outside DistributedDataParallel")
     model = trainer.model

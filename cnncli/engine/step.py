@@ -41,6 +41,9 @@ class Feed:
 
     inputs: Callable[[torch.Tensor, int, int], torch.Tensor]  # (indices, epoch, step) -> input on the device
     forward: Callable[[torch.Tensor], torch.Tensor]
+    # a streaming feed (engine/stream_feed.py) is told the epoch's order once, before its first
+    # step; its `inputs` then return (input, the indices of the samples in it: bad files skipped)
+    start_epoch: Callable[[torch.Tensor, int, int], None] | None = None
 
 
 def image_feed(images: torch.Tensor, augment, prepare, seed: int, forward) -> Feed:

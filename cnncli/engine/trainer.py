@@ -31,6 +31,7 @@ from cnncli.checkpoint import (
     save_checkpoint,
     versions,
 )
+from cnncli.data.stream import BadImageFailure
 from cnncli.data.transforms import adapt_stats
 from cnncli.engine import distributed
 from cnncli.engine.config import TrainConfig, to_toml
@@ -119,7 +120,9 @@ class Trainer:
 
         self.data = load_dataset(cfg.data, data_dir=cfg.data_dir, download=cfg.download,
                                  val_fraction=cfg.val_fraction, max_samples=cfg.max_samples,
-                                 seed=cfg.seed, fallback_to_embedded=False)
+                                 seed=cfg.seed, fallback_to_embedded=False, stream=cfg.stream,
+                                 say_sizes=self.dist.is_main)
+        self.streaming = bool(getattr(self.data, "streaming", False))
         self.class_names = list(self.data.class_names)
         self.num_classes = len(self.class_names)
 
@@ -146,11 +149,17 @@ class Trainer:
         self.input_size = tuple(int(v) for v in net_size)
         if cfg.img_size:
             self._check_input_fits()
+        if self.streaming:  # decoded and transformed to the network's size in DataLoader workers
+            from cnncli.engine.stream_feed import configure_stream
+
+            mean, std = configure_stream(self, info, mean, std, extra_meta or {})
         self.mean = list(mean) if mean is not None else adapt_stats(self.data.mean, self.input_size[0])
         self.std = list(std) if std is not None else adapt_stats(self.data.std, self.input_size[0])
         self.phases = phases or [Phase("train", cfg.epochs)]
         self.extra_meta = dict(extra_meta or {})
         self.extra_meta["precision"] = self.precision.name
+        if self.streaming:
+            self.extra_meta["data_pipeline"] = self.stream_record
         if not hasattr(self, "weights_source"):
             self.weights_source = self.extra_meta.get("weights_source")
         self.run_name = run_name or f"{Path(cfg.model).stem if cfg.model.endswith('.toml') else cfg.model.replace('/', '_')}-{cfg.data.split(':')[0]}"
@@ -199,6 +208,10 @@ class Trainer:
 
     def checkpoint_meta(self, epoch: int, metrics: dict) -> RunDocument:
         """The run's document for a checkpoint written after `epoch` epochs."""
+        if self.streaming:
+            from cnncli.engine.stream_feed import skipped_record
+
+            self.extra_meta.update(skipped_record(self.data))
         return build_document(
             model=self.model_spec or {"name": self.cfg.model}, num_classes=self.num_classes,
             class_names=self.class_names, input_size=self.input_size, mean=self.mean, std=self.std,
@@ -228,11 +241,17 @@ class Trainer:
                                             if progress.train_seconds else 0.0),
                          history=progress.history, stages=(self.extra_meta.get("finetune") or {}).get("stages"),
                          weights_source=self.weights_source, extra=self._result_extra())
+        if self.streaming and self.dist.is_main:
+            from cnncli.engine.stream_feed import report_skipped
+
+            report_skipped(self.data)
         hooks.run_end(result.to_dict(), self.run_dir)
         return result
 
     def _result_extra(self) -> dict:
         extra = {"precision": self.precision.name}
+        if self.streaming:
+            extra["skipped_images"] = len(self.data.skipped())
         if self.ema is not None:
             extra["ema_decay"] = self.cfg.ema
             extra["raw_test_top1"] = self.raw_test.top1 if self.raw_test is not None else None
@@ -283,8 +302,15 @@ class Trainer:
         step = TrainStep(model, optimizer, schedule, device=self.device, precision=self.precision,
                          label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, dist=self.dist,
                          accum_steps=cfg.accum_steps, after_update=after_update)
-        feed = phase.feed(self) if phase.feed else image_feed(self.data.train.images, self.augment, self.prepare,
-                                                              cfg.seed, forward)
+        if phase.feed:
+            feed = phase.feed(self)
+        elif self.streaming:
+            from cnncli.engine.stream_feed import StreamFeed
+
+            feed = StreamFeed(self.data.train, self.local_batch, cfg.seed, self.augment, self.prepare, forward,
+                              self.dist.rank * self.local_batch).feed
+        else:
+            feed = image_feed(self.data.train.images, self.augment, self.prepare, cfg.seed, forward)
         while progress.phase == index and not progress.stopped_early:
             self._run_epoch(phase, step, feed, progress, signals, bar)
 
@@ -345,13 +371,26 @@ class Trainer:
         meter = EpochMeter(progress.partial)
         mixing = self.mixer is not None and self.mixer.active(epoch)
         bar.start_epoch(epoch + 1, spe, progress.step)
+        if feed.start_epoch is not None:
+            feed.start_epoch(order, epoch, progress.step)
         tick = time.perf_counter()
         for s in range(progress.step, spe):
             idx = order[s * bs:(s + 1) * bs]
             if len(idx) == 0:
                 continue
             torch.manual_seed(step_seed(cfg.seed, epoch, s))
-            x = feed.inputs(idx, epoch, s)
+            try:
+                x = feed.inputs(idx, epoch, s)
+            except BadImageFailure as e:  # a file that does not decode: stop with the state up to it saved
+                if not step.pending:
+                    progress.step, progress.partial = s, meter.partial()
+                    self._save_progress(step.optimizer, progress)
+                raise RuntimeFailure(f"{e}; the state before it is in {self.run_dir} (--resume it once the file "
+                                     "is fixed or removed)") from None
+            if isinstance(x, tuple):  # a streaming feed: the samples that decoded
+                x, idx = x
+                if x is None:
+                    continue
             y = labels[idx].to(self.device, non_blocking=True)
             if mixing:
                 x, y = self.mixer(x, y)

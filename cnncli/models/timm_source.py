@@ -30,7 +30,9 @@ def info(arch: str, with_params: bool = False) -> ModelInfo:
     cfg = t.models.get_pretrained_cfg(arch)
     if cfg is None:
         input_size, mean, std, classes, tag = (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, 1000, ""
+        crop_pct = None
     else:
+        crop_pct = getattr(cfg, "crop_pct", None)  # the eval crop of streaming datasets (data/stream.py)
         input_size = tuple(cfg.input_size)
         mean, std = tuple(cfg.mean), tuple(cfg.std)
         classes = cfg.num_classes or 1000
@@ -51,6 +53,7 @@ def info(arch: str, with_params: bool = False) -> ModelInfo:
         mean=mean,
         std=std,
         params=params,
+        extra={"crop_pct": crop_pct} if crop_pct else {},
     )
 
 

@@ -1,0 +1,497 @@
+"""Streaming datasets: an index of samples, decoded and transformed in DataLoader workers.
+
+The other kind of dataset beside the in-memory uint8 tensors of `splits.ImageData` (which stay
+the fast path for Fashion-MNIST, CIFAR-10, synthetic data and small folders). A `StreamSplit`
+looks like an `ImageData` to the rest of the program (`labels`, `class_names`, `ids`, `name`,
+`source`, `len()`, `subset()`, `class_counts()`, and `images`, which slices like a tensor and
+decodes on demand), so callers that only slice a few images (show, mistakes, export's sample)
+keep working; the trainer and `evaluate` ask it for whole epochs instead (`epoch_batches`,
+`eval_batches`), which run in `torch.utils.data` worker processes.
+
+## What a source must provide (the interface other sources, e.g. wds shards or a cache, implement)
+
+    class MySource:                               # see `ImageSource` below
+        class_names: list[str]                    # shared by every split
+        labels: torch.Tensor                      # int64 (N,), one per sample, on the CPU
+        ids: list[str]                            # N names a person can find (file paths)
+        def __len__(self) -> int: ...             # N
+        def load(self, i: int) -> torch.Tensor:   # sample i as uint8 (C, H, W), C 1 or 3, any H, W
+            ...                                   # raise BadImage(ids[i], reason) when it cannot
+
+    optional:  def declared_size(self, i) -> tuple[int, int] | None    # (H, W) from a header
+
+`load` runs in worker processes: the source must be picklable (paths and small tensors, no
+open files; open them lazily inside `load`), and it must not draw random numbers. It must keep
+its memory bounded per sample (refuse what a header declares too big before decoding: see
+`decode_photo`). `SubsetSource(source, positions)` views part of any source, so a source needs
+no `subset` of its own. Random access is what `load(i)` promises; a sequential format (tar
+shards) either indexes its members or wraps a cache that does.
+
+## How the trainer asks for an epoch
+
+    split.configure(StreamConfig(size=224, train=True, ...))    # once, when the network is known
+    for step, positions, x, skipped in split.epoch_batches(order, batch_size, epoch, seed, start_step):
+        # x: uint8 (B, C, size, size) (pinned on CUDA); positions: int64 (B,) indices into split
+        # (the samples of order[step*bs:(step+1)*bs] that decoded, in order); skipped: ids dropped
+
+`order` is this rank's sample order for the epoch (the trainer draws it from (seed, epoch) and
+shards it by rank); batches start at `start_step`, so a resumed epoch continues with exactly
+the samples and augmentations it would have had. Each sample's random transform is drawn from
+its own generator seeded by `sample_seed(seed, epoch, step, position)`, never from a worker's
+RNG state, so the result does not depend on the number of workers or on which worker ran it.
+`eval_batches(batch_size, index)` yields (positions, x) with the eval transform.
+
+## The decoder
+PIL (Pillow), on purpose: torchvision 0.29 deprecates its image decoding (torchvision.io) in
+favour of TorchCodec, which is not installed here and is built for video; Pillow is already a
+dependency (torchvision needs it), decodes PNG/JPEG/WebP without crashing on corrupt PNG data
+(torchvision's decode_png segfaults: see transforms._decode_png), reads the size from a header
+without decoding (the pixel-count bound), and its JPEG `draft` mode decodes at 1/2, 1/4 or 1/8
+scale via the DCT, which makes evaluating on large photos several times cheaper in time and
+memory.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from cnncli.errors import InputError, RuntimeFailure
+
+DEFAULT_CROP_PCT = 0.875
+
+
+class BadImage(Exception):
+    """A sample that cannot be read or decoded: `id` names it, `reason` says why (one line)."""
+
+    def __init__(self, id: str, reason: str):
+        super().__init__(f"{id}: {reason}")
+        self.id, self.reason = id, reason
+
+
+class BadImageFailure(RuntimeFailure):
+    """A training or evaluation pass met a file it cannot decode (without --skip-bad-images)."""
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """What a streaming split reads samples from (see the module doc)."""
+
+    class_names: list[str]
+    labels: torch.Tensor
+    ids: list[str]
+
+    def __len__(self) -> int: ...
+
+    def load(self, i: int) -> torch.Tensor: ...
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def sample_seed(seed: int, epoch: int, step: int, position: int) -> int:
+    """The seed of one sample's random transform: a function of where it is in the run only."""
+    return (((seed * 1_000_003 + epoch) * 100_003 + step) * 10_007 + position) % (2**63 - 1)
+
+
+# ------------------------------------------------------------------ decoding
+def decode_photo(path: str | Path, min_side: int | None = None) -> torch.Tensor:
+    """One image file as uint8 (C, H, W), C 1 (gray) or 3 (colour), EXIF orientation applied.
+
+    The header's pixel count is checked before any pixel is decoded (transforms.MAX_IMAGE_PIXELS).
+    `min_side`: the smallest shorter side the caller needs; a JPEG then decodes at the smallest
+    DCT scale (1/2, 1/4, 1/8) that still gives it (PIL draft mode). Raises BadImage.
+    """
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from cnncli.data.transforms import _check_pixel_count
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadImage(str(path), f"cannot read: {e.strerror or e}") from None
+    if not data:
+        raise BadImage(str(path), "empty file, not an image")
+    try:
+        _check_pixel_count(path, data)
+    except InputError as e:
+        raise BadImage(str(path), str(e).removeprefix(f"{path}: ")) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if min_side and image.format == "JPEG":
+                    w, h = image.size
+                    scale = max(1.0, min(w, h) / min_side)
+                    image.draft("RGB" if image.mode != "L" else "L", (math.ceil(w / scale), math.ceil(h / scale)))
+                image = ImageOps.exif_transpose(image)
+                if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    array = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
+                elif image.mode in ("1", "L", "LA", "La"):
+                    array = np.array(image.convert("L"))
+                else:
+                    array = np.array(image.convert("RGB"))
+    except BadImage:
+        raise
+    except Exception as e:  # noqa: BLE001 - corrupt data surfaces as OSError, SyntaxError, ValueError...
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise BadImage(str(path), f"cannot decode the image: {reason}") from None
+    if array.size == 0:
+        raise BadImage(str(path), f"unsupported image layout {array.shape}")
+    tensor = torch.from_numpy(array)
+    return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def declared_size(path: str | Path) -> tuple[int, int, int] | None:
+    """(channels, height, width) from an image's header (nothing decoded), or None if unreadable."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                w, h = image.size
+                channels = 1 if image.mode in ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I") else 3
+                return channels, h, w
+    except Exception:  # noqa: BLE001 - any unreadable header: unknown size
+        return None
+
+
+# ------------------------------------------------------------------ sources
+class FileSource:
+    """Image files with labels (an `index.ImageIndex` split): `load(i)` decodes file i."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int] | torch.Tensor, class_names: Sequence[str]):
+        self.ids = [str(p) for p in paths]
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+        self.class_names = list(class_names)
+        self.min_side: int | None = None  # set by the split for eval transforms (JPEG draft)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int) -> torch.Tensor:
+        return decode_photo(self.ids[i], self.min_side)
+
+    def declared_size(self, i: int) -> tuple[int, int] | None:
+        size = declared_size(self.ids[i])
+        return None if size is None else size[1:]
+
+
+class SubsetSource:
+    """The samples `positions` of another source, in that order."""
+
+    def __init__(self, source, positions: torch.Tensor | Sequence[int]):
+        base = source.base if isinstance(source, SubsetSource) else source
+        pos = torch.as_tensor(positions, dtype=torch.int64).reshape(-1)
+        self.positions = source.positions[pos] if isinstance(source, SubsetSource) else pos
+        self.base = base
+        self.class_names = list(base.class_names)
+        self.labels = base.labels[self.positions]
+        self.ids = [base.ids[i] for i in self.positions.tolist()]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def load(self, i: int) -> torch.Tensor:
+        return self.base.load(int(self.positions[i]))
+
+    def declared_size(self, i: int):
+        fn = getattr(self.base, "declared_size", None)
+        return fn(int(self.positions[i])) if fn else None
+
+
+# ------------------------------------------------------------------ transforms
+@dataclass(frozen=True)
+class StreamConfig:
+    """How a streaming split turns samples into batches (set once the network is known)."""
+
+    size: int = 224  # the square side the network takes
+    channels: int = 3  # what every sample is converted to (gray repeated, colour to luma)
+    crop_pct: float = DEFAULT_CROP_PCT  # eval: resize the shorter side to size / crop_pct, center crop
+    train: bool = False  # RandomResizedCrop + horizontal flip, else the eval transform
+    workers: int | None = None  # None: the usable cores; 0: in this process
+    pin_memory: bool = False  # on CUDA: page-locked batches, copied with non_blocking=True
+    prefetch: int = 2  # batches each worker prepares ahead
+    skip_bad: bool = False  # --skip-bad-images: drop, count and report, instead of stopping
+
+    def resolved_workers(self) -> int:
+        return usable_cores() if self.workers is None else max(0, int(self.workers))
+
+
+class PhotoTransform:
+    """Sample -> uint8 (channels, size, size) with torchvision.transforms.v2, aspect ratio kept.
+
+    train: RandomResizedCrop(size) (scale 0.08-1, ratio 3/4-4/3, as timm and torchvision train
+    ImageNet) and a horizontal flip; eval: resize the shorter side to size / crop_pct, then a
+    center crop of size x size. The batch augment list (data/augment.py) runs after, on whole
+    batches, as for tensor datasets. Random draws come from torch's global generator, which
+    `apply` seeds per sample and restores after.
+    """
+
+    def __init__(self, cfg: StreamConfig):
+        from torchvision.transforms import v2
+
+        self.cfg = cfg
+        size = int(cfg.size)
+        if cfg.train:
+            self.ops = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+        else:
+            self.resize_to = max(size, int(math.floor(size / cfg.crop_pct)))
+            self.ops = v2.Compose([v2.Resize(self.resize_to, antialias=True), v2.CenterCrop(size)])
+
+    def min_side(self) -> int | None:
+        """The shorter side the eval transform needs from the decoder (None: full resolution)."""
+        return None if self.cfg.train else self.resize_to
+
+    def apply(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        channels = self.cfg.channels
+        if image.shape[0] != channels:
+            if image.shape[0] == 1:
+                image = image.expand(channels, -1, -1)
+            else:
+                import torchvision.transforms.v2.functional as F
+
+                image = F.rgb_to_grayscale(image)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = self.ops(image)
+        return out.contiguous()
+
+
+# ------------------------------------------------------------------ the DataLoader pieces
+class _Samples(torch.utils.data.Dataset):
+    """Jobs (position, seed) to (position, image or None, reason): decoding never raises here, so
+    a bad file reaches the main process as data and is reported there in one line."""
+
+    def __init__(self, source, transform: PhotoTransform):
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, job: tuple[int, int]):
+        i, seed = job
+        try:
+            image = self.source.load(i)
+        except BadImage as e:
+            return i, None, str(e)
+        except InputError as e:
+            return i, None, str(e)
+        return i, self.transform.apply(image, seed), None
+
+
+def _collate(items):
+    keep = [(i, x) for i, x, _ in items if x is not None]
+    bad = [reason for _, x, reason in items if x is None]
+    positions = torch.tensor([i for i, _ in keep], dtype=torch.int64)
+    x = torch.stack([x for _, x in keep]) if keep else None
+    return positions, x, bad
+
+
+class _Plan:
+    """The batch sampler: yields the batches of jobs set for the next pass (persistent workers
+    keep running between passes; only this plan changes)."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _Loader:
+    """A DataLoader over one transform, kept (with its persistent workers) across epochs."""
+
+    def __init__(self, source, cfg: StreamConfig):
+        self.transform = PhotoTransform(cfg)
+        if isinstance(source, FileSource):
+            source.min_side = self.transform.min_side()
+        elif isinstance(source, SubsetSource) and isinstance(source.base, FileSource):
+            source.base.min_side = self.transform.min_side()
+        self.plan = _Plan()
+        workers = cfg.resolved_workers()
+        kwargs: dict[str, Any] = {}
+        if workers > 0:
+            kwargs = {"persistent_workers": True, "prefetch_factor": max(1, cfg.prefetch)}
+        self.loader = torch.utils.data.DataLoader(
+            _Samples(source, self.transform), batch_sampler=self.plan, num_workers=workers,
+            collate_fn=_collate, pin_memory=cfg.pin_memory, **kwargs)
+
+    def run(self, batches: list[list[tuple[int, int]]]):
+        self.plan.batches = batches
+        return iter(self.loader)
+
+
+# ------------------------------------------------------------------ the split
+class LazyImages:
+    """`split.images`: slicing gives uint8 batches (eval transform), decoded in this process.
+
+    For callers that take a few images (show, mistakes, a calibration sample); passes over a
+    whole split use `StreamSplit.eval_batches`, which runs in workers.
+    """
+
+    def __init__(self, split: StreamSplit):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        cfg = self.split.config
+        return (len(self.split), cfg.channels, cfg.size, cfg.size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8
+
+    def __getitem__(self, sel) -> torch.Tensor:
+        if isinstance(sel, int):
+            return self[[sel]][0]
+        if isinstance(sel, slice):
+            positions = list(range(len(self.split)))[sel]
+        else:
+            positions = torch.as_tensor(sel, dtype=torch.int64).reshape(-1).tolist()
+        transform = PhotoTransform(replace(self.split.config, train=False))
+        out = []
+        for i in positions:
+            try:
+                out.append(transform.apply(self.split.src.load(i), 0))
+            except (BadImage, InputError) as e:
+                raise BadImageFailure(str(e)) from None
+        cfg = self.split.config
+        return torch.stack(out) if out else torch.zeros((0, cfg.channels, cfg.size, cfg.size), dtype=torch.uint8)
+
+
+class StreamSplit:
+    """One split of a streaming dataset (see the module doc): a source and how to batch it."""
+
+    streaming = True
+
+    def __init__(self, source, name: str, source_name: str, config: StreamConfig | None = None):
+        self.src = source
+        self.name = name
+        self.source = source_name  # as ImageData.source: where it was loaded from
+        self.config = config or StreamConfig()
+        self.skipped: list[str] = []  # what --skip-bad-images dropped (one line each)
+        self._loaders: dict[bool, _Loader] = {}
+
+    # -- what ImageData has
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.src.labels
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.src.class_names)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.src.ids)
+
+    @property
+    def images(self) -> LazyImages:
+        return LazyImages(self)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.config.channels, self.config.size, self.config.size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.src.class_names)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def subset(self, index: torch.Tensor) -> StreamSplit:
+        return StreamSplit(SubsetSource(self.src, index), self.name, self.source, self.config)
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+    def decoded_sample(self) -> torch.Tensor:
+        """Every sample with the eval transform, in this process, files that fail left out (for
+        measuring mean/std on a small subset: a bad file is reported when training meets it)."""
+        transform = PhotoTransform(replace(self.config, train=False))
+        out = []
+        for i in range(len(self)):
+            try:
+                out.append(transform.apply(self.src.load(i), 0))
+            except (BadImage, InputError):
+                continue
+        if not out:
+            raise InputError(f"{self.name}: none of the {len(self)} images sampled from the training split decodes")
+        return torch.stack(out)
+
+    # -- batches
+    def configure(self, config: StreamConfig) -> None:
+        """Set how batches are made (closes workers started under another configuration)."""
+        if config != self.config:
+            self.close()
+        self.config = config
+
+    def close(self) -> None:
+        self._loaders.clear()  # DataLoader shuts its workers down when collected
+
+    def _loader(self, train: bool) -> _Loader:
+        if train not in self._loaders:
+            self._loaders[train] = _Loader(self.src, replace(self.config, train=train))
+        return self._loaders[train]
+
+    def _check(self, bad: list[str]) -> None:
+        if not bad:
+            return
+        if not self.config.skip_bad:
+            raise BadImageFailure(f"{bad[0]} (skip such files with --skip-bad-images)")
+        self.skipped += bad
+
+    def epoch_batches(self, order: torch.Tensor, batch_size: int, epoch: int, seed: int, start_step: int = 0,
+                      position_offset: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, list[str]]]:
+        """(step, positions, uint8 batch, skipped ids) for the steps of one epoch from `start_step`.
+
+        `order`: the positions this rank trains on, in order; step s takes
+        order[s*batch_size:(s+1)*batch_size]. `position_offset` (rank * batch_size under
+        torchrun) keeps every sample's seed distinct across ranks. A step whose every sample
+        was skipped is not yielded.
+        """
+        order = order.tolist() if isinstance(order, torch.Tensor) else list(order)
+        steps = math.ceil(len(order) / batch_size) if batch_size else 0
+        plan, step_of = [], []
+        for s in range(start_step, steps):
+            chunk = order[s * batch_size:(s + 1) * batch_size]
+            plan.append([(i, sample_seed(seed, epoch, s, position_offset + k)) for k, i in enumerate(chunk)])
+            step_of.append(s)
+        for s, (positions, x, bad) in zip(step_of, self._loader(True).run(plan)):
+            self._check(bad)
+            if x is None:
+                continue
+            yield s, positions, x, bad
+
+    def eval_batches(self, batch_size: int, index: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(positions, uint8 batch) over the split (or `index`), with the eval transform."""
+        order = list(range(len(self))) if index is None else index.tolist()
+        plan = [[(i, 0) for i in order[lo:lo + batch_size]] for lo in range(0, len(order), batch_size)]
+        for positions, x, bad in self._loader(False).run(plan):
+            self._check(bad)
+            if x is not None:
+                yield positions, x
