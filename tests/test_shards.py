@@ -185,3 +185,30 @@ def test_a_corrupt_image_in_a_shard_stops_with_its_name(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     with pytest.raises(RuntimeFailure, match="bad"):
         list(split_dataset(open_source(f"wds:{path}"), "train"))
+
+
+def test_train_on_packed_shards_keeps_the_class_names_and_split_sizes(run_cli, tmp_path):
+    from cnncli.checkpoint import read_meta
+
+    folder = write_photos(tmp_path / "photos", per_class=5, sizes=((40, 30), (30, 44)))
+    assert run_cli("datasets", "pack", f"imagefolder:{folder}", tmp_path / "shards", "--shard-size", "4").exit_code == 0
+    doc = json.loads((tmp_path / "shards" / "index.json").read_text())
+    result = run_cli("train", "lenet5", "--data", f"wds:{tmp_path / 'shards'}", "--epochs", "1", "--threads", "1",
+                     "--workers", "0", "--img-size", "32", "--batch-size", "4", "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    meta = read_meta(tmp_path / "run" / "model.safetensors")
+    assert meta["class_names"] == doc["class_names"] == ["cat", "dog", "owl"]
+    data = meta["data_source"]
+    sizes = {s: data[s] for s in ("train", "val", "test")}
+    assert sizes == {s: v["count"] for s, v in doc["splits"].items()} == {"train": 9, "val": 3, "test": 3}
+
+
+def test_shard_order_keeps_each_rank_on_its_own_shards_and_uses_every_sample_once():
+    from cnncli.data.shards import shard_order
+
+    groups = torch.arange(8).repeat_interleave(6)  # 8 shards of 6 samples
+    parts = [shard_order(groups, epoch=2, seed=5, rank=r, world=4) for r in range(4)]
+    assert sorted(torch.cat(parts).tolist()) == list(range(48))
+    assert all(len(set(groups[p].tolist())) == 2 for p in parts)  # 12 samples = exactly 2 whole shards
+    assert torch.equal(parts[0], shard_order(groups, epoch=2, seed=5, rank=0, world=4))
+    assert not torch.equal(parts[0], shard_order(groups, epoch=3, seed=5, rank=0, world=4))

@@ -68,6 +68,8 @@ DATASETS: dict[str, DatasetSpec] = {
                     None, None, options=("image_size", "test_fraction")),
         DatasetSpec("csv:FILE", "a CSV with columns path,label[,split] (paths relative to its folder)",
                     None, None, options=("image_size", "test_fraction")),
+        DatasetSpec("wds:PATTERN", "WebDataset tar shards (KEY.jpg|png + KEY.cls): a folder 'datasets pack' "
+                    "wrote, or shards/train-{000000..000099}.tar", None, None),
     ]
 }
 ALIASES = {
@@ -307,6 +309,12 @@ def _load_dataset(name, data_dir, download, val_fraction, max_samples, seed, fal
                   stream, **options):
     from cnncli.data.splits import make_splits
 
+    if name.strip().lower().startswith("wds:"):  # tar shards (data/shards.py): always a stream
+        from cnncli.data.shards import load_shards
+
+        _check_options("wds", options, ())
+        return load_shards(name, val_fraction=val_fraction, max_samples=max_samples, seed=seed,
+                           hold_out_test=hold_out_test, info={"requested": name, "embedded": False})
     key, path_arg, name_options = parse_dataset_name(name)
     options = {**name_options, **options}
     spec = DATASETS[key]

@@ -115,16 +115,22 @@ def decode_photo(path: str | Path, min_side: int | None = None) -> torch.Tensor:
     `min_side`: the smallest shorter side the caller needs; a JPEG then decodes at the smallest
     DCT scale (1/2, 1/4, 1/8) that still gives it (PIL draft mode). Raises BadImage.
     """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadImage(str(path), f"cannot read: {e.strerror or e}") from None
+    return decode_photo_data(data, path, min_side)
+
+
+def decode_photo_data(data: bytes, path: str | Path, min_side: int | None = None) -> torch.Tensor:
+    """`decode_photo` of bytes already read (a tar shard's member); `path` names them."""
     import numpy as np
     from PIL import Image, ImageOps
 
     from cnncli.data.transforms import _check_pixel_count
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BadImage(str(path), f"cannot read: {e.strerror or e}") from None
     if not data:
         raise BadImage(str(path), "empty file, not an image")
     try:

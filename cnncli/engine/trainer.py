@@ -366,8 +366,12 @@ class Trainer:
         cfg, dist, epoch = self.cfg, self.dist, progress.epoch
         labels, spe, bs = self.data.train.labels, self.steps_per_epoch, self.local_batch
         n_train = len(labels)
-        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(step_seed(cfg.seed, epoch, -1)))
-        order = order[: (n_train // dist.world_size) * dist.world_size][dist.rank::dist.world_size]
+        order_of = getattr(self.data.train, "epoch_order", None)  # wds shards: each rank reads its own
+        if order_of is not None:
+            order = order_of(epoch, cfg.seed, dist.rank, dist.world_size)
+        else:
+            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(step_seed(cfg.seed, epoch, -1)))
+            order = order[: (n_train // dist.world_size) * dist.world_size][dist.rank::dist.world_size]
         meter = EpochMeter(progress.partial)
         mixing = self.mixer is not None and self.mixer.active(epoch)
         bar.start_epoch(epoch + 1, spe, progress.step)
