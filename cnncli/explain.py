@@ -342,16 +342,21 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str | os
     """Overlays (and maps) for image files. Everything is checked before the first file is
     written: the target class, every image (decoded once here), the output paths."""
     from cnncli.data.transforms import decode_image_file
-    from cnncli.fileio import atomic_write_bytes
+    from cnncli.outputs import NPY, PNG, check_file, check_folder, write_file
 
     index = resolve_target(target, explainer.class_names)
     for path in images:  # an unreadable or too large image is one line and exit 2, before any file
         check_image_cost(path, decode_image_file(path))
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file, not a folder; choose another --out")
     paths = output_paths(images, out_dir)
-    for overlay, map_path in paths:
-        for p in (overlay, map_path) if save_maps else (overlay,):
-            if p.exists() and not p.is_file():
-                raise InputError(f"{p} exists and is not a file; choose another --out folder")
+    if out_dir.is_dir():  # what is already there is checked before anything is drawn
+        for overlay, map_path in paths:
+            check_file(overlay, PNG)
+            if save_maps:
+                check_file(map_path, NPY)
+    check_folder(out_dir)
     warned = False
     for path, (overlay, map_path) in zip(images, paths):
         image = decode_image_file(path)
@@ -366,7 +371,7 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str | os
         plot_overlay(image, result, overlay, title_name=Path(path).name)
         saved = None
         if save_maps:
-            saved = atomic_write_bytes(map_path, _npy_bytes(result.cam))
+            saved = write_file(map_path, _npy_bytes(result.cam), NPY)
         yield Explained(str(path), result, overlay, saved)
 
 
@@ -441,7 +446,7 @@ def plot_overlay(image, result: CamResult, out_path: str | os.PathLike, title_na
     a whole factor, pixels kept sharp): a matplotlib figure costs more than the map itself."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from cnncli.fileio import atomic_write_bytes
+    from cnncli.outputs import PNG, write_file
 
     picture = Image.fromarray(overlay_array(image, result.cam))
     h, w = picture.height, picture.width
@@ -468,4 +473,4 @@ def plot_overlay(image, result: CamResult, out_path: str | os.PathLike, title_na
                        width=max(1, picture.width // 200))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
-    return atomic_write_bytes(out_path, buf.getvalue())
+    return write_file(out_path, buf.getvalue(), PNG)

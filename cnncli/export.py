@@ -461,8 +461,8 @@ def export_checkpoint(
     """
     import torch
 
+    from cnncli import outputs as policy
     from cnncli.engine.open import locate_network, open_network
-    from cnncli.fileio import atomic_write_bytes
     from cnncli.output import note
 
     if fmt not in FORMATS:
@@ -506,11 +506,16 @@ def export_checkpoint(
         raise InputError(f"--out {out_path}: OpenVINO IR is an .xml file (its weights go beside it in .bin)")
     if out_path.resolve() == source.resolve():
         raise InputError(f"--out {out_path} is the checkpoint itself; choose another file")
-    opened = open_network(str(source))
-    model, meta = opened.module, opened.document
+    # a path export may not write is said now, not after converting (cnncli.outputs)
+    kind = output_kind(fmt)
+    policy.check_file(out_path, kind)
+    if fmt == "openvino":
+        policy.check_file(out_path.with_suffix(".bin"), policy.OPENVINO_BIN)
     from cnncli.fileio import ensure_writable_dir
 
-    ensure_writable_dir(out_path.parent)  # an unwritable --out is said now, not after converting
+    ensure_writable_dir(out_path.parent)  # an unwritable folder too
+    opened = open_network(str(source))
+    model, meta = opened.module, opened.document
     meta = meta.replace(exported_from=str(source))
     c, h, w = (int(v) for v in meta["input_size"])
     example = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
@@ -570,11 +575,19 @@ def export_checkpoint(
         write_ir(out_path, xml, weights)
         data = xml + weights
     else:
-        atomic_write_bytes(out_path, data)
+        policy.write_file(out_path, data, kind)
     return ExportResult(path=str(out_path), format=fmt, bytes=len(data), max_abs_diff=diff,
                         verified=bool(verify), tolerance=tol, dtype=dtype, source=str(source),
                         opset=opset if fmt in ("onnx", "openvino") else None, exporter=used_exporter,
                         inputs=description, int8=gate)
+
+
+def output_kind(fmt: str):
+    """The kind of file an export of `fmt` is: what an existing --out must be to be replaced."""
+    from cnncli import outputs
+
+    return {"onnx": outputs.ONNX, "torchscript": outputs.TORCHSCRIPT, "safetensors": outputs.MODEL_SAFETENSORS,
+            "openvino": outputs.OPENVINO_XML}[fmt]
 
 
 def _max_opset() -> int:

@@ -332,7 +332,7 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
     data_name = cfg.data.split(":")[0]
     run_name = cfg.name or f"{Path(base_name).stem if base_name.endswith('.toml') else base_name.replace('/', '_')}-ft-{data_name}"
     trainer = Trainer(cfg, resume=resume, model=model, extra_meta=extra, input_size=input_size, mean=mean,
-                      std=std, quiet=quiet, run_name=run_name, model_spec=spec)
+                      std=std, quiet=quiet, run_name=run_name, model_spec=spec, command="finetune")
 
     # the new head for the dataset's classes (a resumed run's weights are loaded over it by fit)
     model.reset_classifier(trainer.num_classes)

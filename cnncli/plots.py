@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cnncli.errors import InputError
-from cnncli.fileio import atomic_write_bytes
+from cnncli.outputs import PNG, write_file
 
 DPI = 100
 
@@ -35,7 +35,7 @@ def _figure(width: float, height: float):
 def _save(fig, out_path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
-    return atomic_write_bytes(out_path, buf.getvalue())
+    return write_file(out_path, buf.getvalue(), PNG)
 
 
 def _to_numpy(array: Any):

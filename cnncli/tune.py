@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnncli import output
+from cnncli import output, outputs
 from cnncli.errors import CnnError, InputError, RuntimeFailure
-from cnncli.fileio import atomic_write_text, ensure_writable_dir
 from cnncli.track.base import Logger
 
 METRICS = {"val_top1": "maximize", "val_loss": "minimize", "train_top1": "maximize", "train_loss": "minimize"}
@@ -136,7 +135,7 @@ def tune(req: TuneRequest) -> dict[str, Any]:
     if req.metric.startswith("val") and first.val_fraction <= 0:
         raise InputError(f"--metric {req.metric} needs a validation split: --val-fraction above 0")
     optuna = _import_optuna()
-    ensure_writable_dir(out)
+    outputs.claim_study_folder(out)
     url = req.storage or f"sqlite:///{out.resolve() / 'study.db'}"
     storage = open_storage(url)
     pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
@@ -228,8 +227,8 @@ def finish(study, out: Path, metric: str) -> dict[str, Any]:
         config = Path(best.user_attrs.get("run_dir", "")) / "config.toml"
         if config.is_file():
             recipe = {k: v for k, v in read_recipe(config).items() if k not in NOT_IN_BEST}
-            atomic_write_text(out / "best.toml", f"# the best trial ({best.number}) of study {study.study_name}: "
-                              f"{metric} {best.value:.4f}\n" + to_toml(recipe))
+            text = f"# the best trial ({best.number}) of study {study.study_name}: {metric} {best.value:.4f}\n"
+            outputs.write_file(out / "best.toml", (text + to_toml(recipe)).encode("utf-8"), outputs.TUNE_BEST)
             doc["best_recipe"] = str(out / "best.toml")
     doc["plots"] = _plots(study, out, len(complete))
     return doc
@@ -237,8 +236,6 @@ def finish(study, out: Path, metric: str) -> dict[str, Any]:
 
 def _plots(study, out: Path, complete: int) -> list[str]:
     import io
-
-    from cnncli.fileio import atomic_write_bytes
 
     if not complete:
         return []
@@ -262,7 +259,7 @@ def _plots(study, out: Path, complete: int) -> list[str]:
                 import matplotlib.pyplot as plt
 
                 plt.close(fig)
-            atomic_write_bytes(out / name, buf.getvalue())
+            outputs.write_file(out / name, buf.getvalue(), outputs.PNG)
             written.append(str(out / name))
         except (ValueError, RuntimeError, ImportError, ZeroDivisionError) as e:  # e.g. no parameter varied
             output.note(f"no {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")

@@ -207,11 +207,25 @@ def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def render_curves(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """The run's curves, by default to RUN/curves-viz.png: curves.png is the run's own picture,
+    which only the run rewrites."""
     from cnncli.plots import plot_curves
 
     history = read_history(run_dir)
     base = Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent
-    return plot_curves(history, out or base / "curves.png", title=base.name)
+    return plot_curves(history, out or base / "curves-viz.png", title=_run_title(base))
+
+
+def _run_title(run_dir: Path) -> str:
+    """The title the run gave its own curves ('lenet5 on fashion-mnist'), else the folder's name."""
+    import tomllib
+
+    try:
+        config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        config = {}
+    model, data = config.get("model"), config.get("data")
+    return f"{model} on {data}" if isinstance(model, str) and isinstance(data, str) else run_dir.name
 
 
 def read_confusion(source: str | os.PathLike) -> tuple[list[list[float]], list[str], str]:
@@ -245,7 +259,8 @@ def render_confusion(source: str | os.PathLike, out: str | os.PathLike | None = 
 
     matrix, names, title = read_confusion(source)
     base = Path(source) if Path(source).is_dir() else Path(source).parent
-    return plot_confusion(matrix, names, out or base / "confusion.png", normalize=normalize,
+    # confusion.png is a run's own (drawn for its loggers): this one says it is viz's
+    return plot_confusion(matrix, names, out or base / "confusion-viz.png", normalize=normalize,
                           title=f"confusion matrix: {title}" if title else None)
 
 

@@ -174,8 +174,8 @@ def test_curves_from_a_run_directory(run_cli, tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = run_cli("viz", "curves", run)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.strip() == str(run / "curves.png")
-    open_png(run / "curves.png", (250, 500))
+    assert result.stdout.strip() == str(run / "curves-viz.png")  # curves.png is the run's own
+    open_png(run / "curves-viz.png", (250, 500))
 
 
 def test_curves_without_metrics_is_an_input_error(run_cli, tmp_path):
@@ -205,7 +205,7 @@ def test_confusion_from_a_run_directory(run_cli, tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps(eval_doc()))
     result = run_cli("viz", "confusion", tmp_path)
     assert result.exit_code == 0, result.stderr
-    open_png(tmp_path / "confusion.png")
+    open_png(tmp_path / "confusion-viz.png")
 
 
 def test_confusion_rejects_other_json(run_cli, tmp_path):

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from cnncli.cli.options import ForceOpt
+
 datasets_app = typer.Typer(
     name="datasets",
     help="List the datasets (bare form), draw samples of one (show), check one for broken files, "
@@ -122,14 +124,17 @@ def show(
     export: ExportOpt = None,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """A labelled grid of samples per class as PNG, and sample files to try 'cnncli predict' on.
 
     Prints the paths written, one a line.
     """
     from cnncli.data.show import show_dataset
+    from cnncli.outputs import forced
 
-    written = show_dataset(name, split.value, per_class, out, export, data_dir, seed)
+    with forced(force):
+        written = show_dataset(name, split.value, per_class, out, export, data_dir, seed)
     for path in ([written["grid"]] if written["grid"] else []) + written["exported"]:
         print(path)
 

@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from cnncli.cli.options import CommandDeviceOpt, CommandThreadsOpt, InferenceBatchSizeOpt, JsonOpt
+from cnncli.cli.options import (
+    CommandDeviceOpt,
+    CommandThreadsOpt,
+    ForceOpt,
+    InferenceBatchSizeOpt,
+    JsonOpt,
+)
 
 CheckpointArg = Annotated[str, typer.Argument(
     help="A cnncli checkpoint or run directory (or a registry name with --weights or --pretrained).")]
@@ -44,24 +50,33 @@ def eval_command(
     plot: PlotOpt = None,
     json_out: JsonOpt = False,
     predictions: PredictionsOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Evaluate a checkpoint: rebuilt from its metadata alone, on a dataset split.
 
     With --pretrained, check a pretrained network before fine-tuning it: top-1/top-5 are over
     all of its classes, and folders named like its classes ('tabby cat', n02123045) are scored.
     """
+    from cnncli.outputs import forced
+
+    with forced(force):
+        _evaluate(checkpoint, data=data, split=split, data_dir=data_dir, weights=weights, pretrained=pretrained,
+                  batch_size=batch_size, max_samples=max_samples, device=device, threads=threads, plot=plot,
+                  json_out=json_out, predictions=predictions)
+
+
+def _evaluate(checkpoint: str, *, plot: Path | None, json_out: bool, predictions: Path | None, **options) -> None:
     from cnncli import output
     from cnncli.engine import distributed
     from cnncli.engine.eval_run import evaluate_checkpoint
+    from cnncli.outputs import PNG, PREDICTIONS_CSV, check_file
 
     rows: list | None = [] if predictions is not None else None
-    if predictions is not None and predictions.exists() and not predictions.is_file():
-        from cnncli.errors import InputError
-
-        raise InputError(f"--predictions {predictions} exists and is not a file; give a .csv file name")
-    doc = evaluate_checkpoint(checkpoint, data=data, split=split, data_dir=data_dir, weights=weights,
-                              batch_size=batch_size, device=device, threads=threads,
-                              max_samples=max_samples, pretrained=pretrained, predictions=rows)
+    if predictions is not None:  # both refused before the evaluation, not after it
+        check_file(predictions, PREDICTIONS_CSV, "--predictions")
+    if plot is not None:
+        check_file(plot, PNG, "--plot")
+    doc = evaluate_checkpoint(checkpoint, **options, predictions=rows)
     if not distributed.context().is_main:
         return
     if predictions is not None:

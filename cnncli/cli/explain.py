@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cnncli.cli.common import enum_value
-from cnncli.cli.options import CommandDeviceOpt, CommandThreadsOpt, RegistryWeightsOpt
+from cnncli.cli.options import CommandDeviceOpt, CommandThreadsOpt, ForceOpt, RegistryWeightsOpt
 
 
 class Method(StrEnum):
@@ -57,6 +57,7 @@ def explain(
     json_out: JsonLinesOpt = False,
     device: CommandDeviceOpt = "auto",
     threads: CommandThreadsOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Show where the network looked: a heat map over each image for the class it answered (or
     --target), from the layer's activations and gradients, with the receptive field of the
@@ -64,6 +65,7 @@ def explain(
     from cnncli import output
     from cnncli.engine.device import set_threads
     from cnncli.explain import explain_files, open_explainer
+    from cnncli.outputs import forced
     from cnncli.predict import expand_inputs
 
     set_threads(threads)
@@ -71,12 +73,13 @@ def explain(
     explainer = open_explainer(model, method=enum_value(method), layer=layer, pretrained=pretrained,
                                weights=weights, device=device)
     rows = []
-    for done in explain_files(explainer, paths, out_dir=out, target=target, save_maps=save_maps):
-        if json_out:
-            output.emit_json_line(done.to_dict())
-        else:
-            r = done.result
-            rows.append([done.path, r.class_name, f"{r.prob:.3f}", str(done.overlay)])
+    with forced(force):
+        for done in explain_files(explainer, paths, out_dir=out, target=target, save_maps=save_maps):
+            if json_out:
+                output.emit_json_line(done.to_dict())
+            else:
+                r = done.result
+                rows.append([done.path, r.class_name, f"{r.prob:.3f}", str(done.overlay)])
     if rows:
         layer_info = explainer.layer
         rf = "x".join(str(v) for v in layer_info.receptive_field) if layer_info.receptive_field else "?"

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from cnncli.cli.options import ForceOpt
+
 
 class ExportFormat(StrEnum):
     onnx = "onnx"
@@ -73,12 +75,14 @@ def export(
     gate_images: GateImagesOpt = None,
     data: GateDataOpt = None,
     data_dir: GateDataDirOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Export a checkpoint to ONNX (fp32 or gated int8), TorchScript, OpenVINO IR or (half-precision)
     safetensors, metadata included."""
     from cnncli import output
     from cnncli.errors import InputError
     from cnncli.export import export_checkpoint
+    from cnncli.outputs import forced
 
     if half and bf16:
         raise InputError("pass --half or --bf16, not both")
@@ -87,8 +91,9 @@ def export(
              "max_drop": max_drop, "allow_slower": allow_slower or None, "gate_images": gate_images,
              "data": data, "data_dir": data_dir}
     options = {k: v for k, v in given.items() if v is not None}
-    result = export_checkpoint(checkpoint, fmt.value, out=out, opset=opset, dtype=dtype, verify=verify,
-                               int8=int8, int8_options=options or None)
+    with forced(force):
+        result = export_checkpoint(checkpoint, fmt.value, out=out, opset=opset, dtype=dtype, verify=verify,
+                                   int8=int8, int8_options=options or None)
     if json_out:
         output.emit_json(result.to_dict())
         return

@@ -40,6 +40,7 @@ from cnncli.cli.options import (
     QuietOpt,
     RecipeOpt,
     ResumeOpt,
+    RunForceOpt,
     RunJsonOpt,
     RunNameOpt,
     RunOutOpt,
@@ -101,6 +102,7 @@ def finetune(
     out: RunOutOpt = None,
     name: RunNameOpt = None,
     resume: ResumeOpt = None,
+    force: RunForceOpt = False,
     seed: SeedOpt = 0,
     deterministic: DeterministicOpt = False,
     log: LogOpt = "csv",
@@ -123,9 +125,11 @@ def finetune(
     """
     from cnncli.finetune import build_finetune_config
     from cnncli.finetune import finetune as run_finetune
+    from cnncli.outputs import forced
 
     cfg = build_finetune_config(resolve_recipe(recipe, resume), given_options(ctx))
-    result = run_finetune(cfg, resume=str(resume) if resume else None, quiet=quiet)
+    with forced(force):
+        result = run_finetune(cfg, resume=str(resume) if resume else None, quiet=quiet)
     report_run(result, json_out)
 
 

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from cnncli.cli.options import ForceOpt
+
 NameArg = Annotated[str, typer.Argument(
     metavar="NAME",
     help="Name of the model; the file is NAME.toml (NAME may be a path ending in .toml).")]
@@ -25,7 +27,6 @@ WidthOpt = Annotated[int, typer.Option(
     "--width", min=1, help="Filters of the first block (doubled after each pooling layer).")]
 OutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="Where to write the file.", show_default="NAME.toml")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of the path.")]
 
 
@@ -46,9 +47,9 @@ def new_model(
     """
     from cnncli.cli.common import parse_size
     from cnncli.errors import InputError
-    from cnncli.fileio import atomic_write_text
     from cnncli.models.model_file import new_model_file
     from cnncli.output import emit_json, note, plural
+    from cnncli.outputs import NEW_FILE, check_file, forced, write_file
 
     model_name = Path(name).name.removesuffix(".toml")
     if not model_name:
@@ -56,12 +57,14 @@ def new_model(
     path = out if out is not None else Path(name if name.endswith(".toml") else f"{name}.toml")
     if path.is_dir():
         raise InputError(f"{path} is a folder; pass --out FILE.toml")
-    if path.exists() and not force:
+    if path.is_file() and not force:
         raise InputError(f"{path} already exists; pass --force to overwrite it")
+    check_file(path, NEW_FILE, force=force)  # no special file even with --force; no folders made
 
     size = parse_size(input_size)
     made = new_model_file(model_name, size, classes, blocks=blocks, width=width, source=str(path))
-    atomic_write_text(path, made.text)
+    with forced(force):
+        write_file(path, made.text.encode("utf-8"), NEW_FILE)
     info, params = made.info, made.params
     if as_json:
         emit_json({"path": str(path), "name": model_name, "input": list(info.input_size),

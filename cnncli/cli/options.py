@@ -231,11 +231,16 @@ RegistryWeightsOpt = Annotated[str | None, typer.Option(
     "--weights", help="Registry name: weights from this .safetensors / .pth file.")]
 PngOutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="The PNG to write.", show_default="a name made from the inputs")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Replace an existing output file of another kind (never a folder or a special file).")]
+RunForceOpt = Annotated[bool, typer.Option(
+    "--force", rich_help_panel=RUN, help="Write the run into a folder that is not empty and not a run "
+    "of this command (its files of the same names are replaced).")]
 
 
 # ------------------------------------------------------------------------------ overrides
 # what train/finetune take as options but do not pass to the run's configuration
-NOT_CONFIG = frozenset({"ctx", "recipe", "resume", "json_out", "quiet"})
+NOT_CONFIG = frozenset({"ctx", "recipe", "resume", "json_out", "quiet", "force"})
 
 
 def given_options(ctx: typer.Context, exclude=NOT_CONFIG) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from cnncli.cli.options import (
     QuietOpt,
     RecipeOpt,
     ResumeOpt,
+    RunForceOpt,
     RunJsonOpt,
     RunNameOpt,
     RunOutOpt,
@@ -66,14 +67,15 @@ def resolve_recipe(recipe: Path | None, resume: Path | None) -> str | None:
         return str(recipe)
     if resume is not None:
         from cnncli.errors import InputError
+        from cnncli.outputs import MARKER, OLD_RUN_FILE, run_of
 
         if not resume.is_dir():
             raise InputError(f"--resume expects a run directory; {resume} is not one")
+        if run_of(resume) is None:  # a folder of the user's own, whatever config.toml it holds
+            raise InputError(f"{resume} is not a cnncli run (no {MARKER} or {OLD_RUN_FILE} in it)")
         config = resume / "config.toml"
         if config.exists():
             return str(config)
-        if not (resume / "train_state.safetensors").exists():
-            raise InputError(f"{resume} is not a cnncli run (no config.toml or train_state.safetensors in it)")
     return None
 
 
@@ -114,6 +116,7 @@ def train(
     out: RunOutOpt = None,
     name: RunNameOpt = None,
     resume: ResumeOpt = None,
+    force: RunForceOpt = False,
     seed: SeedOpt = 0,
     deterministic: DeterministicOpt = False,
     log: LogOpt = "csv",
@@ -134,9 +137,11 @@ def train(
     """
     from cnncli.engine.config import build_config
     from cnncli.engine.trainer import train as run_training
+    from cnncli.outputs import forced
 
     cfg = build_config(resolve_recipe(recipe, resume), given_options(ctx))
-    result = run_training(cfg, resume=str(resume) if resume else None, quiet=quiet)
+    with forced(force):
+        result = run_training(cfg, resume=str(resume) if resume else None, quiet=quiet)
     report_run(result, json_out)
 
 

@@ -20,6 +20,7 @@ from cnncli.cli.options import (
     MlflowUriOpt,
     QuietOpt,
     RecipeOpt,
+    RunForceOpt,
     SeedOpt,
     ThreadsOpt,
     ValFractionOpt,
@@ -34,7 +35,7 @@ class Pruner(StrEnum):
 
 
 TUNE_ONLY = frozenset({"ctx", "model", "data", "trials", "space", "storage", "study", "pruner", "timeout",
-                       "metric", "recipe", "out", "json_out", "quiet"})
+                       "metric", "recipe", "out", "json_out", "quiet", "force"})
 
 
 def tune(
@@ -73,6 +74,7 @@ def tune(
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    force: RunForceOpt = False,
 ) -> None:
     """Search hyperparameters with Optuna (TPE): each trial is a real run in runs/<study>/trial-<n>/.
 
@@ -81,6 +83,7 @@ def tune(
     trials are printed as a table (or one JSON document with --json).
     """
     from cnncli import output
+    from cnncli.outputs import forced
     from cnncli.tune import TuneRequest
     from cnncli.tune import tune as run_tune
 
@@ -89,7 +92,8 @@ def tune(
                       recipe=str(recipe) if recipe else None, space=str(space) if space else None,
                       storage=storage, study=study, pruner=pruner.value, timeout=timeout, metric=metric,
                       out=out, quiet=quiet)
-    doc = run_tune(req)
+    with forced(force):
+        doc = run_tune(req)
     if json_out:
         output.emit_json(doc)
         return

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cnncli.cli.common import command
-from cnncli.cli.options import PngOutOpt, RegistryPretrainedOpt, RegistryWeightsOpt
+from cnncli.cli.options import ForceOpt, PngOutOpt, RegistryPretrainedOpt, RegistryWeightsOpt
 
 viz_app = typer.Typer(
     name="viz",
@@ -42,6 +42,16 @@ def _done(path) -> None:
     print(path)  # stdout carries the data: where the picture is
 
 
+def _drawn(render, out, force: bool, *args, **kwargs):
+    """render(*args, out, **kwargs) under the output-path policy; an explicit --out is checked first."""
+    from cnncli.outputs import PNG, check_file, forced
+
+    with forced(force):
+        if out is not None:
+            check_file(out, PNG)
+        _done(render(*args, out, **kwargs))
+
+
 def feature_maps(
     model: ModelArg,
     image: ImageArg,
@@ -50,12 +60,13 @@ def feature_maps(
     pretrained: RegistryPretrainedOpt = False,
     weights: RegistryWeightsOpt = None,
     out: PngOutOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """The feature maps one layer produces for one image, as a grid."""
     from cnncli.viz import render_feature_maps
 
-    _done(render_feature_maps(model, str(image), layer, out, pretrained=pretrained, weights=weights,
-                              max_maps=max_maps))
+    _drawn(render_feature_maps, out, force, model, str(image), layer, pretrained=pretrained, weights=weights,
+           max_maps=max_maps)
 
 
 def filters(
@@ -65,33 +76,35 @@ def filters(
     pretrained: RegistryPretrainedOpt = False,
     weights: RegistryWeightsOpt = None,
     out: PngOutOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """The filters (kernels) of a convolution layer."""
     from cnncli.viz import render_filters
 
-    _done(render_filters(model, layer, out, pretrained=pretrained, weights=weights, max_filters=max_filters))
+    _drawn(render_filters, out, force, model, layer, pretrained=pretrained, weights=weights, max_filters=max_filters)
 
 
-def line_filters(image: ImageArg, size: LineSizeOpt = 7, out: PngOutOpt = None) -> None:
+def line_filters(image: ImageArg, size: LineSizeOpt = 7, out: PngOutOpt = None, force: ForceOpt = False) -> None:
     """The lecture's fig. 8 on any image: a vertical-line and a horizontal-line filter and the
     feature maps they produce."""
     from cnncli.viz import render_seed_filters
 
-    _done(render_seed_filters(str(image), out, size=size))
+    _drawn(render_seed_filters, out, force, str(image), size=size)
 
 
-def curves(run_dir: RunDirArg, out: PngOutOpt = None) -> None:
+def curves(run_dir: RunDirArg, out: PngOutOpt = None, force: ForceOpt = False) -> None:
     """Training and validation loss and top-1 per epoch."""
     from cnncli.viz import render_curves
 
-    _done(render_curves(run_dir, out))
+    _drawn(render_curves, out, force, run_dir)
 
 
-def confusion(source: EvalSourceArg, normalize: NormalizeOpt = False, out: PngOutOpt = None) -> None:
+def confusion(source: EvalSourceArg, normalize: NormalizeOpt = False, out: PngOutOpt = None,
+              force: ForceOpt = False) -> None:
     """The confusion matrix of an evaluation."""
     from cnncli.viz import render_confusion
 
-    _done(render_confusion(source, out, normalize=normalize))
+    _drawn(render_confusion, out, force, source, normalize=normalize)
 
 
 MistakesSourceArg = Annotated[Path, typer.Argument(
@@ -122,12 +135,13 @@ def mistakes(
     data: MistakesDataOpt = None,
     data_dir: MistakesDataDirOpt = None,
     out: PngOutOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """The K test images with the highest loss, with true and predicted class and probability."""
     from cnncli.mistakes import render_mistakes
 
-    _done(render_mistakes(source, out, top=top, cam=cam, method=method, layer=layer, model=model,
-                          split=split, data=data, data_dir=data_dir))
+    _drawn(render_mistakes, out, force, source, top=top, cam=cam, method=method, layer=layer, model=model,
+           split=split, data=data, data_dir=data_dir)
 
 
 command(viz_app, "feature-maps", feature_maps)

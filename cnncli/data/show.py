@@ -114,16 +114,17 @@ def _to_pil(image):
     return Image.fromarray(array[:, :, 0], "L") if array.shape[2] == 1 else Image.fromarray(array, "RGB")
 
 
-def _check_target(path: Path) -> None:
-    if path.exists() and not path.is_file():
-        raise InputError(f"{path} exists and is not a file; choose another path")
+def _check_target(path: Path, flag: str = "--out") -> None:
+    from cnncli.outputs import PNG, check_file
+
+    check_file(path, PNG, flag)
 
 
 def render_grid(class_names: list[str], samples: list[list[Any]], out: str | os.PathLike) -> Path:
     """Draw the labelled grid (see the module doc) and write it atomically as a PNG."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from cnncli.fileio import atomic_write_bytes
+    from cnncli.outputs import PNG, write_file
 
     out = Path(out)
     if out.suffix.lower() != ".png":
@@ -158,12 +159,12 @@ def render_grid(class_names: list[str], samples: list[list[Any]], out: str | os.
             canvas.paste(picture, (left + (cell - picture.width) // 2, top + (cell - picture.height) // 2))
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
-    return atomic_write_bytes(out, buffer.getvalue())
+    return write_file(out, buffer.getvalue(), PNG)
 
 
 def export_samples(class_names: list[str], samples: list[list[Any]], folder: str | os.PathLike) -> list[Path]:
     """Write every sample as `<class>-<n>.png` in `folder` (created if needed); the paths written."""
-    from cnncli.fileio import atomic_write_bytes, ensure_writable_dir
+    from cnncli.outputs import PNG, check_folder, write_file
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -172,15 +173,16 @@ def export_samples(class_names: list[str], samples: list[list[Any]], folder: str
     taken = {s for s in slugs if slugs.count(s) == 1}
     slugs = [s if s in taken else f"{s}-{i}" for i, s in enumerate(slugs)]  # two names, one slug
     targets = [folder / f"{slug}-{k + 1}.png" for slug, row in zip(slugs, samples) for k in range(len(row))]
-    for target in targets:
-        _check_target(target)
-    ensure_writable_dir(folder)
+    if folder.is_dir():
+        for target in targets:
+            _check_target(target, "--export")
+    check_folder(folder, "--export")
     written = []
     images = [img for row in samples for img in row]
     for target, image in zip(targets, images):
         buffer = io.BytesIO()
         _to_pil(image).save(buffer, format="PNG")
-        written.append(atomic_write_bytes(target, buffer.getvalue()))
+        written.append(write_file(target, buffer.getvalue(), PNG, "--export"))
     return written
 
 

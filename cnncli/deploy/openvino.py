@@ -63,7 +63,7 @@ def _uint8(data: bytes):
 
 
 def write_ir(path: Path, xml: bytes, weights: bytes) -> None:
-    from cnncli.fileio import atomic_write_bytes
+    from cnncli.outputs import OPENVINO_BIN, OPENVINO_XML, write_file
 
-    atomic_write_bytes(path.with_suffix(".bin"), weights)
-    atomic_write_bytes(path, xml)
+    write_file(path.with_suffix(".bin"), weights, OPENVINO_BIN)
+    write_file(path, xml, OPENVINO_XML)

@@ -120,13 +120,10 @@ def to_csv(rows: list[Prediction]) -> str:
 
 
 def write_predictions(path: str | os.PathLike, rows: list[Prediction]) -> Path:
-    """The CSV, written atomically; a folder or a special file in its place is refused."""
-    from cnncli.fileio import atomic_write_bytes
+    """The CSV, written atomically under the output-path policy (cnncli.outputs)."""
+    from cnncli.outputs import PREDICTIONS_CSV, write_file
 
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        raise InputError(f"--predictions {path} exists and is not a file; give a .csv file name")
-    return atomic_write_bytes(path, to_csv(rows).encode("utf-8"))
+    return write_file(path, to_csv(rows).encode("utf-8"), PREDICTIONS_CSV, "--predictions")
 
 
 def read_predictions(path: str | os.PathLike) -> list[Prediction]:

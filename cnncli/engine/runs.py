@@ -1,35 +1,29 @@
-"""Run directories: `runs/<name>/`, or `runs/<name>-2/` ... when the name is taken."""
+"""Run directories: `runs/<name>/`, or `runs/<name>-2/` ... when the name is taken.
+
+What a command may write into, the run marker and the lock are the output-path policy's
+(`cnncli.outputs`); this module is what the trainer asks of it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cnncli.fileio import ensure_writable_dir
+from cnncli import outputs
 
 
-def check_out_dir(out: str | Path) -> Path:
-    """An --out folder for a new run: refused when it is a file or already holds a run; created.
+def open_run(command: str, *, out: str | None = None, resume: str | None = None) -> outputs.RunLock | None:
+    """Claim the folder of a run given by --out or --resume: checked, locked and marked.
 
-    Called before any data is loaded, so that a bad --out is the only line the user sees.
+    Called before any data is loaded, so that a bad folder is the only line the user sees.
     """
-    from cnncli.errors import InputError
-
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"--out {path} is a file, not a folder; choose another --out")
-    if (path / "train_state.safetensors").exists():
-        raise InputError(f"{path} already holds a run; resume it with --resume {path} "
-                         "or choose another --out")
-    return ensure_writable_dir(path)
-
-
-def new_run_dir(name: str, out: str | None = None, root: str = "runs") -> Path:
+    if resume is not None:
+        return outputs.claim_resumed_run(resume, command)
     if out:
-        return check_out_dir(out)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "run"
-    base = Path(root) / safe
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{safe}-{n}")
-    return ensure_writable_dir(path)
+        return outputs.claim_new_run(out, command)
+    return None
+
+
+def new_run_dir(name: str, command: str, root: str = "runs") -> tuple[Path, outputs.RunLock]:
+    """A new folder under `root` named after the run, claimed for `command`."""
+    path = outputs.new_run_folder(name, root)
+    return path, outputs.claim_new_run(path, command)

@@ -46,7 +46,7 @@ from cnncli.engine.evaluate import EvalResult, evaluate
 from cnncli.engine.optim import build_optimizer, match_layouts
 from cnncli.engine.progress import Progress
 from cnncli.engine.report import RunResult
-from cnncli.engine.runs import check_out_dir, new_run_dir
+from cnncli.engine.runs import new_run_dir, open_run
 from cnncli.engine.state import load_train_state, save_train_state
 from cnncli.engine.step import (
     EpochMeter,
@@ -87,8 +87,9 @@ class Trainer:
                  phases: list[Phase] | None = None, extra_meta: dict | None = None,
                  input_size: tuple[int, int, int] | None = None, mean=None, std=None,
                  quiet: bool = False, run_name: str | None = None, model_spec: dict | None = None,
-                 callbacks: list | None = None):
+                 callbacks: list | None = None, command: str = "train"):
         self.cfg = cfg
+        self.command = command  # whose run the folder is (its marker says so)
         # the one hook point: --log's loggers plus these callbacks (cnncli.track.base.Logger)
         self.callbacks, self.hooks = list(callbacks or []), Hooks()
         self._optimizer_state: dict | None = None  # a resumed phase's optimizer, loaded once
@@ -107,14 +108,9 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)
-        # a bad --out or --resume folder is said before the data is loaded (and before any note)
-        if self.resume_dir is not None:
-            if not (self.resume_dir / "train_state.safetensors").exists() \
-                    and not (self.resume_dir / "config.toml").exists():
-                raise InputError(f"{self.resume_dir} is not a cnncli run (no train_state.safetensors "
-                                 "or config.toml in it)")
-        elif cfg.out and self.dist.is_main:
-            check_out_dir(cfg.out)
+        # a bad --out or --resume folder is said before the data is loaded (and before any note);
+        # the folder is locked from here to the end of the run (cnncli.outputs: a second writer refuses)
+        self.run_lock = open_run(command, out=cfg.out, resume=resume) if self.dist.is_main else None
 
         from cnncli.data import load_dataset
 
@@ -162,7 +158,7 @@ class Trainer:
             self.extra_meta["data_pipeline"] = self.stream_record
         if not hasattr(self, "weights_source"):
             self.weights_source = self.extra_meta.get("weights_source")
-        self.run_name = run_name or f"{Path(cfg.model).stem if cfg.model.endswith('.toml') else cfg.model.replace('/', '_')}-{cfg.data.split(':')[0]}"
+        self.run_name = run_name or cfg.name or f"{Path(cfg.model).stem if cfg.model.endswith('.toml') else cfg.model.replace('/', '_')}-{cfg.data.split(':')[0]}"
 
         from cnncli.data.augment import parse_augment
         from cnncli.data.transforms import needs_adaptation, prepare_batch
@@ -225,6 +221,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self) -> RunResult:
+        try:
+            return self._fit()
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
+
+    def _fit(self) -> RunResult:
         progress = self._open_run()
         self._wall_start = time.perf_counter() - progress.seconds
         hooks = self.hooks = start_hooks(self, progress, self.callbacks)
@@ -265,8 +268,11 @@ class Trainer:
             self.run_dir = self.resume_dir
             progress = self._load_resume(self.run_dir)
         else:
-            run_dir = new_run_dir(self.run_name, cfg.out) if dist.is_main else None
+            run_dir = None
             if dist.is_main:
+                run_dir = Path(cfg.out) if cfg.out else None  # claimed in __init__
+                if run_dir is None:
+                    run_dir, self.run_lock = new_run_dir(self.run_name, self.command)
                 atomic_write_text(run_dir / "config.toml", to_toml(cfg.to_dict()))
             # rank 0 may have picked runs/<name>-N: every rank needs that same path
             self.run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir is not None else None))

@@ -66,7 +66,16 @@ class MlflowLogger(Logger):
         recipe = run.get("recipe") or {}
         self.uri = tracking_uri(recipe.get("mlflow_uri"), run["run_dir"])
         if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            from cnncli.errors import InputError
+            from cnncli.outputs import SQLITE, check_file
+
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                check_file(db, SQLITE, "--mlflow-uri", force=False)
+            except InputError as e:
+                output.warn(f"mlflow: {e}; logging to MLflow stops, the run goes on")
+                return
         self.client = MlflowClient(tracking_uri=self.uri)
         name = recipe.get("experiment") or run.get("experiment") or Path(run["run_dir"]).name
         experiment = self._guard("reach the tracking store", self._experiment, name)
