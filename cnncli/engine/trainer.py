@@ -45,6 +45,7 @@ from cnncli.engine.evaluate import EvalResult, evaluate
 from cnncli.engine.optim import build_optimizer, match_layouts
 from cnncli.engine.progress import Progress
 from cnncli.engine.report import RunResult
+from cnncli.engine.resume_policy import reopen_finished, resolved_recipe, resume_entry
 from cnncli.engine.runs import check_out_dir, new_run_dir
 from cnncli.engine.state import load_train_state, save_train_state
 from cnncli.engine.step import (
@@ -151,6 +152,7 @@ class Trainer:
         self.phases = phases or [Phase("train", cfg.epochs)]
         self.extra_meta = dict(extra_meta or {})
         self.extra_meta["precision"] = self.precision.name
+        self.extra_meta["device"] = str(self.device)  # the device actually used (--device auto resolved)
         if not hasattr(self, "weights_source"):
             self.weights_source = self.extra_meta.get("weights_source")
         self.run_name = run_name or f"{Path(cfg.model).stem if cfg.model.endswith('.toml') else cfg.model.replace('/', '_')}-{cfg.data.split(':')[0]}"
@@ -203,7 +205,7 @@ class Trainer:
             model=self.model_spec or {"name": self.cfg.model}, num_classes=self.num_classes,
             class_names=self.class_names, input_size=self.input_size, mean=self.mean, std=self.std,
             dataset=self.cfg.data, data_source=getattr(self.data, "info", None), epoch=epoch, metrics=metrics,
-            seed=self.cfg.seed, versions=versions(), recipe=self.cfg.to_dict(),
+            seed=self.cfg.seed, versions=versions(), recipe=resolved_recipe(self.cfg),
             weights_source=self.weights_source, extra=self.extra_meta)
 
     def _write(self, fn, *args):
@@ -248,7 +250,7 @@ class Trainer:
         else:
             run_dir = new_run_dir(self.run_name, cfg.out) if dist.is_main else None
             if dist.is_main:
-                atomic_write_text(run_dir / "config.toml", to_toml(cfg.to_dict()))
+                atomic_write_text(run_dir / "config.toml", to_toml(resolved_recipe(cfg)))
             # rank 0 may have picked runs/<name>-N: every rank needs that same path
             self.run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir is not None else None))
         distributed.barrier()
@@ -276,6 +278,7 @@ class Trainer:
             optimizer.load_state_dict(self._optimizer_state)
             match_layouts(optimizer)
             self._optimizer_state = None
+        progress.optimizer_fresh = False  # this phase's optimizer exists now: a state saved mid-phase keeps it
         spe = self.steps_per_epoch
         schedule = Schedule(cfg.schedule, spe * phase.epochs, int(cfg.warmup_epochs * spe), spe,
                             cfg.step_epochs, cfg.step_gamma)
@@ -445,12 +448,18 @@ class Trainer:
     def _save_progress(self, optimizer, progress: Progress) -> None:
         progress.seconds = time.perf_counter() - self._wall_start
         self._write(self._save_state, self.run_dir / "train_state.safetensors", optimizer, progress)
+        if getattr(self, "_config_stale", False):  # a resume changed --epochs/--device...: the record follows
+            self._write(atomic_write_text, self.run_dir / "config.toml", to_toml(resolved_recipe(self.cfg)))
+            self._config_stale = False
 
     def _save_state(self, path: Path, optimizer, progress: Progress) -> None:
-        if progress.optimizer_fresh:
+        state = progress.to_state()
+        if progress.optimizer_fresh and progress.phase < len(self.phases):
             # the next phase starts a new optimizer; nothing to carry over
             optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-        save_train_state(path, self.model, optimizer, progress.to_state(),
+        elif progress.optimizer_fresh:  # the last phase ended: kept, for a resume with a longer --epochs
+            state["optimizer_kept"] = True
+        save_train_state(path, self.model, optimizer, state,
                          self.checkpoint_meta(progress.epoch, {"val_top1": progress.best_val_top1}),
                          extra_tensors=self.ema.state_tensors() if self.ema is not None else None)
 
@@ -483,6 +492,18 @@ class Trainer:
         progress = Progress.from_state(doc["train_state"], path)
         if not progress.optimizer_fresh:
             self._optimizer_state = optim_sd
+        # the resume policy (engine/resume_policy.py): what changed is recorded, a longer run reopened
+        recorded = doc.get("recipe")
+        self.extra_meta["resumes"] = [*(doc.get("resumes") or []),
+                                      resume_entry(recorded, self.cfg, self.device, progress.epoch)]
+        self._config_stale = "changed" in self.extra_meta["resumes"][-1]
+        if reopen_finished(progress, self.phases):
+            kept = bool(doc["train_state"].get("optimizer_kept"))
+            progress.optimizer_fresh = not kept
+            self._optimizer_state = optim_sd if kept else None
+            if self.dist.is_main:
+                output.note(f"{run_dir}: training longer, to {self.cfg.epochs} epochs"
+                            + ("" if kept else " (with a new optimizer: this state did not keep its own)"))
         if progress.phase >= len(self.phases) or progress.stopped_early:
             if self.dist.is_main:
                 output.note(f"{run_dir}: training had already finished; evaluating its best checkpoint")
