@@ -163,3 +163,24 @@ def reopen_finished(progress, phases) -> bool:
         return False
     progress.phase, progress.epoch_in_phase, progress.step = len(phases) - 1, done, 0
     return True
+
+
+def check_progress(progress, phases, steps_per_epoch: int, source) -> None:
+    """A training state's position must lie inside this run's phases and epochs (one line if not).
+
+    Its counts are already known to be non-negative integers (Progress.from_state); here they
+    are checked against the run: a phase past the last, an epoch past its phase's length or a
+    step past the epoch's would silently skip training or run past the schedule's end."""
+    def bad(what: str):
+        raise InputError(f"{source}: corrupt training state: {what}; start a new run (without --resume)")
+
+    if progress.phase > len(phases):
+        bad(f"phase {progress.phase} of a run with {len(phases)}")
+    if progress.phase < len(phases):
+        phase = phases[progress.phase]
+        if progress.epoch_in_phase >= max(1, phase.epochs):
+            bad(f"epoch_in_phase {progress.epoch_in_phase} of a {phase.epochs}-epoch phase '{phase.name}'")
+        if progress.step >= steps_per_epoch:
+            bad(f"step {progress.step} of an epoch of {steps_per_epoch} steps")
+    if progress.epoch_in_phase > progress.epoch:
+        bad(f"epoch_in_phase {progress.epoch_in_phase} after {progress.epoch} epochs in all")

@@ -45,7 +45,12 @@ from cnncli.engine.evaluate import EvalResult, evaluate
 from cnncli.engine.optim import build_optimizer, match_layouts
 from cnncli.engine.progress import Progress
 from cnncli.engine.report import RunResult
-from cnncli.engine.resume_policy import reopen_finished, resolved_recipe, resume_entry
+from cnncli.engine.resume_policy import (
+    check_progress,
+    reopen_finished,
+    resolved_recipe,
+    resume_entry,
+)
 from cnncli.engine.runs import check_out_dir, new_run_dir
 from cnncli.engine.state import load_train_state, save_train_state
 from cnncli.engine.step import (
@@ -258,6 +263,8 @@ class Trainer:
         self.local_batch = max(1, cfg.batch_size // dist.world_size)
         per_rank = len(self.data.train.labels) // dist.world_size
         self.steps_per_epoch = max(1, math.ceil(per_rank / self.local_batch))
+        if progress is not None:
+            check_progress(progress, self.phases, self.steps_per_epoch, self.run_dir / "train_state.safetensors")
         return progress or Progress()
 
     def _run_phase(self, progress: Progress, signals, bar) -> None:
@@ -299,6 +306,7 @@ class Trainer:
             phase.prepare_model(model)
         t0 = time.perf_counter()
         stats = self._train_epoch(step, feed, progress, signals, bar)
+        self._check_finite(progress)
         seconds = time.perf_counter() - t0
         progress.train_seconds += seconds
         progress.train_images += stats["images"]
@@ -372,10 +380,26 @@ class Trainer:
             self.hooks.step(epoch * spe + s + 1, loss, step.optimizer, rate)
             tick = now
             if signals.signum and s + 1 < spe and not step.pending:  # never inside an accumulation
+                self._check_finite(progress)
                 progress.step, progress.partial = s + 1, meter.partial()
                 self._save_progress(step.optimizer, progress)
                 self._interrupt(signals.signum, self.run_dir)
         return meter.totals()
+
+    def _check_finite(self, progress: Progress) -> None:
+        """Weights that are no longer finite are never written: the last good checkpoint is finite.
+
+        The loss of each step is checked (LossNotFinite), but a step's update can still overflow
+        the weights after a finite loss; saving them would make NaN the run's "best" or "last"."""
+        modules = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        for module in modules:
+            for name, tensor in module.state_dict().items():
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    kept = (f"the last good checkpoint in {self.run_dir} is kept" if self.best_path.exists()
+                            else "no checkpoint was written")
+                    raise RuntimeFailure(
+                        f"the weights became non-finite ({name}) in epoch {progress.epoch + 1}; training stopped, "
+                        f"{kept} (try a lower --lr or --clip-grad)")
 
     def _validate(self, model: torch.nn.Module | None = None) -> EvalResult | None:
         val = self.data.val
