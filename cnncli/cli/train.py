@@ -79,6 +79,17 @@ def resolve_recipe(recipe: Path | None, resume: Path | None) -> str | None:
     return None
 
 
+def run_config(recipe: Path | None, resume: Path | None, given: dict, build, cls):
+    """A run's options: defaults < recipe < flags; on --resume the run's own record, with the
+    changes the resume policy allows (cnncli.engine.resume_policy) and the others refused."""
+    if resume is None:
+        return build(str(recipe) if recipe else None, given)
+    resolve_recipe(None, resume)  # a folder that is a run, said first
+    from cnncli.engine.resume_policy import resumed_options
+
+    return build(None, resumed_options(resume, given, str(recipe) if recipe else None, cls))
+
+
 # The defaults below are TrainConfig's (cnncli.engine.config), shown by --help; a test keeps
 # them equal. They never override a recipe: only the options the user gave do (given_options).
 def train(
@@ -135,11 +146,11 @@ def train(
     the network), last.safetensors, train_state.safetensors (for --resume), config.toml,
     metrics.jsonl and curves.png.
     """
-    from cnncli.engine.config import build_config
+    from cnncli.engine.config import TrainConfig, build_config
     from cnncli.engine.trainer import train as run_training
     from cnncli.outputs import forced
 
-    cfg = build_config(resolve_recipe(recipe, resume), given_options(ctx))
+    cfg = run_config(recipe, resume, given_options(ctx), build_config, TrainConfig)
     with forced(force):
         result = run_training(cfg, resume=str(resume) if resume else None, quiet=quiet)
     report_run(result, json_out)

@@ -82,6 +82,15 @@ def check_graph_input(path, declared, actual) -> None:
                          f"metadata says {'x'.join(map(str, declared))}; export it again")
 
 
+def check_graph_output(path, meta: dict[str, Any], actual) -> None:
+    """The graph's scores per image (N, K) must be one per class the metadata names."""
+    dims = list(actual)[1:] if actual is not None else []
+    names = meta.get("class_names") or []
+    if len(dims) == 1 and isinstance(dims[0], int) and names and dims[0] != len(names):
+        raise InputError(f"{path}: the graph gives {dims[0]} scores per image but its cnncli metadata "
+                         f"names {len(names)} classes; export it again")
+
+
 def open_onnx(path: str | os.PathLike, threads: int | None = None) -> RuntimeModel:
     from cnncli.export import onnx_session  # export.py imports no torch at module level
 
@@ -92,6 +101,7 @@ def open_onnx(path: str | os.PathLike, threads: int | None = None) -> RuntimeMod
     meta = _check_meta(path, props.get("cnncli"))
     name = session.get_inputs()[0].name
     check_graph_input(path, meta["input_size"], session.get_inputs()[0].shape)
+    check_graph_output(path, meta, session.get_outputs()[0].shape)
 
     def run(batch):
         return session.run(None, {name: batch})[0]

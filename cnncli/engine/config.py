@@ -184,6 +184,7 @@ def validate(c: TrainConfig) -> None:
 
     if not c.model:
         raise InputError("no model given: name one (see 'cnncli models') or set `model` in the recipe")
+    _check_numbers(c)
     for name in ("epochs", "batch_size", "eval_batch_size", "max_samples", "threads", "img_size",
                  "step_epochs", "patience"):
         positive(name, getattr(c, name))
@@ -229,6 +230,28 @@ def validate(c: TrainConfig) -> None:
         from cnncli.data.augment import parse_augment
 
         parse_augment(",".join(c.augment))
+
+
+# What a recipe's numbers may be (the flags have the same bounds, cli/options.py): a recipe is
+# input too, and TOML spells nan and inf; a seed or thread count out of range crashes torch.
+RANGES = {"seed": (0, 2**32 - 1), "threads": (1, 1024), "lr": (0, 10), "weight_decay": (0, 10),
+          "batch_size": (1, 65536), "eval_batch_size": (1, 65536), "img_size": (8, 4096),
+          "epochs": (0, 10**6), "momentum": (0, 1), "accum_steps": (1, 4096)}
+
+
+def _check_numbers(c) -> None:
+    import math
+
+    for f in dataclasses.fields(c):
+        value = getattr(c, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, got {value!r}")
+        low, high = RANGES.get(f.name, (None, None))
+        if low is not None and not low <= value <= high:
+            raise InputError(f"{flag} must be in [{low}, {high:g}], got {value!r}")
 
 
 def to_toml(values: dict[str, Any]) -> str:

@@ -46,6 +46,12 @@ from cnncli.engine.evaluate import EvalResult, evaluate
 from cnncli.engine.optim import build_optimizer, match_layouts
 from cnncli.engine.progress import Progress
 from cnncli.engine.report import RunResult
+from cnncli.engine.resume_policy import (
+    check_progress,
+    reopen_finished,
+    resolved_recipe,
+    resume_entry,
+)
 from cnncli.engine.runs import new_run_dir, open_run
 from cnncli.engine.state import load_train_state, save_train_state
 from cnncli.engine.step import (
@@ -156,6 +162,7 @@ class Trainer:
         self.extra_meta["precision"] = self.precision.name
         if self.streaming:
             self.extra_meta["data_pipeline"] = self.stream_record
+        self.extra_meta["device"] = str(self.device)  # the device actually used (--device auto resolved)
         if not hasattr(self, "weights_source"):
             self.weights_source = self.extra_meta.get("weights_source")
         self.run_name = run_name or cfg.name or f"{Path(cfg.model).stem if cfg.model.endswith('.toml') else cfg.model.replace('/', '_')}-{cfg.data.split(':')[0]}"
@@ -212,7 +219,7 @@ class Trainer:
             model=self.model_spec or {"name": self.cfg.model}, num_classes=self.num_classes,
             class_names=self.class_names, input_size=self.input_size, mean=self.mean, std=self.std,
             dataset=self.cfg.data, data_source=getattr(self.data, "info", None), epoch=epoch, metrics=metrics,
-            seed=self.cfg.seed, versions=versions(), recipe=self.cfg.to_dict(),
+            seed=self.cfg.seed, versions=versions(), recipe=resolved_recipe(self.cfg),
             weights_source=self.weights_source, extra=self.extra_meta)
 
     def _write(self, fn, *args):
@@ -273,7 +280,7 @@ class Trainer:
                 run_dir = Path(cfg.out) if cfg.out else None  # claimed in __init__
                 if run_dir is None:
                     run_dir, self.run_lock = new_run_dir(self.run_name, self.command)
-                atomic_write_text(run_dir / "config.toml", to_toml(cfg.to_dict()))
+                atomic_write_text(run_dir / "config.toml", to_toml(resolved_recipe(cfg)))
             # rank 0 may have picked runs/<name>-N: every rank needs that same path
             self.run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir is not None else None))
         distributed.barrier()
@@ -281,6 +288,8 @@ class Trainer:
         self.local_batch = max(1, cfg.batch_size // dist.world_size)
         per_rank = len(self.data.train.labels) // dist.world_size
         self.steps_per_epoch = max(1, math.ceil(per_rank / self.local_batch))
+        if progress is not None:
+            check_progress(progress, self.phases, self.steps_per_epoch, self.run_dir / "train_state.safetensors")
         return progress or Progress()
 
     def _run_phase(self, progress: Progress, signals, bar) -> None:
@@ -301,6 +310,7 @@ class Trainer:
             optimizer.load_state_dict(self._optimizer_state)
             match_layouts(optimizer)
             self._optimizer_state = None
+        progress.optimizer_fresh = False  # this phase's optimizer exists now: a state saved mid-phase keeps it
         spe = self.steps_per_epoch
         schedule = Schedule(cfg.schedule, spe * phase.epochs, int(cfg.warmup_epochs * spe), spe,
                             cfg.step_epochs, cfg.step_gamma)
@@ -328,6 +338,7 @@ class Trainer:
             phase.prepare_model(model)
         t0 = time.perf_counter()
         stats = self._train_epoch(step, feed, progress, signals, bar)
+        self._check_finite(progress)
         seconds = time.perf_counter() - t0
         progress.train_seconds += seconds
         progress.train_images += stats["images"]
@@ -418,10 +429,26 @@ class Trainer:
             self.hooks.step(epoch * spe + s + 1, loss, step.optimizer, rate)
             tick = now
             if signals.signum and s + 1 < spe and not step.pending:  # never inside an accumulation
+                self._check_finite(progress)
                 progress.step, progress.partial = s + 1, meter.partial()
                 self._save_progress(step.optimizer, progress)
                 self._interrupt(signals.signum, self.run_dir)
         return meter.totals()
+
+    def _check_finite(self, progress: Progress) -> None:
+        """Weights that are no longer finite are never written: the last good checkpoint is finite.
+
+        The loss of each step is checked (LossNotFinite), but a step's update can still overflow
+        the weights after a finite loss; saving them would make NaN the run's "best" or "last"."""
+        modules = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        for module in modules:
+            for name, tensor in module.state_dict().items():
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    kept = (f"the last good checkpoint in {self.run_dir} is kept" if self.best_path.exists()
+                            else "no checkpoint was written")
+                    raise RuntimeFailure(
+                        f"the weights became non-finite ({name}) in epoch {progress.epoch + 1}; training stopped, "
+                        f"{kept} (try a lower --lr or --clip-grad)")
 
     def _validate(self, model: torch.nn.Module | None = None) -> EvalResult | None:
         val = self.data.val
@@ -494,12 +521,18 @@ class Trainer:
     def _save_progress(self, optimizer, progress: Progress) -> None:
         progress.seconds = time.perf_counter() - self._wall_start
         self._write(self._save_state, self.run_dir / "train_state.safetensors", optimizer, progress)
+        if getattr(self, "_config_stale", False):  # a resume changed --epochs/--device...: the record follows
+            self._write(atomic_write_text, self.run_dir / "config.toml", to_toml(resolved_recipe(self.cfg)))
+            self._config_stale = False
 
     def _save_state(self, path: Path, optimizer, progress: Progress) -> None:
-        if progress.optimizer_fresh:
+        state = progress.to_state()
+        if progress.optimizer_fresh and progress.phase < len(self.phases):
             # the next phase starts a new optimizer; nothing to carry over
             optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-        save_train_state(path, self.model, optimizer, progress.to_state(),
+        elif progress.optimizer_fresh:  # the last phase ended: kept, for a resume with a longer --epochs
+            state["optimizer_kept"] = True
+        save_train_state(path, self.model, optimizer, state,
                          self.checkpoint_meta(progress.epoch, {"val_top1": progress.best_val_top1}),
                          extra_tensors=self.ema.state_tensors() if self.ema is not None else None)
 
@@ -532,6 +565,18 @@ class Trainer:
         progress = Progress.from_state(doc["train_state"], path)
         if not progress.optimizer_fresh:
             self._optimizer_state = optim_sd
+        # the resume policy (engine/resume_policy.py): what changed is recorded, a longer run reopened
+        recorded = doc.get("recipe")
+        self.extra_meta["resumes"] = [*(doc.get("resumes") or []),
+                                      resume_entry(recorded, self.cfg, self.device, progress.epoch)]
+        self._config_stale = "changed" in self.extra_meta["resumes"][-1]
+        if reopen_finished(progress, self.phases):
+            kept = bool(doc["train_state"].get("optimizer_kept"))
+            progress.optimizer_fresh = not kept
+            self._optimizer_state = optim_sd if kept else None
+            if self.dist.is_main:
+                output.note(f"{run_dir}: training longer, to {self.cfg.epochs} epochs"
+                            + ("" if kept else " (with a new optimizer: this state did not keep its own)"))
         if progress.phase >= len(self.phases) or progress.stopped_early:
             if self.dist.is_main:
                 output.note(f"{run_dir}: training had already finished; evaluating its best checkpoint")
