@@ -31,6 +31,7 @@ from cnncli.checkpoint import (
     save_checkpoint,
     versions,
 )
+from cnncli.data.balance import epoch_order
 from cnncli.data.transforms import adapt_stats
 from cnncli.engine import distributed
 from cnncli.engine.config import TrainConfig, to_toml
@@ -42,7 +43,7 @@ from cnncli.engine.device import (
     use_channels_last,
 )
 from cnncli.engine.evaluate import EvalResult, evaluate
-from cnncli.engine.optim import build_optimizer, match_layouts
+from cnncli.engine.optim import Plateau, build_optimizer, describe_optimizer, match_layouts
 from cnncli.engine.progress import Progress
 from cnncli.engine.report import RunResult
 from cnncli.engine.runs import check_out_dir, new_run_dir
@@ -100,8 +101,6 @@ class Trainer:
 
         # what --amp resolves to on this device; printed (unless off) and recorded in the run
         self.precision = resolve_precision(cfg.amp, self.device)
-        if str(cfg.amp) != "off" and self.dist.is_main:
-            output.note(self.precision.describe())
         set_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -122,6 +121,17 @@ class Trainer:
                                  seed=cfg.seed, fallback_to_embedded=False)
         self.class_names = list(self.data.class_names)
         self.num_classes = len(self.class_names)
+        from cnncli.data.balance import resolve_class_weights
+
+        # --class-weights: one weight per class in the loss; a resumed run keeps those it recorded
+        state = self.resume_dir / "train_state.safetensors" if self.resume_dir is not None else None
+        recorded = None
+        if cfg.class_weights is not None and state is not None and state.exists():
+            from cnncli.checkpoint import read_meta
+
+            recorded = read_meta(state).get("class_weights")
+        self.class_weights = [float(recorded[n]) for n in self.class_names] if recorded else \
+            resolve_class_weights(cfg.class_weights, self.data.train.labels, self.class_names)
 
         self.model_spec, info = model_spec, None  # what a checkpoint stores to rebuild the network
         if model is None:
@@ -151,6 +161,8 @@ class Trainer:
         self.phases = phases or [Phase("train", cfg.epochs)]
         self.extra_meta = dict(extra_meta or {})
         self.extra_meta["precision"] = self.precision.name
+        if self.class_weights is not None:
+            self.extra_meta["class_weights"] = dict(zip(self.class_names, self.class_weights))
         if not hasattr(self, "weights_source"):
             self.weights_source = self.extra_meta.get("weights_source")
         self.run_name = run_name or f"{Path(cfg.model).stem if cfg.model.endswith('.toml') else cfg.model.replace('/', '_')}-{cfg.data.split(':')[0]}"
@@ -213,6 +225,8 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def fit(self) -> RunResult:
         progress = self._open_run()
+        if str(self.cfg.amp) != "off" and self.dist.is_main:
+            output.note(self.precision.describe())
         self._wall_start = time.perf_counter() - progress.seconds
         hooks = self.hooks = start_hooks(self, progress, self.callbacks)
         with SignalCatcher() as signals, ProgressBar(enabled=self.dist.is_main and not self.quiet) as bar, \
@@ -269,6 +283,7 @@ class Trainer:
             {"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
         optimizer = build_optimizer(groups, cfg.optimizer, cfg.resolved_lr(), cfg.resolved_weight_decay(),
                                     cfg.momentum, cfg.nesterov)
+        self.extra_meta["optimizer"] = describe_optimizer(optimizer, cfg.optimizer)
         # wrapped per phase: DDP registers the parameters that train at construction, and a
         # phase that freezes some (finetune) would leave its reducer waiting
         forward = self._wrap(model)
@@ -277,12 +292,15 @@ class Trainer:
             match_layouts(optimizer)
             self._optimizer_state = None
         spe = self.steps_per_epoch
+        plateau = Plateau(progress.history, phase.name, cfg.plateau_patience, cfg.plateau_factor) \
+            if cfg.schedule == "plateau" else None
         schedule = Schedule(cfg.schedule, spe * phase.epochs, int(cfg.warmup_epochs * spe), spe,
-                            cfg.step_epochs, cfg.step_gamma)
+                            cfg.step_epochs, cfg.step_gamma, plateau)
         after_update = (lambda _s: self.ema.update(model, self._global_step)) if self.ema is not None else None
         step = TrainStep(model, optimizer, schedule, device=self.device, precision=self.precision,
                          label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, dist=self.dist,
-                         accum_steps=cfg.accum_steps, after_update=after_update)
+                         accum_steps=cfg.accum_steps, after_update=after_update,
+                         class_weights=self.class_weights)
         feed = phase.feed(self) if phase.feed else image_feed(self.data.train.images, self.augment, self.prepare,
                                                               cfg.seed, forward)
         while progress.phase == index and not progress.stopped_early:
@@ -340,7 +358,7 @@ class Trainer:
         cfg, dist, epoch = self.cfg, self.dist, progress.epoch
         labels, spe, bs = self.data.train.labels, self.steps_per_epoch, self.local_batch
         n_train = len(labels)
-        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(step_seed(cfg.seed, epoch, -1)))
+        order = epoch_order(labels, step_seed(cfg.seed, epoch, -1), cfg.sampler)
         order = order[: (n_train // dist.world_size) * dist.world_size][dist.rank::dist.world_size]
         meter = EpochMeter(progress.partial)
         mixing = self.mixer is not None and self.mixer.active(epoch)
