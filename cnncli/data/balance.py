@@ -40,8 +40,10 @@ def auto_class_weights(labels: torch.Tensor, num_classes: int) -> list[float]:
     return [float(w) for w in weights]
 
 
-def read_class_weights(path: str | Path, class_names: list[str]) -> list[float]:
-    """The weights of a JSON or CSV file, in the order of `class_names`; checked (see the module doc)."""
+def read_class_weights(path: str | Path, class_names: list[str] | None) -> list[float]:
+    """The weights of a JSON or CSV file, in the order of `class_names`; checked (see the module doc).
+
+    Without `class_names` (before the data is loaded) only the file itself is checked."""
     path = Path(path)
     where = f"--class-weights {path}"
     try:
@@ -60,15 +62,17 @@ def read_class_weights(path: str | Path, class_names: list[str]) -> list[float]:
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{where}: cannot read it as UTF-8 text: {e}") from None
     pairs = _parse(text, where)
-    names = set(class_names)
+    names = set(class_names or ())
     seen: dict[str, float] = {}
     for name, raw in pairs:
-        if name not in names:
+        if class_names is not None and name not in names:
             raise InputError(f"{where}: '{name}' is not a class of the dataset (its classes: "
                              f"{', '.join(class_names)})")
         if name in seen:
             raise InputError(f"{where}: '{name}' is given twice")
         seen[name] = _weight(raw, name, where)
+    if class_names is None:
+        return list(seen.values())
     missing = [n for n in class_names if n not in seen]
     if missing:
         raise InputError(f"{where}: no weight for {len(missing)} class{'es' if len(missing) > 1 else ''}: "
