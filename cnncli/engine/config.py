@@ -242,12 +242,8 @@ def validate(c: TrainConfig) -> None:
         raise InputError(f"--plateau-factor must be in (0, 1), got {c.plateau_factor}")
     if c.sampler not in SAMPLERS:
         raise InputError(f"unknown sampler '{c.sampler}'; choose one of {', '.join(SAMPLERS)}")
-    if c.class_weights is not None and c.class_weights != "auto":
-        if not c.class_weights.strip():
-            raise InputError("--class-weights takes 'auto' or a JSON/CSV file of class name -> weight")
-        from cnncli.data.balance import read_class_weights
-
-        read_class_weights(c.class_weights, None)  # the file now; its names once the data is loaded
+    if c.class_weights is not None and not c.class_weights.strip():
+        raise InputError("--class-weights takes 'auto' or a JSON/CSV file of class name -> weight")
     if c.device not in ("auto", "cpu", "cuda", "mps") and not c.device.startswith("cuda:"):
         raise InputError(f"unknown device '{c.device}'; choose auto, cpu, cuda or mps")
     if c.log:

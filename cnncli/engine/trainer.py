@@ -111,8 +111,13 @@ class Trainer:
                     and not (self.resume_dir / "config.toml").exists():
                 raise InputError(f"{self.resume_dir} is not a cnncli run (no train_state.safetensors "
                                  "or config.toml in it)")
-        elif cfg.out and self.dist.is_main:
-            check_out_dir(cfg.out)
+        else:
+            if cfg.class_weights not in (None, "auto"):  # the file itself; its class names once data is loaded
+                from cnncli.data.balance import read_class_weights
+
+                read_class_weights(cfg.class_weights, None)
+            if cfg.out and self.dist.is_main:
+                check_out_dir(cfg.out)
 
         from cnncli.data import load_dataset
 
