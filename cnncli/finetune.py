@@ -46,6 +46,7 @@ class FinetuneConfig(TrainConfig):
     unfreeze_lr_factor: float = 0.1
     pretrained: bool = False  # let timm download its weights when they are not cached
     cache_features: bool | None = None  # None: on where valid
+    layer_decay: float | None = None  # block k from the top learns at lr * layer_decay**k (head: k = 0)
 
 
 def build_finetune_config(recipe: str | None, overrides: dict[str, Any]) -> FinetuneConfig:
@@ -78,6 +79,8 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         raise InputError(f"--head-epochs must not be negative, got {cfg.head_epochs}")
     if not cfg.unfreeze_lr_factor > 0:
         raise InputError(f"--unfreeze-lr-factor must be positive, got {cfg.unfreeze_lr_factor}")
+    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
+        raise InputError(f"--layer-decay must be in (0, 1], got {cfg.layer_decay:g}")
     if cfg.head_epochs == 0 and parse_unfreeze(cfg.unfreeze) == 0:
         raise InputError("nothing to train: --head-epochs 0 and --unfreeze 0; give the head some epochs "
                          "or unfreeze some blocks")
@@ -265,18 +268,34 @@ def plan_stages(model: torch.nn.Module, unfreeze: int | str) -> StagePlan:
     return StagePlan(blocks, head, unfrozen_blocks(blocks, unfreeze))
 
 
-def stage_phases(plan: StagePlan, head_epochs: int, epochs: int, lr_factor: float, cache=None) -> list:
+def layer_scales(plan: StagePlan, layer_decay: float | None) -> dict[str, float]:
+    """Layer-wise lr decay (timm's param_groups_layer_decay over the base's blocks): the head 1,
+    the top block layer_decay, the next layer_decay**2, ... down to the stem; parameter -> scale."""
+    scales = dict.fromkeys(plan.head, 1.0)
+    depth = len(plan.blocks)
+    for k, block in enumerate(plan.blocks):
+        scales.update(dict.fromkeys(block.params, 1.0 if layer_decay is None else layer_decay ** (depth - k)))
+    return scales
+
+
+def stage_phases(plan: StagePlan, head_epochs: int, epochs: int, lr_factor: float, cache=None,
+                 layer_decay: float | None = None) -> list:
     """The Trainer phases of the two stages (a stage with no epochs or nothing unfrozen is left out)."""
     from cnncli.engine.trainer import Phase
 
     base_params = {p for b in plan.blocks for p in b.params}
+    scales = layer_scales(plan, layer_decay)
 
     def phase(stage: str, n_epochs: int, scale: float, feed=None) -> Phase:
         names = plan.stage_params(stage)
 
         def param_groups(model):
             set_trainable(model, names)
-            return [{"params": [p for n, p in model.named_parameters() if n in names], "lr_scale": scale}]
+            groups: dict[float, list] = {}  # one group per scale, in the model's parameter order
+            for n, p in model.named_parameters():
+                if n in names:
+                    groups.setdefault(scales.get(n, 1.0), []).append(p)
+            return [{"params": ps, "lr_scale": scale * s} for s, ps in groups.items()]
 
         def prepare_model(model):
             set_trainable(model, names)
@@ -344,7 +363,8 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
                     f"loaded; the source's classifier: {source.get('classifier')}; a new head for "
                     f"{trainer.num_classes} classes replaces it")
     plan = plan_stages(model, cfg.unfreeze)
-    trainer.phases = stage_phases(plan, cfg.head_epochs, cfg.epochs, cfg.unfreeze_lr_factor)
+    trainer.phases = stage_phases(plan, cfg.head_epochs, cfg.epochs, cfg.unfreeze_lr_factor,
+                                  layer_decay=cfg.layer_decay)
     use_cache, why_not = cache_decision(cfg, trainer)
     if not use_cache and cfg.head_epochs and cfg.cache_features is None and trainer.dist.is_main:
         output.note(f"not caching the base's features: {why_not}")
@@ -359,6 +379,9 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
         "head": _group_name(plan.head),
         "unfreeze": parse_unfreeze(cfg.unfreeze),
         "unfreeze_lr_factor": cfg.unfreeze_lr_factor,
+        "layer_decay": cfg.layer_decay,
+        "block_lr_scales": ({b.name: layer_scales(plan, cfg.layer_decay)[b.params[0]] for b in plan.unfrozen}
+                            if cfg.layer_decay is not None else None),
         "stages": [{"name": p.name, "epochs": p.epochs,
                     "trains": ([b.name for b in plan.unfrozen] if p.name == "unfreeze" else []) + ["head"],
                     "lr": lr * (cfg.unfreeze_lr_factor if p.name == "unfreeze" else 1.0),

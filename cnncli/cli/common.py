@@ -18,8 +18,19 @@ class Device(StrEnum):
 
 
 class Optimizer(StrEnum):
+    """timm's optimizer names (engine/config.OPTIMIZER_DEFAULTS has their defaults; a test keeps both equal)."""
+
     sgd = "sgd"
     adamw = "adamw"
+    adam = "adam"
+    nadamw = "nadamw"
+    radamw = "radamw"
+    lamb = "lamb"
+    lion = "lion"
+    rmsprop = "rmsprop"
+    rmsproptf = "rmsproptf"
+    adan = "adan"
+    adoptw = "adoptw"
 
 
 class Schedule(StrEnum):
@@ -27,6 +38,12 @@ class Schedule(StrEnum):
     onecycle = "onecycle"
     step = "step"
     constant = "constant"
+    plateau = "plateau"
+
+
+class Sampler(StrEnum):
+    random = "random"
+    balanced = "balanced"
 
 
 def reflow(doc: str | None) -> str | None:

@@ -10,12 +10,13 @@ from typing import Annotated
 
 import typer
 
-from cnncli.cli.common import Optimizer, Schedule, report_run
+from cnncli.cli.common import Optimizer, Sampler, Schedule, report_run
 from cnncli.cli.options import (
     AmpOpt,
     AugmentOpt,
     BatchSizeOpt,
     CacheFeaturesOpt,
+    ClassWeightsOpt,
     ClipGradOpt,
     CompileOpt,
     DataDirOpt,
@@ -27,6 +28,7 @@ from cnncli.cli.options import (
     FinetuneImgSizeOpt,
     HeadEpochsOpt,
     LabelSmoothingOpt,
+    LayerDecayOpt,
     LogOpt,
     LrOpt,
     MaxSamplesOpt,
@@ -35,6 +37,8 @@ from cnncli.cli.options import (
     NesterovOpt,
     OptimizerOpt,
     PatienceOpt,
+    PlateauFactorOpt,
+    PlateauPatienceOpt,
     PretrainedDownloadOpt,
     PretrainedWeightsOpt,
     QuietOpt,
@@ -44,6 +48,7 @@ from cnncli.cli.options import (
     RunJsonOpt,
     RunNameOpt,
     RunOutOpt,
+    SamplerOpt,
     ScheduleOpt,
     SeedOpt,
     SkipBadImagesOpt,
@@ -93,10 +98,15 @@ def finetune(
     nesterov: NesterovOpt = True,
     weight_decay: WeightDecayOpt = None,
     schedule: ScheduleOpt = Schedule.cosine,
+    plateau_patience: PlateauPatienceOpt = 2,
+    plateau_factor: PlateauFactorOpt = 0.1,
+    layer_decay: LayerDecayOpt = None,
     warmup_epochs: WarmupEpochsOpt = 0.0,
     label_smoothing: LabelSmoothingOpt = 0.0,
     clip_grad: ClipGradOpt = None,
     patience: PatienceOpt = None,
+    class_weights: ClassWeightsOpt = None,
+    sampler: SamplerOpt = Sampler.random,
     augment: AugmentOpt = None,
     recipe: RecipeOpt = None,
     out: RunOutOpt = None,
@@ -112,7 +122,7 @@ def finetune(
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    amp: AmpOpt = "off",
+    amp: AmpOpt = "auto",
     compile: CompileOpt = False,
 ) -> None:
     """Fine-tune a pretrained network on a dataset: a new head, trained on the frozen base, then

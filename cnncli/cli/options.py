@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnncli.cli.common import Optimizer, Schedule, enum_value, parse_device
+from cnncli.cli.common import Optimizer, Sampler, Schedule, enum_value, parse_device
 
 
 def _range(low: float | None = None, high: float | None = None, low_open: bool = False,
@@ -121,19 +121,40 @@ CacheFeaturesOpt = Annotated[bool | None, typer.Option(
 BatchSizeOpt = Annotated[int, typer.Option(
     "--batch-size", "-b", rich_help_panel=OPTIMISATION, callback=_range(1, 65536), help="Batch size (global under torchrun).")]
 OptimizerOpt = Annotated[Optimizer, typer.Option(
-    "--optimizer", rich_help_panel=OPTIMISATION, help="Optimizer.")]
+    "--optimizer", rich_help_panel=OPTIMISATION,
+    help="Optimizer, from timm's factory: sgd, adamw, adam, nadamw, radamw, lamb, lion, rmsprop, "
+    "rmsproptf (TF-style), adan, adoptw. No weight decay on biases and norm weights.")]
 LrOpt = Annotated[float | None, typer.Option(
-    "--lr", rich_help_panel=OPTIMISATION, callback=_range(0, 10, low_open=True), show_default="1e-3 with adamw, 0.05 with sgd",
+    "--lr", rich_help_panel=OPTIMISATION, callback=_range(0, 10, low_open=True),
+    show_default="1e-3 with adamw and the Adam family, 2e-3 lamb, 1e-4 lion, 0.05 sgd",
     help="Peak learning rate.")]
 MomentumOpt = Annotated[float, typer.Option(
     "--momentum", rich_help_panel=OPTIMISATION, callback=_range(0, 1, high_open=True), help="SGD momentum.")]
 NesterovOpt = Annotated[bool, typer.Option(
     "--nesterov/--no-nesterov", rich_help_panel=OPTIMISATION, help="Nesterov momentum for SGD.")]
 WeightDecayOpt = Annotated[float | None, typer.Option(
-    "--weight-decay", rich_help_panel=OPTIMISATION, callback=_range(0, 10), show_default="0.05 with adamw, 5e-4 with sgd",
+    "--weight-decay", rich_help_panel=OPTIMISATION, callback=_range(0, 10),
+    show_default="0.05 adamw, 5e-4 sgd, 0.5 lion, 0.02 lamb/adan, 0 adam, 1e-5 rmsprop",
     help="Weight decay.")]
 ScheduleOpt = Annotated[Schedule, typer.Option(
-    "--schedule", rich_help_panel=OPTIMISATION, help="Learning-rate schedule.")]
+    "--schedule", rich_help_panel=OPTIMISATION,
+    help="Learning-rate schedule; plateau lowers it when the validation top-1 stops improving.")]
+PlateauPatienceOpt = Annotated[int, typer.Option(
+    "--plateau-patience", rich_help_panel=OPTIMISATION, callback=_range(1, 10**6),
+    help="--schedule plateau: epochs without a better validation top-1 before the lr drops.")]
+PlateauFactorOpt = Annotated[float, typer.Option(
+    "--plateau-factor", rich_help_panel=OPTIMISATION, callback=_range(0, 1, low_open=True, high_open=True),
+    help="--schedule plateau: the lr is multiplied by this at each drop.")]
+LayerDecayOpt = Annotated[float | None, typer.Option(
+    "--layer-decay", rich_help_panel=OPTIMISATION, show_default="off",
+    callback=_range(0, 1, low_open=True),
+    help="Layer-wise lr decay: the base's k-th block from the top learns at lr times F^k (the head at lr).")]
+ClassWeightsOpt = Annotated[str | None, typer.Option(
+    "--class-weights", rich_help_panel=DATA, metavar="auto|FILE", show_default="off",
+    help="Weigh the loss per class: auto (inverse class frequency) or a JSON/CSV file of class name -> weight.")]
+SamplerOpt = Annotated[Sampler, typer.Option(
+    "--sampler", rich_help_panel=DATA,
+    help="random: each image once per epoch; balanced: images drawn so that every class is equally frequent.")]
 WarmupEpochsOpt = Annotated[float, typer.Option(
     "--warmup-epochs", rich_help_panel=OPTIMISATION, callback=_range(0, 10**6),
     help="Linear warm-up, in epochs (may be fractional).")]

@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from cnncli.cli.common import Optimizer, Schedule, report_run
+from cnncli.cli.common import Optimizer, Sampler, Schedule, report_run
 from cnncli.cli.options import (
     AccumStepsOpt,
     AmpOpt,
     AugmentOpt,
     BatchSizeOpt,
+    ClassWeightsOpt,
     ClipGradOpt,
     CompileOpt,
     CutmixOpt,
@@ -36,6 +37,8 @@ from cnncli.cli.options import (
     NesterovOpt,
     OptimizerOpt,
     PatienceOpt,
+    PlateauFactorOpt,
+    PlateauPatienceOpt,
     QuietOpt,
     RecipeOpt,
     ResumeOpt,
@@ -43,6 +46,7 @@ from cnncli.cli.options import (
     RunJsonOpt,
     RunNameOpt,
     RunOutOpt,
+    SamplerOpt,
     ScheduleOpt,
     SeedOpt,
     SkipBadImagesOpt,
@@ -113,10 +117,14 @@ def train(
     nesterov: NesterovOpt = True,
     weight_decay: WeightDecayOpt = None,
     schedule: ScheduleOpt = Schedule.cosine,
+    plateau_patience: PlateauPatienceOpt = 2,
+    plateau_factor: PlateauFactorOpt = 0.1,
     warmup_epochs: WarmupEpochsOpt = 0.0,
     label_smoothing: LabelSmoothingOpt = 0.0,
     clip_grad: ClipGradOpt = None,
     patience: PatienceOpt = None,
+    class_weights: ClassWeightsOpt = None,
+    sampler: SamplerOpt = Sampler.random,
     augment: AugmentOpt = None,
     mixup: MixupOpt = None,
     cutmix: CutmixOpt = None,
@@ -137,7 +145,7 @@ def train(
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    amp: AmpOpt = "off",
+    amp: AmpOpt = "auto",
     compile: CompileOpt = False,
 ) -> None:
     """Train a network on a dataset; the best weights are evaluated on the test split.

@@ -17,8 +17,25 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from cnncli.errors import InputError
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "onecycle", "step", "constant")
+# timm's names (timm.optim.create_optimizer_v2) -> (default lr, default weight decay, what it is).
+# Decoupled decay where the optimizer has it; lion wants a ~10x smaller lr and ~10x larger decay
+# than AdamW (its paper), lamb the larger lr of its layer-wise trust ratio.
+OPTIMIZER_DEFAULTS = {
+    "sgd": (0.05, 5e-4, "SGD with (Nesterov) momentum"),
+    "adamw": (1e-3, 0.05, "Adam with decoupled weight decay"),
+    "adam": (1e-3, 0.0, "Adam (L2 weight decay)"),
+    "nadamw": (1e-3, 0.05, "Adam with Nesterov momentum, decoupled decay"),
+    "radamw": (1e-3, 0.05, "rectified Adam, decoupled decay"),
+    "lamb": (2e-3, 0.02, "layer-wise adaptive moments (large batches)"),
+    "lion": (1e-4, 0.5, "evolved sign momentum"),
+    "rmsprop": (1e-3, 1e-5, "torch's RMSprop (alpha 0.9, momentum)"),
+    "rmsproptf": (1e-3, 1e-5, "TensorFlow-style RMSprop (EfficientNet's recipes)"),
+    "adan": (1e-3, 0.02, "adaptive Nesterov momentum"),
+    "adoptw": (1e-3, 0.05, "ADOPT, decoupled decay"),
+}
+OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
+SCHEDULES = ("cosine", "onecycle", "step", "constant", "plateau")
+SAMPLERS = ("random", "balanced")
 
 
 @dataclass
@@ -40,6 +57,8 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float | None = None  # default depends on the optimizer
     schedule: str = "cosine"
+    plateau_patience: int = 2  # the `plateau` schedule: epochs without a better val top-1 before
+    plateau_factor: float = 0.1  # the lr is multiplied by plateau_factor
     warmup_epochs: float = 0.0
     step_epochs: int = 10  # the `step` schedule: multiply by step_gamma every step_epochs
     step_gamma: float = 0.1
@@ -51,7 +70,7 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"
     threads: int | None = None
-    amp: str = "off"  # auto | bf16 | fp16 | off (engine/amp.py); `true`/`false` of older recipes: auto/off
+    amp: str = "auto"  # auto | bf16 | fp16 | off (engine/amp.py); `true`/`false` of older recipes: auto/off
     compile: bool = False
     eval_batch_size: int = 512
     out: str | None = None
@@ -71,16 +90,18 @@ class TrainConfig:
     stream: bool | None = None
     workers: int | None = None
     skip_bad_images: bool = False
+    class_weights: str | None = None  # "auto" (inverse class frequency) or a JSON/CSV file (data/balance.py)
+    sampler: str = "random"  # random: a permutation per epoch; balanced: classes drawn equally often
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 1e-3 if self.optimizer == "adamw" else 0.05
+        return OPTIMIZER_DEFAULTS.get(self.optimizer, OPTIMIZER_DEFAULTS["sgd"])[0]
 
     def resolved_weight_decay(self) -> float:
         if self.weight_decay is not None:
             return self.weight_decay
-        return 0.05 if self.optimizer == "adamw" else 5e-4
+        return OPTIMIZER_DEFAULTS.get(self.optimizer, OPTIMIZER_DEFAULTS["sgd"])[1]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,7 +207,7 @@ def validate(c: TrainConfig) -> None:
         raise InputError("no model given: name one (see 'cnncli models') or set `model` in the recipe")
     _check_numbers(c)
     for name in ("epochs", "batch_size", "eval_batch_size", "max_samples", "threads", "img_size",
-                 "step_epochs", "patience"):
+                 "step_epochs", "patience", "plateau_patience"):
         positive(name, getattr(c, name))
     positive("lr", c.lr)
     if c.weight_decay is not None and c.weight_decay < 0:
@@ -217,9 +238,20 @@ def validate(c: TrainConfig) -> None:
     if c.mixup_off_epoch is not None and c.mixup_off_epoch < 0:
         raise InputError(f"--mixup-off-epoch must not be negative, got {c.mixup_off_epoch}")
     if c.optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer '{c.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+        close = difflib.get_close_matches(str(c.optimizer), OPTIMIZERS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise InputError(f"unknown optimizer '{c.optimizer}'{hint}; choose one of {', '.join(OPTIMIZERS)}")
     if c.schedule not in SCHEDULES:
         raise InputError(f"unknown schedule '{c.schedule}'; choose one of {', '.join(SCHEDULES)}")
+    if c.schedule == "plateau" and c.val_fraction == 0:
+        raise InputError("--schedule plateau lowers the lr when the validation top-1 stops improving; "
+                         "it needs a validation split (--val-fraction > 0)")
+    if not 0 < c.plateau_factor < 1:
+        raise InputError(f"--plateau-factor must be in (0, 1), got {c.plateau_factor}")
+    if c.sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler '{c.sampler}'; choose one of {', '.join(SAMPLERS)}")
+    if c.class_weights is not None and not c.class_weights.strip():
+        raise InputError("--class-weights takes 'auto' or a JSON/CSV file of class name -> weight")
     if c.device not in ("auto", "cpu", "cuda", "mps") and not c.device.startswith("cuda:"):
         raise InputError(f"unknown device '{c.device}'; choose auto, cpu, cuda or mps")
     if c.log:

@@ -1,12 +1,15 @@
 """Optimizers and learning-rate schedules (per step, with linear warm-up).
 
 Schedules are plain functions of the global step, so the whole schedule state is one integer
-that the train state records; resuming rebuilds the same learning rate exactly.
+that the train state records; resuming rebuilds the same learning rate exactly. `plateau`
+also depends on the validation figures so far: it is a pure function of the run's history
+(which the train state records too), so it resumes exactly as well.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -15,8 +18,11 @@ def build_optimizer(param_groups, optimizer: str, lr: float, weight_decay: float
                     momentum: float = 0.9, nesterov: bool = True) -> torch.optim.Optimizer:
     """`param_groups`: parameters, or a list of dicts with a `lr_scale` each (finetune).
 
-    Weight decay is not applied to biases and normalization weights (1-d tensors), as in
-    timm's and Keras' good practice.
+    The optimizer comes from timm's factory (`timm.optim.create_optimizer_v2`) under the name
+    given (engine/config.OPTIMIZERS lists the ones offered); momentum goes to those that have
+    one, Nesterov to SGD. Weight decay is not applied to biases and normalization weights
+    (1-d tensors): timm's `filter_bias_and_bn`, done here because the groups (finetune's lr
+    scales) are ours. sgd and adamw are torch's own classes, as before, so older runs resume.
     """
     groups = []
     raw = list(param_groups)
@@ -33,19 +39,24 @@ def build_optimizer(param_groups, optimizer: str, lr: float, weight_decay: float
                                "initial_lr": lr * scale, "lr_scale": scale})
     if not groups:
         raise ValueError("no trainable parameters")
-    if optimizer == "sgd":
-        return _fastest(torch.optim.SGD, groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
-    return _fastest(torch.optim.AdamW, groups, lr=lr)
+    extra = {"nesterov": nesterov and momentum > 0} if optimizer == "sgd" else {}
+    return _fastest(optimizer, groups, lr=lr, weight_decay=weight_decay, momentum=momentum, **extra)
 
 
-def _fastest(cls, groups, **kwargs) -> torch.optim.Optimizer:
-    """The fused implementation (one kernel over all parameters) where torch has one for the
-    parameters' device, else foreach. On the 2-core CPU the AdamW step of typical_cnn took
-    2.0 ms fused, 13.6 ms foreach, 17.6 ms with the default loop (bench/README.md)."""
-    try:
-        return cls(groups, fused=True, **kwargs)
-    except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device or dtype
-        return cls(groups, foreach=True, **kwargs)
+def _fastest(name: str, groups, **kwargs) -> torch.optim.Optimizer:
+    """timm's optimizer `name`, in the fused implementation (one kernel over all parameters)
+    where torch has one for the parameters' device, else foreach, else the plain loop. On the
+    2-core CPU the AdamW step of typical_cnn took 2.0 ms fused, 13.6 ms foreach, 17.6 ms with
+    the default loop (bench/README.md)."""
+    from timm.optim import create_optimizer_v2
+
+    for speed in ({"fused": True}, {"foreach": True}, {}):
+        try:
+            return create_optimizer_v2(groups, opt=name, filter_bias_and_bn=False, **kwargs, **speed)
+        except (RuntimeError, ValueError, TypeError):  # no such implementation for this device or dtype
+            if not speed:
+                raise
+    raise AssertionError("unreachable")
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int,
@@ -59,7 +70,7 @@ def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int,
         return _cos_between(1.0, 1 / 1e4, (step - up) / max(1, total_steps - up))
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
-    if schedule == "constant":
+    if schedule in ("constant", "plateau"):  # plateau: times Plateau.level(), which the step asks
         return 1.0
     if schedule == "step":
         return step_gamma ** ((step // max(1, steps_per_epoch)) // step_epochs)
@@ -90,3 +101,47 @@ def match_layouts(optimizer: torch.optim.Optimizer) -> None:
             for key, value in state.items():
                 if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
                     state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+@dataclass(frozen=True, eq=False)
+class Plateau:
+    """`--schedule plateau`: the lr times `factor` each time `patience` epochs of the phase
+    passed without a better validation top-1 (the EMA's where there is one, as for the best
+    checkpoint); the count starts again after each reduction (torch's ReduceLROnPlateau in
+    mode max, without cooldown or threshold). Read from `history`, the run's epoch rows."""
+
+    history: list
+    phase: str
+    patience: int = 2
+    factor: float = 0.1
+
+    def level(self) -> float:
+        return plateau_level([_val_top1(r) for r in self.history if r.get("phase") == self.phase],
+                             self.patience, self.factor)
+
+
+def _val_top1(row: dict) -> float | None:
+    value = row.get("ema_val_top1")
+    return row.get("val_top1") if value is None else value
+
+
+def plateau_level(values: list[float | None], patience: int, factor: float) -> float:
+    """The lr multiplier after the epochs whose validation figures are `values` (None: not validated)."""
+    level, best, bad = 1.0, -math.inf, 0
+    for value in values:
+        if value is None:
+            continue
+        if value > best:
+            best, bad = value, 0
+            continue
+        bad += 1
+        if bad >= patience:
+            level, bad = level * factor, 0
+    return level
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer, name: str) -> dict:
+    """What a run records of its optimizer: the name asked for, the class timm made, how decay is applied."""
+    return {"name": name, "class": f"{type(optimizer).__module__}.{type(optimizer).__name__}",
+            "weight_decay": max((g.get("weight_decay", 0.0) for g in optimizer.param_groups), default=0.0),
+            "no_weight_decay": "biases and normalization weights (1-d parameters)"}

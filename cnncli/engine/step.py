@@ -68,10 +68,12 @@ class Schedule:
     steps_per_epoch: int
     step_epochs: int = 10
     step_gamma: float = 0.1
+    plateau: Any = None  # optim.Plateau for the `plateau` schedule: its level multiplies the factor
 
     def factor(self, step: int) -> float:
-        return lr_factor(self.name, step, self.total_steps, self.warmup_steps, self.steps_per_epoch,
-                         self.step_epochs, self.step_gamma)
+        factor = lr_factor(self.name, step, self.total_steps, self.warmup_steps, self.steps_per_epoch,
+                           self.step_epochs, self.step_gamma)
+        return factor * self.plateau.level() if self.plateau is not None else factor
 
 
 class EpochMeter:
@@ -113,10 +115,11 @@ class TrainStep:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
                  device: torch.device, amp: bool = False, label_smoothing: float = 0.0,
                  clip_grad: float | None = None, dist=None, precision=None, accum_steps: int = 1,
-                 after_update: Callable[[int], None] | None = None):
+                 after_update: Callable[[int], None] | None = None, class_weights=None):
         """`precision` (engine/amp.Precision) wins over `amp` (True: bf16 autocast); fp16 brings a
         GradScaler. With `accum_steps` k the gradients of k batches are summed (each loss / k)
-        before one optimizer step; `after_update(step)` runs after each optimizer step (EMA)."""
+        before one optimizer step; `after_update(step)` runs after each optimizer step (EMA).
+        `class_weights` (one per class, data/balance.py) weigh the cross-entropy's terms."""
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.device, self.amp = device, amp
         self.label_smoothing, self.clip_grad = label_smoothing, clip_grad
@@ -130,6 +133,8 @@ class TrainStep:
         self.accum_steps = max(1, int(accum_steps))
         self.after_update = after_update
         self.pending = 0  # batches whose gradients wait for the optimizer step (accumulation)
+        self.class_weights = None if class_weights is None else \
+            torch.as_tensor(class_weights, dtype=torch.float32, device=device)
 
     def __call__(self, forward, x: torch.Tensor, y: torch.Tensor, step: int, meter: EpochMeter,
                  signals=None, last: bool = False) -> torch.Tensor:
@@ -143,7 +148,8 @@ class TrainStep:
         set_lr(self.optimizer, self.schedule.factor(step))
         with self.precision.autocast():
             logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+            loss = F.cross_entropy(logits.float(), y, weight=self.class_weights,
+                                   label_smoothing=self.label_smoothing)
         finite = bool(torch.isfinite(loss.detach()))
         if self.dist is not None and self.dist.enabled:
             flag = torch.tensor([0.0 if finite else 1.0, float(signals.signum if signals else 0)], device=self.device)

@@ -31,6 +31,7 @@ from cnncli.checkpoint import (
     save_checkpoint,
     versions,
 )
+from cnncli.data.balance import epoch_order
 from cnncli.data.stream import BadImageFailure
 from cnncli.data.transforms import adapt_stats
 from cnncli.engine import distributed
@@ -43,7 +44,7 @@ from cnncli.engine.device import (
     use_channels_last,
 )
 from cnncli.engine.evaluate import EvalResult, evaluate
-from cnncli.engine.optim import build_optimizer, match_layouts
+from cnncli.engine.optim import Plateau, build_optimizer, describe_optimizer, match_layouts
 from cnncli.engine.progress import Progress
 from cnncli.engine.report import RunResult
 from cnncli.engine.resume_policy import (
@@ -108,8 +109,6 @@ class Trainer:
 
         # what --amp resolves to on this device; printed (unless off) and recorded in the run
         self.precision = resolve_precision(cfg.amp, self.device)
-        if str(cfg.amp) != "off" and self.dist.is_main:
-            output.note(self.precision.describe())
         set_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -117,6 +116,10 @@ class Trainer:
         # a bad --out or --resume folder is said before the data is loaded (and before any note);
         # the folder is locked from here to the end of the run (cnncli.outputs: a second writer refuses)
         self.run_lock = open_run(command, out=cfg.out, resume=resume) if self.dist.is_main else None
+        if self.resume_dir is None and cfg.class_weights not in (None, "auto"):
+            from cnncli.data.balance import read_class_weights
+
+            read_class_weights(cfg.class_weights, None)  # the file itself; its class names once data is loaded
 
         from cnncli.data import load_dataset
 
@@ -127,6 +130,17 @@ class Trainer:
         self.streaming = bool(getattr(self.data, "streaming", False))
         self.class_names = list(self.data.class_names)
         self.num_classes = len(self.class_names)
+        from cnncli.data.balance import resolve_class_weights
+
+        # --class-weights: one weight per class in the loss; a resumed run keeps those it recorded
+        state = self.resume_dir / "train_state.safetensors" if self.resume_dir is not None else None
+        recorded = None
+        if cfg.class_weights is not None and state is not None and state.exists():
+            from cnncli.checkpoint import read_meta
+
+            recorded = read_meta(state).get("class_weights")
+        self.class_weights = [float(recorded[n]) for n in self.class_names] if recorded else \
+            resolve_class_weights(cfg.class_weights, self.data.train.labels, self.class_names)
 
         self.model_spec, info = model_spec, None  # what a checkpoint stores to rebuild the network
         if model is None:
@@ -163,6 +177,8 @@ class Trainer:
         if self.streaming:
             self.extra_meta["data_pipeline"] = self.stream_record
         self.extra_meta["device"] = str(self.device)  # the device actually used (--device auto resolved)
+        if self.class_weights is not None:
+            self.extra_meta["class_weights"] = dict(zip(self.class_names, self.class_weights))
         if not hasattr(self, "weights_source"):
             self.weights_source = self.extra_meta.get("weights_source")
         self.run_name = run_name or cfg.name or f"{Path(cfg.model).stem if cfg.model.endswith('.toml') else cfg.model.replace('/', '_')}-{cfg.data.split(':')[0]}"
@@ -236,6 +252,8 @@ class Trainer:
 
     def _fit(self) -> RunResult:
         progress = self._open_run()
+        if str(self.cfg.amp) != "off" and self.dist.is_main:
+            output.note(self.precision.describe())
         self._wall_start = time.perf_counter() - progress.seconds
         hooks = self.hooks = start_hooks(self, progress, self.callbacks)
         with SignalCatcher() as signals, ProgressBar(enabled=self.dist.is_main and not self.quiet) as bar, \
@@ -303,6 +321,7 @@ class Trainer:
             {"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
         optimizer = build_optimizer(groups, cfg.optimizer, cfg.resolved_lr(), cfg.resolved_weight_decay(),
                                     cfg.momentum, cfg.nesterov)
+        self.extra_meta["optimizer"] = describe_optimizer(optimizer, cfg.optimizer)
         # wrapped per phase: DDP registers the parameters that train at construction, and a
         # phase that freezes some (finetune) would leave its reducer waiting
         forward = self._wrap(model)
@@ -312,12 +331,15 @@ class Trainer:
             self._optimizer_state = None
         progress.optimizer_fresh = False  # this phase's optimizer exists now: a state saved mid-phase keeps it
         spe = self.steps_per_epoch
+        plateau = Plateau(progress.history, phase.name, cfg.plateau_patience, cfg.plateau_factor) \
+            if cfg.schedule == "plateau" else None
         schedule = Schedule(cfg.schedule, spe * phase.epochs, int(cfg.warmup_epochs * spe), spe,
-                            cfg.step_epochs, cfg.step_gamma)
+                            cfg.step_epochs, cfg.step_gamma, plateau)
         after_update = (lambda _s: self.ema.update(model, self._global_step)) if self.ema is not None else None
         step = TrainStep(model, optimizer, schedule, device=self.device, precision=self.precision,
                          label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, dist=self.dist,
-                         accum_steps=cfg.accum_steps, after_update=after_update)
+                         accum_steps=cfg.accum_steps, after_update=after_update,
+                         class_weights=self.class_weights)
         if phase.feed:
             feed = phase.feed(self)
         elif self.streaming:
@@ -387,7 +409,7 @@ class Trainer:
         if order_of is not None:
             order = order_of(epoch, cfg.seed, dist.rank, dist.world_size)
         else:
-            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(step_seed(cfg.seed, epoch, -1)))
+            order = epoch_order(labels, step_seed(cfg.seed, epoch, -1), cfg.sampler)
             order = order[: (n_train // dist.world_size) * dist.world_size][dist.rank::dist.world_size]
         meter = EpochMeter(progress.partial)
         mixing = self.mixer is not None and self.mixer.active(epoch)

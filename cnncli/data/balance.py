@@ -1,0 +1,146 @@
+"""Class imbalance: loss weights per class (`--class-weights`) and the epoch's order (`--sampler`).
+
+- `--class-weights auto`: inverse class frequency, normalised so that the weighted mean over the
+  training images is 1 (n / (classes * count), scikit-learn's "balanced"); the loss keeps its
+  scale and a balanced dataset gets weight 1 everywhere.
+- `--class-weights FILE`: a JSON object `{"class name": weight}` or a CSV of `name,weight`
+  rows (a header row is allowed); every class of the dataset must be there, each weight a
+  finite number > 0, and no other names.
+- `--sampler balanced`: each epoch draws as many images as the training set has, with
+  replacement, every class equally likely (torch.multinomial over 1/count per image).
+
+The epoch's order is a pure function of (labels, seed, sampler): the trainer seeds it with
+(seed, epoch), so a resumed run draws the same batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from cnncli.errors import InputError
+
+MAX_WEIGHTS_FILE_BYTES = 16 * 2**20  # a name and a number per class: far more than any dataset has
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(labels.long().flatten(), minlength=num_classes)[:num_classes]
+
+
+def auto_class_weights(labels: torch.Tensor, num_classes: int) -> list[float]:
+    """n / (classes * count) per class; a class without training images gets 1 (it is never a target)."""
+    counts = class_counts(labels, num_classes).double()
+    n = float(counts.sum())
+    weights = torch.where(counts > 0, n / (num_classes * counts.clamp(min=1)), torch.ones_like(counts))
+    return [float(w) for w in weights]
+
+
+def read_class_weights(path: str | Path, class_names: list[str] | None) -> list[float]:
+    """The weights of a JSON or CSV file, in the order of `class_names`; checked (see the module doc).
+
+    Without `class_names` (before the data is loaded) only the file itself is checked."""
+    path = Path(path)
+    where = f"--class-weights {path}"
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InputError(f"{where}: no such file (give 'auto' or a JSON/CSV file of class name -> weight)") from None
+    except OSError as e:
+        raise InputError(f"{where}: cannot read it: {e.strerror or e}") from None
+    if not path.is_file():
+        raise InputError(f"{where}: not a file")
+    if size > MAX_WEIGHTS_FILE_BYTES:
+        raise InputError(f"{where}: {size:,} bytes is not a class-weights file "
+                         f"(at most {MAX_WEIGHTS_FILE_BYTES:,})")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{where}: cannot read it as UTF-8 text: {e}") from None
+    pairs = _parse(text, where)
+    names = set(class_names or ())
+    seen: dict[str, float] = {}
+    for name, raw in pairs:
+        if class_names is not None and name not in names:
+            raise InputError(f"{where}: '{name}' is not a class of the dataset (its classes: "
+                             f"{', '.join(class_names)})")
+        if name in seen:
+            raise InputError(f"{where}: '{name}' is given twice")
+        seen[name] = _weight(raw, name, where)
+    if class_names is None:
+        return list(seen.values())
+    missing = [n for n in class_names if n not in seen]
+    if missing:
+        raise InputError(f"{where}: no weight for {len(missing)} class{'es' if len(missing) > 1 else ''}: "
+                         f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+    return [seen[n] for n in class_names]
+
+
+def _parse(text: str, where: str) -> list[tuple[str, object]]:
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        try:
+            doc = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise InputError(f"{where}: not valid JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise InputError(f"{where}: the JSON must be an object of class name -> weight")
+        return [(str(k), v) for k, v in doc.items()]
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    except csv.Error as e:
+        raise InputError(f"{where}: not a valid CSV: {e}") from None
+    if rows and len(rows[0]) == 2 and _number(rows[0][1]) is None and rows[0][1].strip():
+        rows = rows[1:]  # a header row such as "class,weight"
+    pairs = []
+    for i, row in enumerate(rows, 1):
+        if len(row) != 2:
+            raise InputError(f"{where}: CSV row {i} has {len(row)} fields; each row is: class name,weight")
+        pairs.append((row[0].strip(), row[1].strip()))
+    return pairs
+
+
+def _number(raw: object) -> float | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, (int, float)):
+        return float(raw)
+    try:
+        return float(str(raw))
+    except ValueError:
+        return None
+
+
+def _weight(raw: object, name: str, where: str) -> float:
+    value = _number(raw)
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{where}: the weight of '{name}' must be a finite number > 0, got {raw!r}")
+    return value
+
+
+def resolve_class_weights(spec: str | None, labels: torch.Tensor, class_names: list[str]) -> list[float] | None:
+    """`--class-weights` as one weight per class (None: unweighted)."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        return auto_class_weights(labels, len(class_names))
+    return read_class_weights(spec, class_names)
+
+
+def epoch_order(labels: torch.Tensor, seed: int, sampler: str = "random") -> torch.Tensor:
+    """The training images' indices for one epoch, drawn from a generator seeded with `seed`.
+
+    random: a permutation (each image once). balanced: len(labels) draws with replacement,
+    each class equally likely, each image of a class equally likely within it.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n = len(labels)
+    if sampler == "balanced":
+        counts = torch.bincount(labels.long().flatten()).double()
+        per_image = 1.0 / counts[labels.long()]
+        return torch.multinomial(per_image, n, replacement=True, generator=generator)
+    return torch.randperm(n, generator=generator)
