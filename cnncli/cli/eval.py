@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from cnncli.cli.options import CommandDeviceOpt, CommandThreadsOpt, InferenceBatchSizeOpt, JsonOpt
+from cnncli.cli.options import (
+    CommandDeviceOpt,
+    CommandThreadsOpt,
+    InferenceBatchSizeOpt,
+    JsonOpt,
+    TtaOpt,
+)
 
 CheckpointArg = Annotated[str, typer.Argument(
     help="A cnncli checkpoint or run directory (or a registry name with --weights or --pretrained).")]
@@ -44,6 +50,7 @@ def eval_command(
     plot: PlotOpt = None,
     json_out: JsonOpt = False,
     predictions: PredictionsOpt = None,
+    tta: TtaOpt = "none",
 ) -> None:
     """Evaluate a checkpoint: rebuilt from its metadata alone, on a dataset split.
 
@@ -61,7 +68,7 @@ def eval_command(
         raise InputError(f"--predictions {predictions} exists and is not a file; give a .csv file name")
     doc = evaluate_checkpoint(checkpoint, data=data, split=split, data_dir=data_dir, weights=weights,
                               batch_size=batch_size, device=device, threads=threads,
-                              max_samples=max_samples, pretrained=pretrained, predictions=rows)
+                              max_samples=max_samples, pretrained=pretrained, predictions=rows, tta=tta)
     if not distributed.context().is_main:
         return
     if predictions is not None:
@@ -87,7 +94,8 @@ def _render(doc: dict) -> None:
             for p in doc["per_class"]]
     output.render_rows(["class", "precision", "recall", "F1", "support"], rows,
                        title=f"{doc['model']} on {doc['dataset']} ({doc['split']}, "
-                       f"{output.plural(doc['n'], 'image')})",
+                       f"{output.plural(doc['n'], 'image')}"
+                       + (f", test-time augmentation: {doc['tta']}" if doc.get("tta", "none") != "none" else "") + ")",
                        justify=["left", "right", "right", "right", "right"],
                        footer=[f"top-1 {doc['top1']:.4f}   top-5 {doc['top5']:.4f}   loss {doc['loss']:.4f}   "
                                f"{doc['images_per_second']:.0f} images/s"]
