@@ -371,6 +371,9 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
     if use_cache:
         trainer.phases[0].feed = FeatureCache(
             keep_on_device=trainer.device.type == "cpu" or fits_on_device(trainer))
+    from cnncli.engine.lr_find import resolve_auto_lr
+
+    resolve_auto_lr(trainer)  # --lr auto: the range test on the head stage (phase 0)
     lr = cfg.resolved_lr()
     trainer.extra_meta["weights_source"] = source
     trainer.weights_source = source

@@ -87,6 +87,36 @@ def plot_curves(history: Sequence[dict], out_path: str | os.PathLike, title: str
     return _save(fig, out_path)
 
 
+def plot_lr_find(doc: dict, out_path: str | os.PathLike, title: str | None = None) -> Path:
+    """The learning-rate range test: smoothed loss against the learning rate (log axis), the
+    raw losses faint behind it, each suggestion marked where it was read off the curve.
+
+    `doc` is `LrFindResult.to_dict()` (points: [{lr, loss, raw_loss}], suggestions: {name: {lr, at_lr, loss}})."""
+    points = doc.get("points") or []
+    if not points:
+        raise InputError("no learning-rate points to plot")
+    fig = _figure(7, 4.5)
+    ax = fig.subplots()
+    lrs = [p["lr"] for p in points]
+    ax.plot(lrs, [p["raw_loss"] for p in points], color="0.75", linewidth=0.8, label="loss")
+    ax.plot(lrs, [p["loss"] for p in points], color="C0", linewidth=1.8, label="smoothed loss")
+    for (name, s), colour in zip((doc.get("suggestions") or {}).items(), ("C1", "C2", "C3", "C4")):
+        ax.plot([s["at_lr"]], [s["loss"]], "o", color=colour, markersize=7, label=f"{name}: {s['lr']:.2e}")
+        ax.axvline(s["lr"], color=colour, linestyle=":", linewidth=1)
+    smooth = [p["loss"] for p in points]
+    low, high = min(smooth), max(smooth[:-5] or smooth)  # the raw losses' spikes do not set the scale
+    pad = 0.1 * (high - low) or 0.1 * abs(high) or 0.1
+    ax.set_ylim(low - pad, high + 2 * pad)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best")
+    if title:
+        ax.set_title(title)
+    return _save(fig, out_path)
+
+
 def plot_confusion(
     matrix: Sequence[Sequence[float]],
     class_names: Sequence[str] | None,

@@ -35,6 +35,7 @@ class Predictor:
     source: str  # "checkpoint", "onnx" or "pretrained"
     device: str = "cpu"
     model: Any = field(default=None, repr=False)  # the torch module, where there is one
+    tta: str = "none"  # test-time augmentation (cnncli.engine.tta): none, flip, multicrop
 
     @property
     def class_names(self) -> list[str]:
@@ -46,9 +47,15 @@ class Predictor:
 
         from cnncli.data.transforms import prepare_images
 
-        batch = prepare_images(list(images), self.meta["input_size"], self.meta["mean"],
-                               self.meta["std"], device=self.device)
+        size, mean, std = self.meta["input_size"], self.meta["mean"], self.meta["std"]
+        batch = prepare_images(list(images), size, mean, std, device=self.device)
         with torch.inference_mode():
+            if self.tta != "none":
+                from cnncli.data.transforms import prepare_batch
+                from cnncli.engine.tta import average_probabilities, black_fill
+
+                fill = black_fill(lambda b: prepare_batch(b, size, mean, std), batch.device)
+                return average_probabilities(self.forward, batch, self.tta, fill).cpu()
             logits = self.forward(batch)
         return torch.softmax(logits.float(), dim=1).cpu()
 
@@ -66,6 +73,11 @@ class RuntimePredictor(Predictor):
         from cnncli.deploy.preprocess import prepare_arrays, softmax
 
         batch = prepare_arrays(list(images), self.meta["input_size"], self.meta["mean"], self.meta["std"])
+        if self.tta != "none":
+            from cnncli.engine.tta import numpy_probabilities
+
+            return numpy_probabilities(self.forward, batch, self.tta, self.meta["input_size"],
+                                       self.meta["mean"], self.meta["std"])
         return softmax(self.forward(batch))
 
     def decode(self, path: str):
@@ -99,16 +111,19 @@ def open_predictor(
     weights: str | None = None,
     device: str = "auto",
     threads: int | None = None,
+    tta: str = "none",
 ) -> Predictor:
     """A predictor for MODEL_OR_FILE: a checkpoint / run dir, an exported file or a registry name
-    (opened through `cnncli.engine.open.open_network`)."""
+    (opened through `cnncli.engine.open.open_network`); `tta`: test-time augmentation."""
     from cnncli.engine.open import EXPORTED_KINDS, locate_network, open_network
+    from cnncli.engine.tta import check_tta
 
+    tta = check_tta(tta)
     kind = locate_network(model).kind
     if kind in ("onnx", "openvino"):  # before anything that imports torch
         opened = open_network(model, pretrained=pretrained, weights=weights, exported=True, threads=threads)
         return RuntimePredictor(forward=opened.session.run, meta=opened.document, source=opened.kind,
-                                device="cpu", model=opened.session.handle)
+                                device="cpu", model=opened.session.handle, tta=tta)
     from cnncli.engine.device import resolve_device, set_threads
 
     if kind in EXPORTED_KINDS and (pretrained or weights):
@@ -117,7 +132,8 @@ def open_predictor(
     dev = str(resolve_device(device))
     opened = open_network(model, pretrained=pretrained, weights=weights, device=dev, exported=True)
     source = {"pretrained": "pretrained", "weights": "pretrained"}.get(opened.kind, opened.kind)
-    return Predictor(forward=opened.module, meta=opened.document, source=source, device=dev, model=opened.module)
+    return Predictor(forward=opened.module, meta=opened.document, source=source, device=dev, model=opened.module,
+                     tta=tta)
 
 
 def load_network(model: str, pretrained: bool = False, weights: str | None = None,

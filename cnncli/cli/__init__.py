@@ -120,6 +120,7 @@ from cnncli.cli import explain as _explain  # noqa: E402
 from cnncli.cli import export as _export  # noqa: E402
 from cnncli.cli import finetune as _finetune  # noqa: E402
 from cnncli.cli import inspect as _inspect  # noqa: E402
+from cnncli.cli import lr_find as _lr_find  # noqa: E402
 from cnncli.cli import models as _models  # noqa: E402
 from cnncli.cli import new_model as _new_model  # noqa: E402
 from cnncli.cli import predict as _predict  # noqa: E402
@@ -134,6 +135,7 @@ app.add_typer(_datasets.datasets_app, name="datasets")
 command(app, "train", _train.train)
 command(app, "finetune", _finetune.finetune)
 command(app, "tune", _tune.tune)
+command(app, "lr-find", _lr_find.lr_find)
 command(app, "eval", _eval.eval_command)
 command(app, "export", _export.export)
 command(app, "predict", _predict.predict)

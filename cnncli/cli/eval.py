@@ -13,6 +13,7 @@ from cnncli.cli.options import (
     ForceOpt,
     InferenceBatchSizeOpt,
     JsonOpt,
+    TtaOpt,
 )
 
 CheckpointArg = Annotated[str, typer.Argument(
@@ -51,6 +52,7 @@ def eval_command(
     json_out: JsonOpt = False,
     predictions: PredictionsOpt = None,
     force: ForceOpt = False,
+    tta: TtaOpt = "none",
 ) -> None:
     """Evaluate a checkpoint: rebuilt from its metadata alone, on a dataset split.
 
@@ -62,7 +64,7 @@ def eval_command(
     with forced(force):
         _evaluate(checkpoint, data=data, split=split, data_dir=data_dir, weights=weights, pretrained=pretrained,
                   batch_size=batch_size, max_samples=max_samples, device=device, threads=threads, plot=plot,
-                  json_out=json_out, predictions=predictions)
+                  json_out=json_out, predictions=predictions, tta=tta)
 
 
 def _evaluate(checkpoint: str, *, plot: Path | None, json_out: bool, predictions: Path | None, **options) -> None:
@@ -102,7 +104,8 @@ def _render(doc: dict) -> None:
             for p in doc["per_class"]]
     output.render_rows(["class", "precision", "recall", "F1", "support"], rows,
                        title=f"{doc['model']} on {doc['dataset']} ({doc['split']}, "
-                       f"{output.plural(doc['n'], 'image')})",
+                       f"{output.plural(doc['n'], 'image')}"
+                       + (f", test-time augmentation: {doc['tta']}" if doc.get("tta", "none") != "none" else "") + ")",
                        justify=["left", "right", "right", "right", "right"],
                        footer=[f"top-1 {doc['top1']:.4f}   top-5 {doc['top5']:.4f}   loss {doc['loss']:.4f}   "
                                f"{doc['images_per_second']:.0f} images/s"]

@@ -124,10 +124,28 @@ OptimizerOpt = Annotated[Optimizer, typer.Option(
     "--optimizer", rich_help_panel=OPTIMISATION,
     help="Optimizer, from timm's factory: sgd, adamw, adam, nadamw, radamw, lamb, lion, rmsprop, "
     "rmsproptf (TF-style), adan, adoptw. No weight decay on biases and norm weights.")]
-LrOpt = Annotated[float | None, typer.Option(
-    "--lr", rich_help_panel=OPTIMISATION, callback=_range(0, 10, low_open=True),
+def _lr_value(text: str):
+    """--lr: a number in (0, 10], or 'auto' (the learning-rate range test picks it)."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a number (or 'auto')") from None
+    try:
+        return _range(0, 10, low_open=True)(value)
+    except typer.BadParameter as e:
+        raise ValueError(e.message) from None
+
+
+LrOpt = Annotated[str | None, typer.Option(
+    "--lr", rich_help_panel=OPTIMISATION, parser=_lr_value, metavar="LR|auto",
     show_default="1e-3 with adamw and the Adam family, 2e-3 lamb, 1e-4 lion, 0.05 sgd",
-    help="Peak learning rate.")]
+    help="Peak learning rate; 'auto' runs the learning-rate range test first (see 'cnncli lr-find') "
+    "and takes its --lr-suggestion, printed and recorded in the run.")]
+LrSuggestionOpt = Annotated[str | None, typer.Option(
+    "--lr-suggestion", rich_help_panel=OPTIMISATION, metavar="valley|steep|minimum", show_default="valley",
+    help="Which suggestion of the range test --lr auto takes.")]
 MomentumOpt = Annotated[float, typer.Option(
     "--momentum", rich_help_panel=OPTIMISATION, callback=_range(0, 1, high_open=True), help="SGD momentum.")]
 NesterovOpt = Annotated[bool, typer.Option(
@@ -257,6 +275,24 @@ ForceOpt = Annotated[bool, typer.Option(
 RunForceOpt = Annotated[bool, typer.Option(
     "--force", rich_help_panel=RUN, help="Write the run into a folder that is not empty and not a run "
     "of this command (its files of the same names are replaced).")]
+
+
+# lr-find (its data and model options are train's)
+StartLrOpt = Annotated[float, typer.Option(
+    "--start-lr", callback=_range(0, 10, low_open=True), help="Learning rate of the sweep's first step.")]
+EndLrOpt = Annotated[float, typer.Option(
+    "--end-lr", callback=_range(0, 1000, low_open=True), help="Learning rate of the sweep's last step.")]
+LrStepsOpt = Annotated[int, typer.Option(
+    "--steps", callback=_range(10, 10_000), help="Optimizer steps of the sweep (it stops early once the loss diverges).")]
+LrPlotOpt = Annotated[Path | None, typer.Option(
+    "--plot", help="Draw loss against learning rate, the suggestions marked, to this PNG.",
+    show_default="no plot")]
+# test-time augmentation (eval and predict)
+TtaOpt = Annotated[str, typer.Option(
+    "--tta", metavar="none|flip|multicrop",
+    help="Test-time augmentation: average the softmax over the image and its horizontal flip "
+    "(flip), or over five crops at the input size, centre and corners of the image padded by a "
+    "tenth (multicrop).")]
 
 
 # ------------------------------------------------------------------------------ overrides

@@ -12,6 +12,7 @@ from cnncli.cli.options import (
     InferenceBatchSizeOpt,
     RegistryPretrainedOpt,
     RegistryWeightsOpt,
+    TtaOpt,
 )
 
 ModelArg = Annotated[str, typer.Argument(
@@ -35,6 +36,7 @@ def predict(
     batch_size: InferenceBatchSizeOpt = 32,
     device: CommandDeviceOpt = "auto",
     threads: CommandThreadsOpt = None,
+    tta: TtaOpt = "none",
 ) -> None:
     """Predict the classes of images; unreadable files are reported on stderr and exit code 1
     (a single file that cannot be read: its one line and exit code 2)."""
@@ -44,7 +46,7 @@ def predict(
 
     paths = expand_inputs(inputs)
     predictor = open_predictor(model, pretrained=pretrained, weights=weights,
-                               device=device, threads=threads)
+                               device=device, threads=threads, tta=tta)
     failed, rows = 0, []
     for result in predict_files(predictor, paths, top_k=top_k, batch_size=batch_size):
         if result.error is not None:

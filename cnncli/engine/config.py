@@ -52,7 +52,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "adamw"
-    lr: float | None = None  # default depends on the optimizer (see resolved_lr)
+    lr: float | str | None = None  # default depends on the optimizer (see resolved_lr); "auto": lr-find
+    lr_suggestion: str | None = None  # which lr-find suggestion --lr auto takes (valley when None)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float | None = None  # default depends on the optimizer
@@ -94,6 +95,8 @@ class TrainConfig:
     sampler: str = "random"  # random: a permutation per epoch; balanced: classes drawn equally often
 
     def resolved_lr(self) -> float:
+        if isinstance(self.lr, str):  # "auto" is resolved by the trainer before any optimizer is built
+            raise ValueError(f"lr {self.lr!r} has not been resolved (engine/lr_find.resolve_auto_lr)")
         if self.lr is not None:
             return self.lr
         return OPTIMIZER_DEFAULTS.get(self.optimizer, OPTIMIZER_DEFAULTS["sgd"])[0]
@@ -209,7 +212,16 @@ def validate(c: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "eval_batch_size", "max_samples", "threads", "img_size",
                  "step_epochs", "patience", "plateau_patience"):
         positive(name, getattr(c, name))
-    positive("lr", c.lr)
+    if isinstance(c.lr, str):
+        if c.lr.strip().lower() != "auto":
+            raise InputError(f"--lr must be a number or 'auto', got {c.lr!r}")
+        c.lr = "auto"
+    else:
+        positive("lr", c.lr)
+    if c.lr_suggestion is not None:
+        from cnncli.engine.lr_find import check_suggestion
+
+        c.lr_suggestion = check_suggestion(c.lr_suggestion)
     if c.weight_decay is not None and c.weight_decay < 0:
         raise InputError(f"--weight-decay must not be negative, got {c.weight_decay}")
     if not 0 <= c.val_fraction < 1:

@@ -22,13 +22,19 @@ def evaluate_checkpoint(
     download: bool = False,
     pretrained: bool = False,
     predictions: list | None = None,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint, a registry network with a weights file for the dataset's classes,
     or (`pretrained`) a pretrained network as is: its own classes (ImageNet's), with the
     dataset's classes matched onto them by name, WordNet ID or index (cnncli.class_match).
 
-    `predictions`: a list that receives one `cnncli.engine.predictions.Prediction` per image."""
+    `predictions`: a list that receives one `cnncli.engine.predictions.Prediction` per image.
+    `tta`: test-time augmentation (cnncli.engine.tta: none, flip, multicrop), recorded as "tta"."""
     import torch
+
+    from cnncli.engine.tta import check_tta
+
+    tta = check_tta(tta)
 
     from cnncli.data.transforms import prepare_batch
     from cnncli.engine import distributed
@@ -101,8 +107,10 @@ def evaluate_checkpoint(
         from cnncli.engine.predictions import PredictionCollector
 
         collector = PredictionCollector(len(subset.labels), len(output_names))
-    result = evaluate(model, subset.images, subset.labels, prepare, len(output_names), output_names,
-                      batch_size=batch_size, device=dev, on_batch=collector)
+    from cnncli.engine.tta import wrap
+
+    result = evaluate(wrap(model, tta, prepare), subset.images, subset.labels, prepare, len(output_names),
+                      output_names, batch_size=batch_size, device=dev, on_batch=collector)
     doc_result = _restricted(result.to_dict(), extra["class_map"]) if pretrained else result.to_dict()
     if collector is not None:
         collector.gather()
@@ -113,7 +121,7 @@ def evaluate_checkpoint(
     doc_result.update(averages(doc_result["per_class"]))
     doc_result["confused_pairs"] = confused_pairs(doc_result["confusion"], names)
     return {"checkpoint": str(checkpoint), "model": model_name, "dataset": data, "split": split,
-            "class_names": class_names, **doc_result, **extra}
+            "tta": tta, "class_names": class_names, **doc_result, **extra}
 
 
 SPLITS = ("train", "val", "test", "all")

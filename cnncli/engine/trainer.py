@@ -280,6 +280,8 @@ class Trainer:
         extra = {"precision": self.precision.name}
         if self.streaming:
             extra["skipped_images"] = len(self.data.skipped())
+        if "lr_find" in self.extra_meta:  # --lr auto: the rate it chose, and which suggestion
+            extra["lr"], extra["lr_suggestion"] = self.cfg.lr, self.extra_meta["lr_find"]["suggestion"]
         if self.ema is not None:
             extra["ema_decay"] = self.cfg.ema
             extra["raw_test_top1"] = self.raw_test.top1 if self.raw_test is not None else None
@@ -289,6 +291,10 @@ class Trainer:
         """The run directory (new, or the one resumed), the batch geometry, where the run is."""
         cfg, dist = self.cfg, self.dist
         progress = None
+        from cnncli.engine.lr_find import resolve_auto_lr, write_lr_find
+
+        resolve_auto_lr(self)  # --lr auto: the range test (a resumed run reuses its lr)
+        found = getattr(self, "lr_search", None)
         if self.resume_dir is not None:
             self.run_dir = self.resume_dir
             progress = self._load_resume(self.run_dir)
@@ -299,6 +305,8 @@ class Trainer:
                 if run_dir is None:
                     run_dir, self.run_lock = new_run_dir(self.run_name, self.command)
                 atomic_write_text(run_dir / "config.toml", to_toml(resolved_recipe(cfg)))
+                if found is not None:
+                    write_lr_find(found, run_dir, title=f"{cfg.model} on {cfg.data}: learning-rate range test")
             # rank 0 may have picked runs/<name>-N: every rank needs that same path
             self.run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir is not None else None))
         distributed.barrier()
@@ -580,6 +588,8 @@ class Trainer:
             return None
         extras: dict = {}
         model_sd, optim_sd, doc = load_train_state(path, extras)
+        if doc.get("lr_find") and "lr_find" not in self.extra_meta:  # --lr auto's search, kept
+            self.extra_meta["lr_find"] = doc.get("lr_find")
         load_state_strict(self.model, model_sd, path)
         self.model.to(self.device)
         if self.ema is not None:
