@@ -71,6 +71,7 @@ class TrainConfig:
     stream: bool | None = None
     workers: int | None = None
     skip_bad_images: bool = False
+    cache: str | None = None  # --cache ram|disk (data/cache.py): decode once into a uint8 store
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -198,6 +199,8 @@ def validate(c: TrainConfig) -> None:
         raise InputError(f"--warmup-epochs must not be negative, got {c.warmup_epochs}")
     positive("clip_grad", c.clip_grad)
     positive("accum_steps", c.accum_steps)
+    if c.cache is not None and str(c.cache).lower() not in ("ram", "disk"):
+        raise InputError(f"--cache {c.cache}: choose ram or disk")
     if c.workers is not None and c.workers < 0:
         raise InputError(f"--workers must not be negative, got {c.workers}")
     from cnncli.engine.amp import MODES
