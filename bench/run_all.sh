@@ -38,6 +38,7 @@ if [[ -n "$QUICK" ]]; then
     bench int8_vs_fp32 --models typical_cnn --max-samples 500 --rounds 1 --seconds 0.2
     bench predict_startup --runs 1
     bench explain_speed --images 2 --rounds 1 --methods gradcam
+    bench photo_pipeline --photos 40 --steps 3 --batch-size 4 --img-size 64 --repeats 1 --workers 1
     if [[ -f recipes/fashion_mnist_best.toml && -z "${SKIP_TTA:-}" ]]; then
         bench time_to_accuracy recipes/fashion_mnist_best.toml --set epochs=1 --set max_samples=2000
     fi
@@ -49,6 +50,7 @@ else
     bench int8_vs_fp32
     bench predict_startup
     bench explain_speed
+    bench photo_pipeline --photos 3000 30000 --cache
     if [[ -f recipes/fashion_mnist_best.toml && -z "${SKIP_TTA:-}" ]]; then
         bench time_to_accuracy recipes/fashion_mnist_best.toml
     fi

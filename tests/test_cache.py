@@ -124,3 +124,30 @@ def test_workers_read_the_disk_store_through_their_own_map(tmp_path):
     batches = list(DataLoader(data, batch_size=2, num_workers=2))
     assert [b[1].tolist() for b in batches] == [[0, 1], [0, 1]]
     assert torch.equal(batches[1][0][0], store[2][:, :20, :20].float())
+
+
+def test_train_with_cache_disk_reads_the_store_on_the_second_run_and_rebuilds_after_a_change(run_cli, tmp_path):
+    from tests.test_shards import write_photos
+
+    folder = write_photos(tmp_path / "photos", per_class=5, sizes=((60, 40), (36, 70)))
+    args = ["train", "lenet5", "--data", f"imagefolder:{folder}", "--epochs", "1", "--threads", "1",
+            "--workers", "0", "--img-size", "32", "--batch-size", "4", "--cache", "disk"]
+    first = run_cli(*args, "--out", tmp_path / "a")
+    assert first.exit_code == 0, first.output
+    assert "decoding 9 train images once" in first.stderr
+    stores = sorted(p.name for p in cache.store_root().iterdir())
+    assert len(stores) == 3  # train, val, test
+    second = run_cli(*args, "--out", tmp_path / "b")
+    assert second.exit_code == 0 and "decoding" not in second.stderr
+    assert "9 train images read from" in second.stderr
+    assert sorted(p.name for p in cache.store_root().iterdir()) == stores
+    from cnncli.checkpoint import read_meta
+
+    record = read_meta(tmp_path / "b" / "model.safetensors")["data_source"]["cache"]
+    assert record["mode"] == "disk" and record["side"] == 36 and record["splits"]["train"]["hit"] is True
+    changed = sorted((folder / "cat").iterdir())[-1]
+    Image.new("RGB", (50, 50), (1, 2, 3)).save(changed, format="PNG" if changed.suffix == ".png" else "JPEG")
+    os.utime(changed, ns=(2, 2_000_000_000))
+    third = run_cli(*args, "--out", tmp_path / "c")
+    assert third.exit_code == 0 and "decoding" in third.stderr
+    assert len(list(cache.store_root().iterdir())) == 3  # the changed split's old store was replaced

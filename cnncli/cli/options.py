@@ -77,6 +77,11 @@ StreamOpt = Annotated[bool | None, typer.Option(
 WorkersOpt = Annotated[int | None, typer.Option(
     "--workers", rich_help_panel=DATA, callback=_range(0, 256), show_default="the usable CPU cores",
     help="DataLoader worker processes decoding a streaming dataset (0: in the main process).")]
+CacheOpt = Annotated[str | None, typer.Option(
+    "--cache", rich_help_panel=DATA, metavar="ram|disk", show_default="off",
+    help="imagefolder/csv/wds: decode each image once at the training resolution into a uint8 store that "
+         "later epochs read: disk (a memory-mapped file in the cnncli cache folder, reused by later runs "
+         "until a file changes) or ram (this run, within the memory budget).")]
 SkipBadImagesOpt = Annotated[bool, typer.Option(
     "--skip-bad-images", rich_help_panel=DATA,
     help="Skip (count and report) images that fail to decode instead of stopping.")]

@@ -20,6 +20,7 @@ The size of the store is known before anything is allocated: one pass over the i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -49,12 +50,15 @@ def scaled_size(height: int, width: int, side: int) -> tuple[int, int]:
 
 
 def cache_key(paths: Sequence[str], side: int, label: str | None = None,
-              channels: int | None = None) -> tuple[str, str]:
+              channels: int | None = None, files: Sequence[str] | None = None) -> tuple[str, str]:
     """(place key, content key): the first names what is cached (`label`, e.g. the dataset and
     split; by default the files' common folder) at which side, the second everything a store
-    depends on (paths, sizes, mtimes, side, format version)."""
+    depends on (the sample ids in order, each file's size and mtime, side, format version).
+    `files`: the files behind the samples when the ids are not files (a shard's samples)."""
     content = hashlib.sha256(f"v{FORMAT_VERSION} side={side} channels={channels} n={len(paths)}\n".encode())
-    for path in paths:
+    if files is not None:
+        content.update("\0".join(paths).encode())
+    for path in (paths if files is None else files):
         try:
             st = os.stat(path)
         except OSError as e:
@@ -66,7 +70,7 @@ def cache_key(paths: Sequence[str], side: int, label: str | None = None,
     return where.hexdigest()[:12], content.hexdigest()[:24]
 
 
-def _header_size(path: str) -> tuple[int, int, int]:
+def _header_size(path) -> tuple[int, int, int]:
     """(channels, height, width) from a file's header, EXIF orientation applied; no decoding."""
     from PIL import Image
 
@@ -76,7 +80,7 @@ def _header_size(path: str) -> tuple[int, int, int]:
             gray = image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
             orientation = image.getexif().get(0x0112, 1) if image.format in ("JPEG", "WEBP", "PNG") else 1
     except Exception:  # noqa: BLE001 - decoded later, where the decoder names what is wrong
-        raise InputError(f"{path}: not a readable image (its header)") from None
+        raise InputError("not a readable image (its header)") from None
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return (1 if gray else 3), height, width
@@ -89,8 +93,9 @@ class ImageStore:
     lazily in each process, so that DataLoader workers share it instead of copying it.
     """
 
-    def __init__(self, table, data=None, path: Path | None = None, hit: bool = False):
-        self.table = table  # int64 (N, 4): offset, channels, height, width
+    def __init__(self, table, total: int, data=None, path: Path | None = None, hit: bool = False):
+        self.table = table  # int64 (N, 4): offset, channels, height, width (0 x 0: did not decode)
+        self.total = int(total)  # bytes of the array
         self._data = data
         self.path = path
         self.hit = hit  # read from a store built earlier (no file was decoded)
@@ -100,17 +105,14 @@ class ImageStore:
 
     @property
     def nbytes(self) -> int:
-        if not len(self.table):
-            return 0
-        off, c, h, w = (int(v) for v in self.table[-1])
-        return off + c * h * w
+        return self.total
 
     def _array(self):
         if self._data is None:
             import numpy as np
             import torch
 
-            mm = np.memmap(self.path / "data.u8", dtype=np.uint8, mode="r", shape=(self.nbytes,))
+            mm = np.memmap(self.path / "data.u8", dtype=np.uint8, mode="r", shape=(max(1, self.nbytes),))
             with warnings.catch_warnings():  # a read-only view: nothing writes through it
                 warnings.simplefilter("ignore", UserWarning)
                 self._data = torch.from_numpy(mm)
@@ -118,6 +120,8 @@ class ImageStore:
 
     def __getitem__(self, i: int):
         off, c, h, w = (int(v) for v in self.table[i])
+        if h == 0:
+            raise IndexError(i)  # a sample that did not decode when the store was built
         return self._array()[off:off + c * h * w].view(c, h, w).clone()
 
     def __getstate__(self):
@@ -128,19 +132,27 @@ class ImageStore:
 
 
 class _Decode:
-    """Map-style dataset for the build: file i decoded and scaled, as a uint8 tensor."""
+    """Map-style dataset for the build: sample i decoded and scaled, as a uint8 tensor (None
+    when it does not decode: that entry stays empty, as a header that could not be read)."""
 
-    def __init__(self, paths: Sequence[str], table, decode: Callable):
-        self.paths, self.table, self.decode = list(paths), table, decode
+    def __init__(self, fetch: Callable[[int], object], n: int, table):
+        self.fetch, self.n, self.table = fetch, n, table
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return self.n
 
     def __getitem__(self, i: int):
         from torchvision.transforms.v2.functional import resize
 
+        from cnncli.data.stream import BadImage
+
         _, c, h, w = (int(v) for v in self.table[i])
-        image = self.decode(self.paths[i])
+        if h == 0:
+            return i, None
+        try:
+            image = self.fetch(i)
+        except (BadImage, InputError):
+            return i, None
         if image.shape[0] != c:
             if c == 3:
                 image = image.expand(3, -1, -1)
@@ -153,13 +165,19 @@ class _Decode:
         return i, image.contiguous()
 
 
-def _plan(paths: Sequence[str], side: int, channels: int | None):
+def _plan(headers: Callable[[int], tuple[int, int, int] | None], n: int, side: int, channels: int | None):
+    """The table (offset, C, H, W per image) and the total bytes; an image whose header cannot be
+    read gets no pixels (reading it later raises BadImage, which --skip-bad-images skips)."""
     import torch
 
-    table = torch.zeros((len(paths), 4), dtype=torch.int64)
+    table = torch.zeros((n, 4), dtype=torch.int64)
     offset = 0
-    for i, path in enumerate(paths):
-        c, h, w = _header_size(path)
+    for i in range(n):
+        header = headers(i)
+        if header is None:
+            table[i] = torch.tensor([offset, channels or 3, 0, 0])
+            continue
+        c, h, w = header
         c = channels or c
         h, w = scaled_size(h, w, side)
         table[i] = torch.tensor([offset, c, h, w])
@@ -171,18 +189,25 @@ def _as_is(item):
     return item
 
 
-def _fill(target, paths, table, decode, workers: int, progress: Callable | None) -> None:
+def _fill(target, fetch, ids, table, workers: int, progress: Callable | None) -> list[int]:
+    """Decode every sample into `target`; the samples that did not decode (their entries emptied)."""
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(_Decode(paths, table, decode), batch_size=None, shuffle=False,
+    loader = DataLoader(_Decode(fetch, len(ids), table), batch_size=None, shuffle=False,
                         num_workers=workers, collate_fn=_as_is)
+    failed = []
     for n, (i, image) in enumerate(loader, start=1):
         off, c, h, w = (int(v) for v in table[i])
-        if tuple(image.shape) != (c, h, w):
-            raise RuntimeFailure(f"--cache: {paths[i]} decoded to {tuple(image.shape)}, its header said {(c, h, w)}")
-        target[off:off + c * h * w] = image.reshape(-1)
+        if image is None:
+            table[i, 2:] = 0
+            failed.append(i)
+        elif tuple(image.shape) != (c, h, w):
+            raise RuntimeFailure(f"--cache: {ids[i]} decoded to {tuple(image.shape)}, its header said {(c, h, w)}")
+        else:
+            target[off:off + c * h * w] = image.reshape(-1)
         if progress is not None:
-            progress(n, len(paths))
+            progress(n, len(ids))
+    return failed
 
 
 def _pid_alive(pid: int) -> bool:
@@ -217,16 +242,53 @@ def _open_disk(folder: Path, content: str):
         table = torch.from_numpy(np.load(folder / "table.npy", allow_pickle=False).astype(np.int64))
         if table.shape != (meta["images"], 4):
             return None
-        store = ImageStore(table, path=folder, hit=True)
-        if (folder / "data.u8").stat().st_size != store.nbytes:
+        store = ImageStore(table, int(meta["bytes"]), path=folder, hit=True)
+        if (folder / "data.u8").stat().st_size != max(1, store.nbytes):
             return None
         return store
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
+class _PathSource:
+    """Image files as a source: `load(i)` decodes file i with `decode`."""
+
+    def __init__(self, paths: Sequence[str], decode: Callable | None):
+        self.ids = [str(p) for p in paths]
+        self.decode = decode
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int):
+        if self.decode is None:
+            from cnncli.data.stream import decode_photo
+
+            return decode_photo(self.ids[i])
+        return self.decode(self.ids[i])
+
+
+def _headers(source) -> Callable[[int], tuple[int, int, int] | None]:
+    """(C, H, W) of sample i from its header, EXIF applied: a file's, or the bytes a source reads."""
+    base, positions = source, None
+    while hasattr(base, "base") and hasattr(base, "positions"):
+        positions = base.positions if positions is None else base.positions[positions]
+        base = base.base
+    read = getattr(base, "read", None)
+
+    def header(i: int):
+        try:
+            if read is not None:
+                return _header_size(io.BytesIO(read(int(positions[i]) if positions is not None else i)))
+            return _header_size(source.ids[i])
+        except (InputError, OSError):
+            return None
+
+    return header
+
+
 def open_store(
-    paths: Sequence[str],
+    source,
     side: int,
     mode: str,
     workers: int = 0,
@@ -234,11 +296,15 @@ def open_store(
     progress: Callable[[int, int], None] | None = None,
     label: str | None = None,
     channels: int | None = None,
+    files: Sequence[str] | None = None,
 ) -> ImageStore:
-    """The store of `paths` at `side`: read from the disk cache when its key matches, else built.
+    """The store of `source` at `side`: read from the disk cache when its key matches, else built.
 
-    `channels` 1 or 3 makes every image gray or colour (None: each as its file is); `label`
-    names what is cached (see `cache_key`); `workers` decode in DataLoader worker processes.
+    `source`: an ImageSource (data/stream.py: ids, load(i)) or a list of image paths (decoded
+    with `decode`, by default data/stream.decode_photo). `channels` 1 or 3 makes every image
+    gray or colour (None: each as its file is); `label` names what is cached (see
+    `cache_key`); `files` are the files behind the samples when the ids are not file paths;
+    `workers` decode in DataLoader worker processes.
     """
     import torch
 
@@ -246,13 +312,14 @@ def open_store(
 
     if mode not in MODES:
         raise InputError(f"--cache must be one of {', '.join(MODES)}, got '{mode}'")
+    if isinstance(source, (list, tuple)):
+        source = _PathSource(source, decode)
+    paths = list(source.ids)
     if not paths:
-        raise InputError("--cache: no image files to cache")
-    if decode is None:
-        from cnncli.data.transforms import decode_image_file as decode
+        raise InputError("--cache: no images to cache")
     if channels not in (None, 1, 3):
         raise InputError(f"--cache: channels must be 1 or 3, got {channels}")
-    where, content = cache_key(paths, side, label, channels)
+    where, content = cache_key(paths, side, label, channels, files)
     root = store_root()
     final = root / f"{where}-{content}"
     if mode == "disk" and final.is_dir():
@@ -261,13 +328,13 @@ def open_store(
             return store
         shutil.rmtree(final, ignore_errors=True)  # damaged: built again below
 
-    table, total = _plan(paths, side, channels)
+    table, total = _plan(_headers(source), len(paths), side, channels)
     what = f"--cache {mode}: {len(paths):,} images with the shorter side at most {side} px need"
     if mode == "ram":
         cost.check(what, total)
         data = torch.empty(total, dtype=torch.uint8).share_memory_()
-        _fill(data, paths, table, decode, workers, progress)
-        return ImageStore(table, data=data)
+        _fill(data, source.load, paths, table, workers, progress)
+        return ImageStore(table, total, data=data)
 
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -285,11 +352,9 @@ def open_store(
 
         tmp.mkdir(parents=True)
         mm = np.memmap(tmp / "data.u8", dtype=np.uint8, mode="w+", shape=(max(total, 1),))
-        _fill(torch.from_numpy(mm), paths, table, decode, workers, progress)
+        _fill(torch.from_numpy(mm), source.load, paths, table, workers, progress)
         mm.flush()
         del mm
-        if total == 0:  # pragma: no cover - every image has at least one pixel
-            os.truncate(tmp / "data.u8", 0)
         meta = {"version": FORMAT_VERSION, "key": content, "side": side, "images": len(paths),
                 "bytes": total, "first": os.path.abspath(paths[0]), "label": label, "complete": True}
         np.save(tmp / "table.npy", table.numpy(), allow_pickle=False)
@@ -312,7 +377,7 @@ def open_store(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ImageStore(table, path=final, hit=False)
+    return ImageStore(table, total, path=final, hit=False)
 
 
 class CachedImages:
@@ -331,3 +396,91 @@ class CachedImages:
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[i]
+
+
+# ------------------------------------------------------------------------------ the streaming splits' side
+class CachedSource:
+    """An ImageSource (data/stream.py) whose `load(i)` reads the store instead of decoding."""
+
+    def __init__(self, inner, store: ImageStore):
+        self.inner, self.store = inner, store
+        self.class_names = list(inner.class_names)
+        self.labels = inner.labels
+        self.ids = list(inner.ids)
+
+    @property
+    def groups(self):  # the shards of a wds split (data/shards.py orders by them)
+        base, positions = self.inner, None
+        while hasattr(base, "base") and hasattr(base, "positions"):
+            positions = base.positions if positions is None else base.positions[positions]
+            base = base.base
+        groups = base.groups
+        return groups if positions is None else groups[positions]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int):
+        from cnncli.data.stream import BadImage
+
+        try:
+            return self.store[i]
+        except IndexError:
+            raise BadImage(self.ids[i], "cannot decode the image (found when it was cached)") from None
+
+    def declared_size(self, i: int):
+        _, _, h, w = (int(v) for v in self.store.table[i])
+        return (h, w) if h else None
+
+
+def request_cache(data, mode: str) -> None:
+    """Ask a dataset for a store (`--cache`); tensor datasets are in memory already (a note says so)."""
+    if mode not in MODES:
+        raise InputError(f"--cache {mode}: choose ram or disk")
+    if getattr(data, "streaming", False):
+        data.cache = mode
+        return
+    from cnncli.output import note
+
+    note(f"--cache {mode}: this dataset is held in memory already; nothing to cache")
+
+
+def _files_behind(source) -> list[str] | None:
+    """The files behind a source's samples when its ids are not paths (tar shards), else None."""
+    base = source
+    while hasattr(base, "base"):
+        base = base.base
+    return list(base.shards) if hasattr(base, "shards") else None
+
+
+def cache_splits(data, cfg) -> None:
+    """Give each split of a StreamingSplits (data/folders.py) a store at the training resolution:
+    the shorter side the eval transform resizes to (size / crop_pct), which RandomResizedCrop
+    also crops from. Records what happened in `data.info["cache"]`."""
+    import math
+
+    from cnncli import output
+
+    mode = data.cache
+    side = max(int(cfg.size), int(math.floor(cfg.size / cfg.crop_pct)))
+    record = {"mode": mode, "side": side, "splits": {}}
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        if len(split) == 0 or isinstance(split.src, CachedSource):
+            continue
+        files = _files_behind(split.src)
+        label = f"{split.name}:{name}"
+        where = "memory" if mode == "ram" else "the cnncli cache folder"
+
+        def progress(done, total, name=name, where=where):
+            if done == 1:
+                output.note(f"--cache {mode}: decoding {total:,} {name} images once into {where}")
+
+        store = open_store(split.src, side, mode, workers=cfg.resolved_workers(), progress=progress,
+                           label=label, channels=int(cfg.channels), files=files)
+        if store.hit:
+            output.note(f"--cache {mode}: {len(store):,} {name} images read from {store.path}")
+        split.src = CachedSource(split.src, store)
+        record["splits"][name] = {"images": len(store), "bytes": store.nbytes, "hit": store.hit,
+                                  "path": str(store.path) if store.path else None}
+    data.info["cache"] = record

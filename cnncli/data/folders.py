@@ -125,6 +125,10 @@ class StreamingSplits:
                            pin_memory=pin_memory, skip_bad=skip_bad)
         for split in (self.train, self.val, self.test):
             split.configure(cfg)
+        if getattr(self, "cache", None):  # --cache ram|disk: decoded once into a store (data/cache.py)
+            from cnncli.data.cache import cache_splits
+
+            cache_splits(self, cfg)
 
     def _measure(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if self._stats is None:

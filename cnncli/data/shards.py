@@ -661,7 +661,9 @@ def _stream_split_class():
         """A streaming split of shards whose epoch order keeps each rank on its own shards."""
 
         def epoch_order(self, epoch: int, seed: int, rank: int, world: int):
-            return shard_order(self.src.base.groups[self.src.positions], epoch, seed, rank, world)
+            src = self.src  # a SubsetSource of the TarSource, or a --cache store over one
+            groups = src.groups if hasattr(src, "groups") else src.base.groups[src.positions]
+            return shard_order(groups, epoch, seed, rank, world)
 
         def subset(self, index):
             return ShardStreamSplit(SubsetSource(self.src, index), self.name, self.source, self.config)

@@ -93,6 +93,7 @@ class TrainConfig:
     skip_bad_images: bool = False
     class_weights: str | None = None  # "auto" (inverse class frequency) or a JSON/CSV file (data/balance.py)
     sampler: str = "random"  # random: a permutation per epoch; balanced: classes drawn equally often
+    cache: str | None = None  # --cache ram|disk (data/cache.py): decode once into a uint8 store
 
     def resolved_lr(self) -> float:
         if isinstance(self.lr, str):  # "auto" is resolved by the trainer before any optimizer is built
@@ -232,6 +233,8 @@ def validate(c: TrainConfig) -> None:
         raise InputError(f"--warmup-epochs must not be negative, got {c.warmup_epochs}")
     positive("clip_grad", c.clip_grad)
     positive("accum_steps", c.accum_steps)
+    if c.cache is not None and str(c.cache).lower() not in ("ram", "disk"):
+        raise InputError(f"--cache {c.cache}: choose ram or disk")
     if c.workers is not None and c.workers < 0:
         raise InputError(f"--workers must not be negative, got {c.workers}")
     from cnncli.engine.amp import MODES

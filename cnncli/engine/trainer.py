@@ -125,9 +125,14 @@ class Trainer:
 
         self.data = load_dataset(cfg.data, data_dir=cfg.data_dir, download=cfg.download,
                                  val_fraction=cfg.val_fraction, max_samples=cfg.max_samples,
-                                 seed=cfg.seed, fallback_to_embedded=False, stream=cfg.stream,
+                                 seed=cfg.seed, fallback_to_embedded=False,
+                                 stream=True if cfg.cache and cfg.stream is None else cfg.stream,
                                  say_sizes=self.dist.is_main)
         self.streaming = bool(getattr(self.data, "streaming", False))
+        if cfg.cache:  # the store is built when the network's size is known (StreamingSplits.configure)
+            from cnncli.data.cache import request_cache
+
+            request_cache(self.data, str(cfg.cache).lower())
         self.class_names = list(self.data.class_names)
         self.num_classes = len(self.class_names)
         from cnncli.data.balance import resolve_class_weights
