@@ -249,11 +249,16 @@ def _contents(folder: Path) -> list[str]:
 _HELD: weakref.WeakValueDictionary[str, RunLock] = weakref.WeakValueDictionary()
 
 
+# study folders this process works in (shared with other processes of the study: no lock)
+_STUDIES: set[str] = set()
+
+
 def _held_here(folder: Path) -> bool:
     try:
-        return str(folder.resolve()) in _HELD
+        key = str(folder.resolve())
     except OSError:
         return False
+    return key in _HELD or key in _STUDIES
 
 
 class RunLock:
@@ -322,12 +327,13 @@ def _lock(folder: Path, command: str, flag: str) -> RunLock:
     except BlockingIOError:
         os.close(fd)
         raise _in_use_error(folder, flag) from None
-    # written in place (not renamed): the lock is on this file's inode
-    text = json.dumps({"cnncli": "run", "command": command, "pid": os.getpid(),
-                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, text.encode("utf-8"), 0)
-    os.fsync(fd)
+    if run_of(folder) != command:  # new (or an old run's first marker): say whose run it is
+        # written in place (not renamed): the lock is on this file's inode
+        text = json.dumps({"cnncli": "run", "command": command,
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode("utf-8"), 0)
+        os.fsync(fd)
     return RunLock(folder, command, fd)
 
 
@@ -417,9 +423,8 @@ def claim_study_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
                              "choose a new or empty folder (or --force to write into it)")
         if owner and owner != "tune" and not force_given():
             raise InputError(f"{flag} {path} is a cnncli {owner} run, not a tune study; choose another {flag}")
-        if owner == "tune":
-            return path
     ensure_writable_dir(path)
     if run_of(path) != "tune":
         atomic_write_text(path / MARKER, json.dumps({"cnncli": "run", "command": "tune"}) + "\n")
+    _STUDIES.add(str(path.resolve()))
     return path

@@ -267,3 +267,24 @@ def test_datasets_show_export_leaves_other_files_alone(run_cli, tmp_path):
             "--export", "bar-0deg-1.png", "exists and is not a PNG", untouched=[folder])
     ok(run_cli, "datasets", "show", "synthetic:n=16,classes=2,size=28", "-k", 1, "--export", folder, "--force")
     assert (folder / "bar-0deg-1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_explain_checks_every_file_it_would_write_before_the_first(run_cli, tiny_run, tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    image = tmp_path / "x.png"
+    shutil.copy(tiny_run / "curves.png", image)  # any real picture
+    out = tmp_path / "cams"
+    out.mkdir()
+    (out / "x.cam.npy").write_text("my own notes")
+    refused(run_cli, ["explain", tiny_run, image, "--out", out, "--save-maps"], "x.cam.npy",
+            "is not a .npy array", untouched=[out])
+    assert not (out / "x.cam.png").exists()
+
+
+def test_tune_keeps_out_of_a_folder_of_other_files(run_cli, tmp_path):
+    pytest.importorskip("optuna")
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    refused(run_cli, ["tune", "lenet5", "--data", DATA, "--trials", 1, "--epochs", 1, "--out", folder],
+            "is not a cnncli study", "notes.txt", untouched=[folder])

@@ -45,7 +45,7 @@ from cnncli.engine.evaluate import EvalResult, evaluate
 from cnncli.engine.optim import build_optimizer, match_layouts
 from cnncli.engine.progress import Progress
 from cnncli.engine.report import RunResult
-from cnncli.engine.runs import new_run_dir, open_run
+from cnncli.engine.runs import check_run_folder, claim_run_folder
 from cnncli.engine.state import load_train_state, save_train_state
 from cnncli.engine.step import (
     EpochMeter,
@@ -108,8 +108,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)
         # a bad --out or --resume folder is said before the data is loaded (and before any note);
-        # the folder is locked from here to the end of the run (cnncli.outputs: a second writer refuses)
-        self.run_lock = open_run(command, out=cfg.out, resume=resume) if self.dist.is_main else None
+        # the run's folder is locked to the end of the run (cnncli.outputs: a second writer refuses)
+        self.run_lock = check_run_folder(command, out=cfg.out, resume=resume) if self.dist.is_main else None
 
         from cnncli.data import load_dataset
 
@@ -251,9 +251,7 @@ class Trainer:
         else:
             run_dir = None
             if dist.is_main:
-                run_dir = Path(cfg.out) if cfg.out else None  # claimed in __init__
-                if run_dir is None:
-                    run_dir, self.run_lock = new_run_dir(self.run_name, self.command)
+                run_dir, self.run_lock = claim_run_folder(self.run_name, self.command, cfg.out)
                 atomic_write_text(run_dir / "config.toml", to_toml(cfg.to_dict()))
             # rank 0 may have picked runs/<name>-N: every rank needs that same path
             self.run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir is not None else None))
