@@ -249,11 +249,16 @@ def _contents(folder: Path) -> list[str]:
 _HELD: weakref.WeakValueDictionary[str, RunLock] = weakref.WeakValueDictionary()
 
 
+# study folders this process works in (shared with other processes of the study: no lock)
+_STUDIES: set[str] = set()
+
+
 def _held_here(folder: Path) -> bool:
     try:
-        return str(folder.resolve()) in _HELD
+        key = str(folder.resolve())
     except OSError:
         return False
+    return key in _HELD or key in _STUDIES
 
 
 class RunLock:
@@ -283,6 +288,29 @@ class RunLock:
             pass
 
 
+def _in_use_error(folder: Path, flag: str) -> InputError:
+    return InputError(f"{flag} {folder} is in use: another cnncli process is writing this run; "
+                      "wait for it to end or choose another folder")
+
+
+def _refuse_in_use(folder: Path, flag: str) -> None:
+    """Say 'in use' first when another process holds the run (probing writes nothing)."""
+    import fcntl
+
+    if _held_here(folder):
+        return
+    try:
+        fd = os.open(folder / MARKER, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use_error(folder, flag) from None
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock
+
+
 def _lock(folder: Path, command: str, flag: str) -> RunLock:
     """flock the folder's marker (created if missing) and write what the run is into it."""
     import fcntl
@@ -298,14 +326,14 @@ def _lock(folder: Path, command: str, flag: str) -> RunLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise InputError(f"{flag} {folder} is in use: another cnncli process is writing this run; "
-                         "wait for it to end or choose another folder") from None
-    # written in place (not renamed): the lock is on this file's inode
-    text = json.dumps({"cnncli": "run", "command": command, "pid": os.getpid(),
-                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, text.encode("utf-8"), 0)
-    os.fsync(fd)
+        raise _in_use_error(folder, flag) from None
+    if run_of(folder) != command:  # new (or an old run's first marker): say whose run it is
+        # written in place (not renamed): the lock is on this file's inode
+        text = json.dumps({"cnncli": "run", "command": command,
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode("utf-8"), 0)
+        os.fsync(fd)
     return RunLock(folder, command, fd)
 
 
@@ -316,6 +344,7 @@ def check_new_run(folder: str | os.PathLike, command: str, flag: str = "--out") 
         raise InputError(f"{flag} {path} is a file, not a folder; choose another {flag}")
     if not path.is_dir():
         return path
+    _refuse_in_use(path, flag)
     owner = run_of(path)
     if (path / OLD_RUN_FILE).exists():
         raise InputError(f"{path} already holds a run; resume it with --resume {path} or choose another {flag}")
@@ -351,6 +380,7 @@ def claim_resumed_run(folder: str | os.PathLike, command: str) -> RunLock:
     owner = run_of(path)
     if owner is None:
         raise InputError(f"{path} is not a cnncli run (no {MARKER} or {OLD_RUN_FILE} in it)")
+    _refuse_in_use(path, "--resume")
     if owner and owner != command:
         raise InputError(f"{path} is a {owner} run; continue it with 'cnncli {owner} --resume {path}'")
     return _lock(path, command, "--resume")
@@ -393,9 +423,8 @@ def claim_study_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
                              "choose a new or empty folder (or --force to write into it)")
         if owner and owner != "tune" and not force_given():
             raise InputError(f"{flag} {path} is a cnncli {owner} run, not a tune study; choose another {flag}")
-        if owner == "tune":
-            return path
     ensure_writable_dir(path)
     if run_of(path) != "tune":
         atomic_write_text(path / MARKER, json.dumps({"cnncli": "run", "command": "tune"}) + "\n")
+    _STUDIES.add(str(path.resolve()))
     return path

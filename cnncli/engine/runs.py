@@ -11,19 +11,19 @@ from pathlib import Path
 from cnncli import outputs
 
 
-def open_run(command: str, *, out: str | None = None, resume: str | None = None) -> outputs.RunLock | None:
-    """Claim the folder of a run given by --out or --resume: checked, locked and marked.
-
-    Called before any data is loaded, so that a bad folder is the only line the user sees.
-    """
+def check_run_folder(command: str, *, out: str | None = None, resume: str | None = None) -> outputs.RunLock | None:
+    """Before any data is loaded, so that a bad folder is the only line the user sees: --out is
+    checked (nothing is written yet), --resume is claimed (locked) for the whole run."""
     if resume is not None:
         return outputs.claim_resumed_run(resume, command)
     if out:
-        return outputs.claim_new_run(out, command)
+        outputs.check_new_run(out, command)
     return None
 
 
-def new_run_dir(name: str, command: str, root: str = "runs") -> tuple[Path, outputs.RunLock]:
-    """A new folder under `root` named after the run, claimed for `command`."""
-    path = outputs.new_run_folder(name, root)
+def claim_run_folder(name: str, command: str, out: str | None = None,
+                     root: str = "runs") -> tuple[Path, outputs.RunLock]:
+    """The folder of a new run (--out, or a new one under `root` named after the run): created,
+    locked and marked as `command`'s."""
+    path = Path(out) if out else outputs.new_run_folder(name, root)
     return path, outputs.claim_new_run(path, command)

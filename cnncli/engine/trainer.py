@@ -53,7 +53,7 @@ from cnncli.engine.resume_policy import (
     resolved_recipe,
     resume_entry,
 )
-from cnncli.engine.runs import new_run_dir, open_run
+from cnncli.engine.runs import check_run_folder, claim_run_folder
 from cnncli.engine.state import load_train_state, save_train_state
 from cnncli.engine.step import (
     EpochMeter,
@@ -114,8 +114,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)
         # a bad --out or --resume folder is said before the data is loaded (and before any note);
-        # the folder is locked from here to the end of the run (cnncli.outputs: a second writer refuses)
-        self.run_lock = open_run(command, out=cfg.out, resume=resume) if self.dist.is_main else None
+        # the run's folder is locked to the end of the run (cnncli.outputs: a second writer refuses)
+        self.run_lock = check_run_folder(command, out=cfg.out, resume=resume) if self.dist.is_main else None
         if self.resume_dir is None and cfg.class_weights not in (None, "auto"):
             from cnncli.data.balance import read_class_weights
 
@@ -306,9 +306,7 @@ class Trainer:
         else:
             run_dir = None
             if dist.is_main:
-                run_dir = Path(cfg.out) if cfg.out else None  # claimed in __init__
-                if run_dir is None:
-                    run_dir, self.run_lock = new_run_dir(self.run_name, self.command)
+                run_dir, self.run_lock = claim_run_folder(self.run_name, self.command, cfg.out)
                 atomic_write_text(run_dir / "config.toml", to_toml(resolved_recipe(cfg)))
                 if found is not None:
                     write_lr_find(found, run_dir, title=f"{cfg.model} on {cfg.data}: learning-rate range test")
