@@ -34,7 +34,13 @@ from cnncli.checkpoint import (
 from cnncli.data.transforms import adapt_stats
 from cnncli.engine import distributed
 from cnncli.engine.config import TrainConfig, to_toml
-from cnncli.engine.console import ProgressBar, SignalCatcher, TrainingInterrupted, epoch_line
+from cnncli.engine.console import (
+    ProgressBar,
+    SignalCatcher,
+    TrainingInterrupted,
+    announced,
+    epoch_line,
+)
 from cnncli.engine.device import (
     resolve_device,
     set_threads,
@@ -123,9 +129,10 @@ class Trainer:
 
         from cnncli.data import load_dataset
 
-        self.data = load_dataset(cfg.data, data_dir=cfg.data_dir, download=cfg.download,
-                                 val_fraction=cfg.val_fraction, max_samples=cfg.max_samples,
-                                 seed=cfg.seed, fallback_to_embedded=False)
+        with announced(f"loading {cfg.data}", enabled=self.dist.is_main):
+            self.data = load_dataset(cfg.data, data_dir=cfg.data_dir, download=cfg.download,
+                                     val_fraction=cfg.val_fraction, max_samples=cfg.max_samples,
+                                     seed=cfg.seed, fallback_to_embedded=False)
         self.class_names = list(self.data.class_names)
         self.num_classes = len(self.class_names)
 
@@ -432,8 +439,10 @@ class Trainer:
             state_dict, doc = load_checkpoint(best)
             load_state_strict(model, state_dict, best)
         distributed.broadcast_module(model)
-        test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes, self.class_names,
-                        self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
+        with announced(f"scoring the best weights on the test split ({len(split.labels):,} images)",
+                       enabled=self.dist.is_main):
+            test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes, self.class_names,
+                            self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
         if doc is not None:
             metrics = {**(doc.get("metrics") or {}), "test_top1": test.top1, "test_top5": test.top5,
                        "test_loss": test.loss}
