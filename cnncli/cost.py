@@ -92,7 +92,8 @@ def build_priced(build, label: str):
     except InputError:
         raise
     except (RuntimeError, NotImplementedError, OverflowError, MemoryError) as e:
-        if "numel" in str(e) or isinstance(e, (OverflowError, MemoryError)):
+        # "numel" / "Storage size calculation overflowed": a size past what torch can index
+        if "numel" in str(e) or "overflow" in str(e).lower() or isinstance(e, (OverflowError, MemoryError)):
             raise InputError(f"{label}: its layers are too large to build ({_first_line(e)})") from None
         return None
     check_network(module, label)

@@ -94,3 +94,28 @@ class ProgressBar:
         if self._progress is not None:
             self._progress.__exit__(*exc)
         return False
+
+
+class announced:
+    """`with announced("scoring the test split"):` a note on stderr once the phase has run for
+    `after` seconds, so a long phase is never silent and a quick one (or one that fails at once,
+    whose one error line is then the only line) prints nothing."""
+
+    def __init__(self, message: str, after: float = 1.0, enabled: bool = True):
+        self.message, self.after, self.enabled, self._timer = message, after, enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            import threading
+
+            from cnncli import output
+
+            self._timer = threading.Timer(self.after, output.note, args=(f"{self.message}...",))
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._timer is not None:
+            self._timer.cancel()
+        return False

@@ -63,9 +63,45 @@ def bf16_is_slow(device: torch.device | str) -> bool:
 
 
 def try_compile(model):
-    """torch.compile where it works here; the module as it is (and a warning) where it does not."""
+    """torch.compile where it works here; the module as it is (and a warning) where it does not.
+
+    torch compiles lazily, at the first step: that call says what happened, in cnncli's words
+    (compiled in N s, or the reason it runs eagerly), instead of torch's own log lines."""
+    import logging
+
+    # "No CUDA runtime is found, using CUDA_HOME=..." on a CPU-only machine: not the user's concern
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
-        return torch.compile(model)
+        return _FirstCallNote(torch.compile(model), model)
     except Exception as e:  # backend missing (no compiler, unsupported platform)
-        output.warn(f"--compile is not available here ({type(e).__name__}: {e}); running eagerly")
+        output.warn(f"--compile is not available here ({type(e).__name__}: {_first_line(e)}); running eagerly")
         return model
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:160]
+
+
+class _FirstCallNote:
+    """The compiled forward; its first call (where torch compiles) reports the outcome once."""
+
+    def __init__(self, compiled, eager):
+        self._forward, self._eager, self._first = compiled, eager, True
+
+    def __call__(self, *args, **kwargs):
+        if not self._first:
+            return self._forward(*args, **kwargs)
+        self._first = False
+        import time
+
+        start = time.perf_counter()
+        try:
+            out = self._forward(*args, **kwargs)
+        except Exception as e:  # the backend failed to compile this network: the eager one still runs
+            output.warn(f"--compile: torch.compile failed on the first step ({type(e).__name__}: "
+                        f"{_first_line(e)}); running eagerly")
+            self._forward = self._eager
+            return self._eager(*args, **kwargs)
+        output.note(f"--compile: the network was compiled by torch.compile in "
+                    f"{time.perf_counter() - start:.1f}s (its first step); the steps run the compiled graph")
+        return out

@@ -107,10 +107,12 @@ def evaluate_checkpoint(
         from cnncli.engine.predictions import PredictionCollector
 
         collector = PredictionCollector(len(subset.labels), len(output_names))
+    from cnncli.engine.console import announced
     from cnncli.engine.tta import wrap
 
-    result = evaluate(wrap(model, tta, prepare), subset.images, subset.labels, prepare, len(output_names),
-                      output_names, batch_size=batch_size, device=dev, on_batch=collector)
+    with announced(f"evaluating on the {split} split ({len(subset.labels):,} images)", enabled=ctx.is_main):
+        result = evaluate(wrap(model, tta, prepare), subset.images, subset.labels, prepare, len(output_names),
+                          output_names, batch_size=batch_size, device=dev, on_batch=collector)
     doc_result = _restricted(result.to_dict(), extra["class_map"]) if pretrained else result.to_dict()
     if collector is not None:
         collector.gather()
@@ -134,9 +136,11 @@ def _load_split(data: str, split: str, data_dir: str | None, download: bool, see
 
     from cnncli.data import load_dataset
     from cnncli.data.splits import ImageData
+    from cnncli.engine.console import announced
 
-    splits = load_dataset(data, data_dir=data_dir, download=download, val_fraction=0.1 if split == "val" else 0.0,
-                          max_samples=None, seed=seed, hold_out_test=split != "all")
+    with announced(f"loading {data}"):
+        splits = load_dataset(data, data_dir=data_dir, download=download, val_fraction=0.1 if split == "val" else 0.0,
+                              max_samples=None, seed=seed, hold_out_test=split != "all")
     if split == "all":
         parts = [s for s in (splits.train, splits.val, splits.test) if s is not None and len(s.labels)]
         first = parts[0]

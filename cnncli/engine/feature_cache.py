@@ -61,7 +61,9 @@ class FeatureCache:
         model, images = trainer.model, trainer.data.train.images
         step = max(1, trainer.cfg.batch_size)  # training-sized chunks: faster than big ones on a CPU
         chunks = []
-        with torch.no_grad():
+        from cnncli.engine.console import announced
+
+        with announced(f"caching the frozen base's features of {len(images):,} images"), torch.no_grad():
             for start in range(0, len(images), step):
                 x = trainer.prepare(images[start:start + step])
                 with trainer.precision.autocast():

@@ -36,7 +36,13 @@ from cnncli.data.stream import BadImageFailure
 from cnncli.data.transforms import adapt_stats
 from cnncli.engine import distributed
 from cnncli.engine.config import TrainConfig, to_toml
-from cnncli.engine.console import ProgressBar, SignalCatcher, TrainingInterrupted, epoch_line
+from cnncli.engine.console import (
+    ProgressBar,
+    SignalCatcher,
+    TrainingInterrupted,
+    announced,
+    epoch_line,
+)
 from cnncli.engine.device import (
     resolve_device,
     set_threads,
@@ -123,11 +129,12 @@ class Trainer:
 
         from cnncli.data import load_dataset
 
-        self.data = load_dataset(cfg.data, data_dir=cfg.data_dir, download=cfg.download,
-                                 val_fraction=cfg.val_fraction, max_samples=cfg.max_samples,
-                                 seed=cfg.seed, fallback_to_embedded=False,
-                                 stream=True if cfg.cache and cfg.stream is None else cfg.stream,
-                                 say_sizes=self.dist.is_main)
+        with announced(f"loading {cfg.data}", enabled=self.dist.is_main):
+            self.data = load_dataset(cfg.data, data_dir=cfg.data_dir, download=cfg.download,
+                                     val_fraction=cfg.val_fraction, max_samples=cfg.max_samples,
+                                     seed=cfg.seed, fallback_to_embedded=False,
+                                     stream=True if cfg.cache and cfg.stream is None else cfg.stream,
+                                     say_sizes=self.dist.is_main)
         self.streaming = bool(getattr(self.data, "streaming", False))
         if cfg.cache:  # the store is built when the network's size is known (StreamingSplits.configure)
             from cnncli.data.cache import request_cache
@@ -514,8 +521,10 @@ class Trainer:
             state_dict, doc = load_checkpoint(best)
             load_state_strict(model, state_dict, best)
         distributed.broadcast_module(model)
-        test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes, self.class_names,
-                        self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
+        with announced(f"scoring the best weights on the test split ({len(split.labels):,} images)",
+                       enabled=self.dist.is_main):
+            test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes, self.class_names,
+                            self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
         if doc is not None:
             metrics = {**(doc.get("metrics") or {}), "test_top1": test.top1, "test_top5": test.top5,
                        "test_loss": test.loss}

@@ -60,18 +60,18 @@ def get_model_info(name: str) -> ModelInfo:
 
 
 def unknown_model(name: str) -> UnknownNameError:
+    """The error for a name in no source, suggesting the closest hand-built and timm names
+    (timm's imported only here, on the error path: 'vgg19x' -> 'timm/vgg19')."""
     known = hand_built_names()
-    err = UnknownNameError("model", name, known, "see 'cnncli models'")
-    if not err.suggestions:
-        # maybe the user meant a timm model without the prefix: only then pay for timm's import
-        try:
-            import timm
+    try:
+        import timm
 
-            if timm.is_model(name):
-                err = UnknownNameError("model", name, [TIMM_PREFIX + name], "timm models take the 'timm/' prefix")
-        except ImportError:  # pragma: no cover
-            pass
-    return err
+        if timm.is_model(name):  # a timm model without the prefix
+            return UnknownNameError("model", name, [TIMM_PREFIX + name], "timm models take the 'timm/' prefix")
+        known = [*known, *(TIMM_PREFIX + n for n in timm.list_models())]
+    except ImportError:  # pragma: no cover
+        pass
+    return UnknownNameError("model", name, known, "see 'cnncli models'")
 
 
 def list_models(pattern: str | None = None, source: str = "all", with_params: bool = False) -> list[ModelInfo]:

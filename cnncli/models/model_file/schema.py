@@ -180,7 +180,17 @@ def _check_value(kind: str, value: Any, where: str, key: str) -> Any:
         ok = isinstance(value, str)
     if not ok:
         raise InputError(f"{where}: '{key}' must be {_EXPECTED[kind]}, got {_show(value)}")
+    limit = _LIMITS.get(kind)
+    numbers = [value] if _is_int(value) else value if isinstance(value, list) else []
+    if limit is not None and any(_is_int(v) and v > limit for v in numbers):
+        raise InputError(f"{where}: '{key}' = {_show(value)} is past what any network uses "
+                         f"(at most {limit:,})")
     return value
+
+
+# sizes (kernel, stride, padding) and counts (filters, units) beyond which no layer is real:
+# torch would overflow computing its storage before a cost could be priced
+_LIMITS = {"size": 65536, "padding": 65536, "pool_padding": 65536, "pos_int": 2**31 - 1, "units": 2**31 - 1}
 
 
 def _check_keys(table: dict, allowed, where: str, what: str) -> None:
