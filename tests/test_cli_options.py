@@ -241,7 +241,7 @@ def test_usage_errors_are_one_plain_line(args, says):
 
 
 def test_a_usage_error_points_to_the_help_of_its_command():
-    line = one_error_line(cli("train", "lenet5", "--optimizer", "adam"))
+    line = one_error_line(cli("train", "lenet5", "--optimizer", "adamx"))
     assert line.endswith("(see 'cnncli train --help')"), line
 
 
