@@ -112,10 +112,9 @@ class Trainer:
                 raise InputError(f"{self.resume_dir} is not a cnncli run (no train_state.safetensors "
                                  "or config.toml in it)")
         else:
-            if cfg.class_weights not in (None, "auto"):  # the file itself; its class names once data is loaded
-                from cnncli.data.balance import read_class_weights
+            from cnncli.data.balance import check_class_weights
 
-                read_class_weights(cfg.class_weights, None)
+            check_class_weights(cfg.class_weights)  # a bad file before any folder is made
             if cfg.out and self.dist.is_main:
                 check_out_dir(cfg.out)
 
@@ -128,15 +127,9 @@ class Trainer:
         self.num_classes = len(self.class_names)
         from cnncli.data.balance import resolve_class_weights
 
-        # --class-weights: one weight per class in the loss; a resumed run keeps those it recorded
-        state = self.resume_dir / "train_state.safetensors" if self.resume_dir is not None else None
-        recorded = None
-        if cfg.class_weights is not None and state is not None and state.exists():
-            from cnncli.checkpoint import read_meta
-
-            recorded = read_meta(state).get("class_weights")
-        self.class_weights = [float(recorded[n]) for n in self.class_names] if recorded else \
-            resolve_class_weights(cfg.class_weights, self.data.train.labels, self.class_names)
+        # --class-weights: one weight per class in the loss (a resumed run keeps those it recorded)
+        self.class_weights = resolve_class_weights(cfg.class_weights, self.data.train.labels, self.class_names,
+                                                   self.resume_dir)
 
         self.model_spec, info = model_spec, None  # what a checkpoint stores to rebuild the network
         if model is None:
