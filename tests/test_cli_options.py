@@ -93,6 +93,8 @@ def test_train_help_shows_the_defaults(wide_help):
     assert "1e-3 with adamw, 0.05 with sgd" in option_line(text, "--lr")
     assert "[default: 0.1]" in option_line(text, "--val-fraction")
     assert "[default: auto]" in option_line(text, "--device")
+    assert "[default: auto]" in option_line(text, "--amp")
+    assert "[default: random]" in option_line(text, "--sampler")
     assert "Epochs to train ." not in text  # the old help lost its "[default: 10]" to rich markup
 
 
@@ -219,8 +221,8 @@ def one_error_line(result, code=2) -> str:
 
 
 @pytest.mark.parametrize("args,says", [
-    (["train", "lenet5", "--optimizer", "adam"],
-     "error: invalid value for '--optimizer': 'adam' is not one of 'sgd', 'adamw'"),
+    (["train", "lenet5", "--optimizer", "adamx"],
+     "error: invalid value for '--optimizer': 'adamx' is not one of 'sgd', 'adamw'"),
     (["train", "lenet5", "--schedule", "linear"], "'linear' is not one of 'cosine', 'onecycle'"),
     (["export", "x.safetensors", "--format", "zip"], "invalid value for '--format' / '-f': 'zip'"),
     (["models", "--source", "any"], "'any' is not one of 'hand', 'timm', 'all'"),
@@ -239,7 +241,7 @@ def test_usage_errors_are_one_plain_line(args, says):
 
 
 def test_a_usage_error_points_to_the_help_of_its_command():
-    line = one_error_line(cli("train", "lenet5", "--optimizer", "adam"))
+    line = one_error_line(cli("train", "lenet5", "--optimizer", "adamx"))
     assert line.endswith("(see 'cnncli train --help')"), line
 
 

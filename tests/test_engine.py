@@ -55,7 +55,7 @@ def test_recipe_that_is_not_toml(tmp_path):
     ("batch_size", -1, "--batch-size must be positive"),
     ("lr", 0.0, "--lr must be positive"),
     ("val_fraction", 1.0, "--val-fraction"),
-    ("optimizer", "adam", "unknown optimizer"),
+    ("optimizer", "adamx", "unknown optimizer"),
     ("augment", ["rotate"], "rotate"),
 ])
 def test_impossible_values_are_refused(key, value, message):

@@ -259,7 +259,7 @@ def test_empty_image_folder_and_class_folder_without_images(tmp_path, run_dir):
     (["--augment", "rotate"], "unknown augmentation 'rotate'"),
     (["--augment", "shift,twirl"], "unknown augmentation 'twirl'"),
     (["--epochs", "many"], "invalid value for '--epochs' / '-e': 'many' is not a whole number"),
-    (["--optimizer", "adam"], "invalid value for '--optimizer': 'adam' is not one of 'sgd', 'adamw'"),
+    (["--optimizer", "adamx"], "invalid value for '--optimizer': 'adamx' is not one of 'sgd', 'adamw'"),
     (["--val-fraction", "1"], "'--val-fraction': must be in [0, 1), got 1"),
 ])
 @pytest.mark.parametrize("command", ["train", "finetune"])

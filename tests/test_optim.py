@@ -19,7 +19,12 @@ import torch.nn.functional as F
 
 from cnncli.checkpoint import load_checkpoint, read_meta
 from cnncli.cli.common import Optimizer
-from cnncli.data.balance import auto_class_weights, epoch_order, read_class_weights
+from cnncli.data.balance import (
+    auto_class_weights,
+    epoch_order,
+    read_class_weights,
+    resolve_class_weights,
+)
 from cnncli.engine import amp
 from cnncli.engine.config import OPTIMIZER_DEFAULTS, OPTIMIZERS, TrainConfig
 from cnncli.engine.optim import Plateau, build_optimizer, plateau_level
@@ -198,6 +203,7 @@ def test_balanced_sampler_draws_classes_equally_and_repeats_with_the_seed():
     assert not torch.equal(order, epoch_order(labels, 8, "balanced"))
     counts = torch.bincount(labels[order], minlength=3)
     assert all(abs(c - 333) < 60 for c in counts.tolist()), counts
+    assert set(order[labels[order] == 2].tolist()) == set(range(990, 1000))  # the rare class: all its images
     # random: the same permutation the trainer always drew, so older runs resume unchanged
     assert torch.equal(epoch_order(labels, 7), torch.randperm(1000, generator=torch.Generator().manual_seed(7)))
 
@@ -215,6 +221,14 @@ def test_a_run_with_class_weights_and_balanced_sampling_records_them(run_cli, tm
     assert meta["class_weights"] == {n: float(k + 1) for k, n in enumerate(names)}
     assert meta["recipe"]["sampler"] == "balanced"
     assert meta["optimizer"]["name"] == "lamb" and meta["optimizer"]["class"].endswith("Lamb")
+    # resumed with the file gone (or changed): the weights the run recorded carry on
+    (tmp_path / "w.json").write_text(json.dumps(dict.fromkeys(names, 9)))
+    labels = torch.tensor([0, 1, 2, 3])
+    assert resolve_class_weights(str(tmp_path / "w.json"), labels, names, tmp_path / "run") == [1, 2, 3, 4]
+    assert resolve_class_weights(str(tmp_path / "w.json"), labels, names) == [9, 9, 9, 9]
+    (tmp_path / "w.json").unlink()
+    result = run_cli("train", "--resume", tmp_path / "run", "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.parametrize("args,message", [

@@ -127,8 +127,7 @@ BatchSizeOpt = Annotated[int, typer.Option(
     "--batch-size", "-b", rich_help_panel=OPTIMISATION, callback=_range(1, 65536), help="Batch size (global under torchrun).")]
 OptimizerOpt = Annotated[Optimizer, typer.Option(
     "--optimizer", rich_help_panel=OPTIMISATION,
-    help="Optimizer, from timm's factory: sgd, adamw, adam, nadamw, radamw, lamb, lion, rmsprop, "
-    "rmsproptf (TF-style), adan, adoptw. No weight decay on biases and norm weights.")]
+    help="Optimizer (timm's factory); biases and norm weights never decay.")]
 def _lr_value(text: str):
     """--lr: a number in (0, 10], or 'auto' (the learning-rate range test picks it)."""
     if str(text).strip().lower() == "auto":
@@ -145,7 +144,7 @@ def _lr_value(text: str):
 
 LrOpt = Annotated[str | None, typer.Option(
     "--lr", rich_help_panel=OPTIMISATION, parser=_lr_value, metavar="LR|auto",
-    show_default="1e-3 with adamw and the Adam family, 2e-3 lamb, 1e-4 lion, 0.05 sgd",
+    show_default="1e-3 with adamw, 0.05 with sgd, 2e-3 lamb, 1e-4 lion, 1e-3 the others",
     help="Peak learning rate; 'auto' runs the learning-rate range test first (see 'cnncli lr-find') "
     "and takes its --lr-suggestion, printed and recorded in the run.")]
 LrSuggestionOpt = Annotated[str | None, typer.Option(
@@ -253,9 +252,8 @@ ThreadsOpt = Annotated[int | None, typer.Option(
     show_default="PyTorch's choice")]
 AmpOpt = Annotated[str, typer.Option(
     "--amp", rich_help_panel=DEVICE, metavar="auto|bf16|fp16|off",
-    help="Mixed precision: auto is bf16 on GPUs of capability >= 8 and on CPUs with native bf16 "
-    "(AVX512-BF16/AMX), fp16 with a GradScaler on other GPUs, float32 elsewhere; the choice is "
-    "printed and recorded.")]
+    help="Mixed precision; auto: bf16 where native (GPU capability >= 8, AVX512-BF16/AMX CPUs), "
+    "fp16 + GradScaler on other GPUs, else float32.")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile/--no-compile", rich_help_panel=DEVICE,
     help="torch.compile the network (falls back to eager).")]

@@ -7,7 +7,7 @@
   rows (a header row is allowed); every class of the dataset must be there, each weight a
   finite number > 0, and no other names.
 - `--sampler balanced`: each epoch draws as many images as the training set has, with
-  replacement, every class equally likely (torch.multinomial over 1/count per image).
+  replacement: a class uniformly, then one of its images uniformly.
 
 The epoch's order is a pure function of (labels, seed, sampler): the trainer seeds it with
 (seed, epoch), so a resumed run draws the same batches.
@@ -122,10 +122,27 @@ def _weight(raw: object, name: str, where: str) -> float:
     return value
 
 
-def resolve_class_weights(spec: str | None, labels: torch.Tensor, class_names: list[str]) -> list[float] | None:
-    """`--class-weights` as one weight per class (None: unweighted)."""
+def check_class_weights(spec: str | None) -> None:
+    """A `--class-weights FILE` is readable and its weights are good (the names wait for the data)."""
+    if spec not in (None, "auto"):
+        read_class_weights(spec, None)
+
+
+def resolve_class_weights(spec: str | None, labels: torch.Tensor, class_names: list[str],
+                          resume_dir: str | Path | None = None) -> list[float] | None:
+    """`--class-weights` as one weight per class (None: unweighted).
+
+    A resumed run takes the weights its state recorded, whatever the file says now (or wherever
+    it is now: the recipe names it relative to where the run started)."""
     if spec is None:
         return None
+    state = Path(resume_dir) / "train_state.safetensors" if resume_dir is not None else None
+    if state is not None and state.exists():
+        from cnncli.checkpoint import read_meta
+
+        recorded = read_meta(state).get("class_weights")
+        if isinstance(recorded, dict) and set(recorded) == set(class_names):
+            return [float(recorded[n]) for n in class_names]
     if spec == "auto":
         return auto_class_weights(labels, len(class_names))
     return read_class_weights(spec, class_names)
@@ -139,8 +156,13 @@ def epoch_order(labels: torch.Tensor, seed: int, sampler: str = "random") -> tor
     """
     generator = torch.Generator().manual_seed(seed)
     n = len(labels)
-    if sampler == "balanced":
-        counts = torch.bincount(labels.long().flatten()).double()
-        per_image = 1.0 / counts[labels.long()]
-        return torch.multinomial(per_image, n, replacement=True, generator=generator)
+    if sampler == "balanced":  # a class uniformly, then an image of it uniformly (any n: no multinomial cap)
+        labels = labels.long().flatten()
+        counts = torch.bincount(labels)
+        present = torch.nonzero(counts).flatten()
+        by_class = torch.argsort(labels, stable=True)  # image indices grouped by class, in class order
+        starts = torch.cumsum(counts, 0) - counts
+        drawn = present[torch.randint(len(present), (n,), generator=generator)]
+        offset = (torch.rand(n, generator=generator, dtype=torch.float64) * counts[drawn]).long()
+        return by_class[starts[drawn] + offset.clamp(max=counts[drawn] - 1)]
     return torch.randperm(n, generator=generator)

@@ -122,10 +122,10 @@ class Trainer:
         # a bad --out or --resume folder is said before the data is loaded (and before any note);
         # the run's folder is locked to the end of the run (cnncli.outputs: a second writer refuses)
         self.run_lock = check_run_folder(command, out=cfg.out, resume=resume) if self.dist.is_main else None
-        if self.resume_dir is None and cfg.class_weights not in (None, "auto"):
-            from cnncli.data.balance import read_class_weights
+        if self.resume_dir is None:
+            from cnncli.data.balance import check_class_weights
 
-            read_class_weights(cfg.class_weights, None)  # the file itself; its class names once data is loaded
+            check_class_weights(cfg.class_weights)  # a bad file before any folder is made
 
         from cnncli.data import load_dataset
 
@@ -144,15 +144,9 @@ class Trainer:
         self.num_classes = len(self.class_names)
         from cnncli.data.balance import resolve_class_weights
 
-        # --class-weights: one weight per class in the loss; a resumed run keeps those it recorded
-        state = self.resume_dir / "train_state.safetensors" if self.resume_dir is not None else None
-        recorded = None
-        if cfg.class_weights is not None and state is not None and state.exists():
-            from cnncli.checkpoint import read_meta
-
-            recorded = read_meta(state).get("class_weights")
-        self.class_weights = [float(recorded[n]) for n in self.class_names] if recorded else \
-            resolve_class_weights(cfg.class_weights, self.data.train.labels, self.class_names)
+        # --class-weights: one weight per class in the loss (a resumed run keeps those it recorded)
+        self.class_weights = resolve_class_weights(cfg.class_weights, self.data.train.labels, self.class_names,
+                                                   self.resume_dir)
 
         self.model_spec, info = model_spec, None  # what a checkpoint stores to rebuild the network
         if model is None:
