@@ -145,11 +145,10 @@ def _lr_value(text: str):
 LrOpt = Annotated[str | None, typer.Option(
     "--lr", rich_help_panel=OPTIMISATION, parser=_lr_value, metavar="LR|auto",
     show_default="1e-3 with adamw, 0.05 with sgd, 2e-3 lamb, 1e-4 lion, 1e-3 the others",
-    help="Peak learning rate; 'auto' runs the learning-rate range test first (see 'cnncli lr-find') "
-    "and takes its --lr-suggestion, printed and recorded in the run.")]
+    help="Peak learning rate; auto: lr-find picks it first.")]
 LrSuggestionOpt = Annotated[str | None, typer.Option(
     "--lr-suggestion", rich_help_panel=OPTIMISATION, metavar="valley|steep|minimum", show_default="valley",
-    help="Which suggestion of the range test --lr auto takes.")]
+    help="Which suggestion of the range test --lr auto takes (printed and recorded in the run).")]
 MomentumOpt = Annotated[float, typer.Option(
     "--momentum", rich_help_panel=OPTIMISATION, callback=_range(0, 1, high_open=True), help="SGD momentum.")]
 NesterovOpt = Annotated[bool, typer.Option(

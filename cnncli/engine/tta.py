@@ -42,7 +42,6 @@ def crop_padding(height: int, width: int) -> int:
 def torch_views(x, mode: str, fill) -> list:
     """The views of a prepared batch (N, C, H, W); `fill` (1, C, 1, 1): what black prepares to."""
     import torch
-    import torch.nn.functional as F
 
     if mode == "none":
         return [x]
@@ -50,9 +49,10 @@ def torch_views(x, mode: str, fill) -> list:
         return [x, torch.flip(x, dims=(-1,))]
     from torchvision.transforms.v2.functional import five_crop
 
-    h, w = x.shape[-2:]
+    n, c, h, w = x.shape
     p = crop_padding(h, w)
-    padded = F.pad(x - fill, (p, p, p, p)) + fill
+    padded = fill.to(x.dtype).expand(n, c, h + 2 * p, w + 2 * p).clone()  # black around, exact inside
+    padded[..., p:p + h, p:p + w] = x
     tl, tr, bl, br, centre = five_crop(padded, [h, w])
     return [centre, tl, tr, bl, br]
 
@@ -112,9 +112,11 @@ def numpy_views(x, mode: str, fill) -> list:
         return [x]
     if mode == "flip":
         return [x, np.ascontiguousarray(x[..., ::-1])]
-    h, w = x.shape[-2:]
+    n, c, h, w = x.shape
     p = crop_padding(h, w)
-    padded = np.pad(x - fill, ((0, 0), (0, 0), (p, p), (p, p))) + fill
+    padded = np.empty((n, c, h + 2 * p, w + 2 * p), dtype=x.dtype)
+    padded[...] = fill
+    padded[..., p:p + h, p:p + w] = x
     # five_crop's corners on the padded image; its centre crop is the image itself
     return [np.ascontiguousarray(v, dtype=np.float32) for v in (
         x, padded[..., :h, :w], padded[..., :h, -w:], padded[..., -h:, :w], padded[..., -h:, -w:])]
