@@ -1,22 +1,30 @@
 """Time to accuracy: a recipe on the real Fashion-MNIST, test top-1 after every epoch against wall time.
 
 Runs the recipe (default `recipes/fashion_mnist_best.toml`) through cnncli's library exactly
-as `cnncli train --recipe` does, and after each epoch also evaluates the current weights on
+as `cnncli train --recipe` does, and after each epoch also evaluates the run's model (with
+`ema`, the average of the weights, which is what the run saves; the trained weights too) on
 the 10,000 test images. That extra evaluation is measurement, not training: its time is
-taken out of the wall clock reported. The clock starts before the data is loaded.
-Targets (the project's, on 2 CPU cores): 93% within 10 minutes; the stretch is 94%.
+taken out of the wall clock reported. The clock starts before the data is loaded and stops
+after the run's own final test (its best-validation checkpoint): that is `wall_seconds`.
+Targets (issue 15, on 2 cores of the AVX2 machine): test top-1 >= 94.5% within 600 s
+(stretch 95.0%), and >= 93% within 300 s.
 
     python bench/time_to_accuracy.py                               # the best recipe
     python bench/time_to_accuracy.py recipes/fashion_mnist_typical_cnn.toml --set epochs=2
+    OMP_NUM_THREADS=2 python bench/time_to_accuracy.py --set threads=2
 
-Output: a `machine` line, one `epoch` line per epoch (wall seconds, train seconds, val and
-test top-1), then a `summary` with the first wall time at which test top-1 reached 93% and
-94%, and the run's own final test figure (its best checkpoint).
+Output: a `machine` line (CPU, its SIMD flags, threads, load), one `epoch` line per epoch
+(wall seconds, train seconds, val and test top-1), then a `summary`: the final test top-1
+(the run's own figure), the whole run's wall seconds, and for each target the first epoch
+end at which it was reached, by the per-epoch **test** figure (`seconds_to_93`, ...) and by
+the per-epoch **validation** figure (`val_seconds_to_93`, ...; validation is what a run may
+select on).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -24,12 +32,14 @@ import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import emit, machine
+from benchlib import cpu_flags, emit, machine
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = REPO / "recipes" / "fashion_mnist_best.toml"
-TARGETS = (0.93, 0.94)
-BUDGET_SECONDS = 600
+TARGETS = (0.93, 0.945, 0.95)
+BUDGET_SECONDS = 600  # 94.5% (stretch 95%) within this
+HALF_TARGET = 0.93  # ... and 93% within half of it
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -71,14 +81,23 @@ def main(argv: list[str] | None = None) -> int:
             super()._write_history(run_dir, history)
             t0 = time.perf_counter()
             wall = t0 - start - overhead  # the end of this epoch, on the training's own clock
-            test = evaluate(self.model, self.data.test.images, self.data.test.labels, self.prepare,
-                            self.num_classes, self.class_names, self.cfg.eval_batch_size, self.device,
-                            amp=self.precision.dtype or False)
+
+            def test_of(model):
+                return evaluate(model, self.data.test.images, self.data.test.labels, self.prepare,
+                                self.num_classes, self.class_names, self.cfg.eval_batch_size, self.device,
+                                amp=self.precision.dtype or False)
+
+            # the run's model: the average with `ema` (what it validates, saves and tests)
+            test = test_of(self.ema.module if self.ema is not None else self.model)
+            raw = test_of(self.model) if self.ema is not None else None
             overhead += time.perf_counter() - t0
             row = history[-1]
             line = {"epoch": row["epoch"], "wall_seconds": round(wall, 2),
                     "train_seconds": row["seconds"], "train_images_per_second": round(row["images_per_second"] or 0, 1),
-                    "val_top1": row["val_top1"], "test_top1": test.top1, "test_loss": round(test.loss, 4)}
+                    "val_top1": row.get("ema_val_top1", row["val_top1"]), "test_top1": test.top1,
+                    "test_loss": round(test.loss, 4)}
+            if raw is not None:
+                line.update(raw_val_top1=row["val_top1"], raw_test_top1=raw.top1)
             epochs.append(line)
             emit(bench="time_to_accuracy", kind="epoch", **line)
 
@@ -89,18 +108,30 @@ def main(argv: list[str] | None = None) -> int:
         result = TimedTrainer(cfg, quiet=True).fit()
         total = time.perf_counter() - start - overhead
 
-    def first_reaching(target: float):
-        return next((e["wall_seconds"] for e in epochs if e["test_top1"] >= target), None)
+    def first_reaching(key: str, target: float):
+        return next((e["wall_seconds"] for e in epochs if e[key] is not None and e[key] >= target), None)
 
-    reached = {f"seconds_to_{round(t * 100)}": first_reaching(t) for t in TARGETS}
+    def label(t: float) -> str:
+        return f"{t * 100:g}".replace(".", "")  # 0.93 -> 93, 0.945 -> 945
+
+    reached = {f"seconds_to_{label(t)}": first_reaching("test_top1", t) for t in TARGETS}
+    val_reached = {f"val_seconds_to_{label(t)}": first_reaching("val_top1", t) for t in TARGETS}
+    final = result.test.top1 if result.test else None
+    flags = cpu_flags()
+    import torch
+
+    half = reached[f"seconds_to_{label(HALF_TARGET)}"]
     emit(bench="time_to_accuracy", kind="summary", recipe=str(args.recipe), model=cfg.model, epochs=result.epochs,
-         overrides={k: v for k, v in args.overrides}, wall_seconds=round(total, 1),
+         overrides={k: v for k, v in args.overrides}, wall_seconds=round(total, 1), final_test_top1=final,
          best_epoch_test_top1=max((e["test_top1"] for e in epochs), default=None),
-         final_test_top1=result.test.top1 if result.test else None, **reached,
-         target="test top-1 >= 0.93 within 600 s on 2 CPU cores (stretch 0.94)",
-         target_met=reached["seconds_to_93"] is not None and reached["seconds_to_93"] <= BUDGET_SECONDS,
-         stretch_met=reached["seconds_to_94"] is not None and reached["seconds_to_94"] <= BUDGET_SECONDS,
-         cores=info["cores"])
+         raw_final_test_top1=result.extra.get("raw_test_top1") if result.extra else None, **reached, **val_reached,
+         target=f"final test top-1 >= 0.945 within {BUDGET_SECONDS} s (stretch 0.95), "
+                f">= {HALF_TARGET} within {BUDGET_SECONDS // 2} s (per-epoch test figure)",
+         target_met=final is not None and final >= 0.945 and total <= BUDGET_SECONDS,
+         stretch_met=final is not None and final >= 0.95 and total <= BUDGET_SECONDS,
+         half_target_met=half is not None and half <= BUDGET_SECONDS / 2,
+         cpu=info["cpu"], cpu_flags=[f for f in SIMD_FLAGS if f in flags], cores=info["cores"],
+         threads=torch.get_num_threads(), load_average_end=[round(v, 2) for v in os.getloadavg()])
     return 0
 
 
