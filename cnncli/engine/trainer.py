@@ -120,8 +120,7 @@ class Trainer:
 
         self.data = load_dataset(cfg.data, data_dir=cfg.data_dir, download=cfg.download,
                                  val_fraction=cfg.val_fraction, max_samples=cfg.max_samples,
-                                 seed=cfg.seed, fallback_to_embedded=False, stream=cfg.stream,
-                                 say_sizes=self.dist.is_main)
+                                 seed=cfg.seed, fallback_to_embedded=False, stream=cfg.stream)
         self.streaming = bool(getattr(self.data, "streaming", False))
         self.class_names = list(self.data.class_names)
         self.num_classes = len(self.class_names)
@@ -225,6 +224,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self) -> RunResult:
+        if self.dist.is_main:  # said once the data fits the network (an error before stays one line)
+            from cnncli.data.registry import say_split_sizes
+
+            say_split_sizes(self.data)
         progress = self._open_run()
         self._wall_start = time.perf_counter() - progress.seconds
         hooks = self.hooks = start_hooks(self, progress, self.callbacks)
