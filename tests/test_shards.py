@@ -212,3 +212,22 @@ def test_shard_order_keeps_each_rank_on_its_own_shards_and_uses_every_sample_onc
     assert all(len(set(groups[p].tolist())) == 2 for p in parts)  # 12 samples = exactly 2 whole shards
     assert torch.equal(parts[0], shard_order(groups, epoch=2, seed=5, rank=0, world=4))
     assert not torch.equal(parts[0], shard_order(groups, epoch=3, seed=5, rank=0, world=4))
+
+
+def test_pipe_shards_train_from_a_copy_in_the_cache_folder(tmp_path):
+    from cnncli.data import registry
+
+    write_shards(tmp_path / "s", shards=2, per_shard=10, classes=2)
+    spec = f"wds:train=pipe:cat {tmp_path / 's'}/train-00000{{0,1}}.tar"
+    data = registry.load_dataset(spec, val_fraction=0.1, seed=0)
+    assert len(data.train) + len(data.val) + len(data.test) == 20 and len(data.val) == 2 and len(data.test) == 4
+    copies = sorted((registry.cache_dir() / "shards").iterdir())
+    assert len(copies) == 2 and all(p.stat().st_size == (tmp_path / "s" / "train-000000.tar").stat().st_size
+                                    for p in copies)
+    assert data.train.src.load(0).shape == (1, 8, 8)
+
+
+def test_pack_refuses_shards_as_a_source(run_cli, tmp_path):
+    write_shards(tmp_path / "s", shards=1, per_shard=2)
+    result = run_cli("datasets", "pack", f"wds:{tmp_path / 's'}", tmp_path / "out")
+    assert result.exit_code == 2 and "shards already" in result.stderr and not (tmp_path / "out").exists()

@@ -220,6 +220,8 @@ def pack_dataset(
         raise InputError(f"--shard-size must be in [1, {MAX_SHARD_SIZE:,}], got {shard_size}")
     if img_size is not None and not 1 <= img_size <= 4096:
         raise InputError(f"--img-size must be in [1, 4096], got {img_size}")
+    if source.strip().lower().startswith("wds:"):
+        raise InputError(f"pack: {source} is shards already; copy its folder, or pack the dataset it was made from")
     out = Path(out).expanduser()
     old = check_out_folder(out, force)
 
