@@ -215,6 +215,7 @@ def pack_dataset(
     """Write SOURCE as shards into OUT; the index document written (see the module doc)."""
     from cnncli.data.index import is_index_source
     from cnncli.fileio import atomic_write_text, ensure_writable_dir
+    from cnncli.output import note
 
     if not 1 <= shard_size <= MAX_SHARD_SIZE:
         raise InputError(f"--shard-size must be in [1, {MAX_SHARD_SIZE:,}], got {shard_size}")
@@ -247,6 +248,7 @@ def pack_dataset(
         if split not in work:
             continue
         samples, labels, _ = work[split]
+        note(f"pack: writing {len(labels):,} {split} samples into {out}")
         writer = _ShardWriter(out, split, shard_size)
         counts = [0] * len(class_names)
         try:
