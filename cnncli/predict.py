@@ -53,6 +53,12 @@ class Predictor:
         return torch.softmax(logits.float(), dim=1).cpu()
 
     def decode(self, path: str):
+        pipeline = self.meta.get("data_pipeline") if hasattr(self.meta, "get") else None
+        if isinstance(pipeline, Mapping) and pipeline.get("kind") == "stream":
+            # trained on a streaming dataset: the run's eval transform (shorter side, center crop)
+            from cnncli.data.stream import photo_for_network
+
+            return photo_for_network(path, self.meta["input_size"], pipeline.get("crop_pct"))
         from cnncli.data.transforms import decode_image_file
 
         return decode_image_file(path)

@@ -106,7 +106,15 @@ def test_both_kinds_train_and_evaluate_through_the_same_commands(tmp_path, run_c
         evaluated = run_cli("eval", out, "--data", data, "--split", "test", "--json")
         assert evaluated.exit_code == 0, evaluated.stderr
         assert json.loads(evaluated.stdout)["n"] == 6
-    assert read_meta(tmp_path / "stream" / "model.safetensors")["data_pipeline"]["kind"] == "stream"
+    run = tmp_path / "stream"
+    assert read_meta(run / "model.safetensors")["data_pipeline"]["kind"] == "stream"
+    every = run_cli("eval", run, "--data", data, "--split", "all", "--json")
+    assert every.exit_code == 0, every.stderr
+    assert json.loads(every.stdout)["n"] == 24
+    photo = next((tmp_path / "f" / "owl").glob("*.jpg"))
+    predicted = run_cli("predict", run, photo, "--json")
+    assert predicted.exit_code == 0, predicted.stderr
+    assert json.loads(predicted.stdout.splitlines()[0])["top"][0]["class"] in ("cat", "dog", "owl")
 
 
 # ---------------------------------------------------------------- layouts

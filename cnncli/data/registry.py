@@ -291,11 +291,12 @@ def load_dataset(
     splits = _load_dataset(name, data_dir, download, val_fraction, max_samples, seed, fallback_to_embedded,
                            hold_out_test, stream, **options)
     if say_sizes:
-        _say_sizes(splits)
+        say_split_sizes(splits)
     return splits
 
 
-def _say_sizes(splits) -> None:
+def say_split_sizes(splits) -> None:
+    """One line on stderr (rank 0): the split sizes, classes and whether the images stream."""
     if os.environ.get("RANK", "0") != "0":
         return
     from cnncli.output import note

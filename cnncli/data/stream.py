@@ -208,7 +208,7 @@ class SubsetSource:
         self.positions = source.positions[pos] if isinstance(source, SubsetSource) else pos
         self.base = base
         self.class_names = list(base.class_names)
-        self.labels = base.labels[self.positions]
+        self.labels = source.labels[pos]  # the view's labels (a relabelled view keeps its own)
         self.ids = [base.ids[i] for i in self.positions.tolist()]
 
     def __len__(self) -> int:
@@ -278,6 +278,19 @@ class PhotoTransform:
             torch.manual_seed(seed)
             out = self.ops(image)
         return out.contiguous()
+
+
+def photo_for_network(path: str | Path, input_size: Sequence[int], crop_pct: float | None = None) -> torch.Tensor:
+    """One file through a streaming run's eval transform (predict): uint8 (C, H, H); InputError.
+
+    The full-size decode lives only inside this call, so a batch holds network-sized images."""
+    cfg = StreamConfig(size=int(input_size[1]), channels=int(input_size[0]), crop_pct=float(crop_pct or DEFAULT_CROP_PCT))
+    transform = PhotoTransform(cfg)
+    try:
+        image = decode_photo(path, transform.min_side())
+    except BadImage as e:
+        raise InputError(str(e)) from None
+    return transform.apply(image, 0)
 
 
 # ------------------------------------------------------------------ the DataLoader pieces
@@ -406,6 +419,12 @@ class StreamSplit:
     def labels(self) -> torch.Tensor:
         return self.src.labels
 
+    @labels.setter
+    def labels(self, value: torch.Tensor) -> None:  # relabelled (eval --pretrained): this split's own view
+        if not isinstance(self.src, SubsetSource):
+            self.src = SubsetSource(self.src, torch.arange(len(self.src)))
+        self.src.labels = torch.as_tensor(value, dtype=torch.int64)
+
     @property
     def class_names(self) -> list[str]:
         return list(self.src.class_names)
@@ -501,3 +520,13 @@ class StreamSplit:
             self._check(bad)
             if x is not None:
                 yield positions, x
+
+
+def concat_splits(parts: list[StreamSplit]) -> StreamSplit:
+    """Several splits of one source as one split (`eval --split all`), in the order given."""
+    first = parts[0]
+    bases = {id(p.src.base if isinstance(p.src, SubsetSource) else p.src) for p in parts}
+    if len(bases) != 1 or not all(isinstance(p.src, SubsetSource) for p in parts):
+        raise ValueError("concat_splits joins subsets of one source")
+    positions = torch.cat([p.src.positions for p in parts])
+    return StreamSplit(SubsetSource(first.src.base, positions), first.name, first.source, first.config)

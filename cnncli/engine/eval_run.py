@@ -76,8 +76,8 @@ def evaluate_checkpoint(
         opened = open_network(checkpoint, weights=weights, num_classes=len(class_names), device=str(dev))
         model = opened.module
         input_size = opened.input_size
-        mean = channel_stats(stats[0], input_size[0])
-        std = channel_stats(stats[1], input_size[0])
+        mean = channel_stats(stats.mean, input_size[0])
+        std = channel_stats(stats.std, input_size[0])
         model_name = checkpoint
     else:
         if meta["num_classes"] != len(class_names):
@@ -90,6 +90,17 @@ def evaluate_checkpoint(
         input_size, mean, std = tuple(meta["input_size"]), meta["mean"], meta["std"]
         model_name = meta["model"]["name"]
 
+    if ctx.is_main:  # once the data is known to fit the network (an error stays one line)
+        from cnncli.data.registry import say_split_sizes
+
+        say_split_sizes(stats)
+    crop = extra.pop("crop_pct", None)
+    if getattr(subset, "streaming", False):  # decoded in DataLoader workers at the network's size
+        from cnncli.data.stream import DEFAULT_CROP_PCT, StreamConfig
+
+        crop = crop or ((meta or {}).get("data_pipeline") or {}).get("crop_pct")
+        subset.configure(StreamConfig(size=int(input_size[1]), channels=int(input_size[0]),
+                                      crop_pct=float(crop or DEFAULT_CROP_PCT), pin_memory=dev.type == "cuda"))
     use_channels_last(model, dev)
 
     def prepare(batch: torch.Tensor) -> torch.Tensor:
@@ -129,7 +140,11 @@ def _load_split(data: str, split: str, data_dir: str | None, download: bool, see
 
     splits = load_dataset(data, data_dir=data_dir, download=download, val_fraction=0.1 if split == "val" else 0.0,
                           max_samples=None, seed=seed, hold_out_test=split != "all")
-    if split == "all":
+    if split == "all" and getattr(splits, "streaming", False):
+        from cnncli.data.stream import concat_splits
+
+        subset = concat_splits([s for s in (splits.train, splits.val, splits.test) if len(s)])
+    elif split == "all":
         parts = [s for s in (splits.train, splits.val, splits.test) if s is not None and len(s.labels)]
         first = parts[0]
         ids = [i for s in parts for i in s.ids] if all(s.ids is not None for s in parts) else None
@@ -139,7 +154,7 @@ def _load_split(data: str, split: str, data_dir: str | None, download: bool, see
         subset = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
     if subset is None or len(subset.labels) == 0:
         raise InputError(f"dataset '{data}' has no {split} split")
-    return subset, list(splits.class_names), (splits.mean, splits.std)
+    return subset, list(splits.class_names), splits  # splits.mean/std: measured only when asked (streaming)
 
 
 @dataclass
@@ -186,8 +201,11 @@ def _pretrained_as_is(name: str, subset, class_names: list[str]) -> _AsIs:
     short = [n.split(",")[0].strip() for n in names]
     class_map = [{"class": class_names[d], "index": i, "network_class": short[i]}
                  for d, i in sorted(match.network_index.items())]
+    crop_pct = ((getattr(opened, "info", None) and opened.info.extra) or {}).get("crop_pct")
     record = {"pretrained_source": dict(opened.weights_source), "network_classes": n_out, "matched_by": match.by,
               "class_map": class_map, "classes_left_out": match.left_out}
+    if crop_pct:  # the eval crop of a streaming dataset (popped before the result is written)
+        record["crop_pct"] = crop_pct
     return _AsIs(model, subset, opened.input_size, opened.mean, opened.std, short, record)
 
 
