@@ -9,7 +9,8 @@ its own process:
 - `first_step_s`: from the command's start to the end of its first training step;
 - `train_images_per_s`: training steps after the first, images / second;
 - `loader_images_per_s`: the loader alone (decode + transforms + batching, no network);
-- `peak_rss_mb`: the peak of the summed RSS of the process and its workers (sampled from /proc).
+- `peak_rss_mb`: the peak memory of the process and its workers together (the sum of their
+  proportional set sizes, sampled from /proc every 0.1 s).
 
 One JSON line per measurement, then a `summary` line per size with the medians and the ratios
 (cnncli / baseline; above 1 is better for speed, below 1 for memory). With `--cache disk`
@@ -75,8 +76,21 @@ def photo_folder(n: int, root: Path | None = None) -> Path:
 
 
 # ------------------------------------------------------------------------------ measuring a process
+def _pss(pid: int) -> int | None:
+    """Proportional set size: pages shared by forked workers counted once in all, not once each."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def tree_rss(pid: int) -> int:
-    """Bytes resident in `pid` and all its descendants (Linux /proc)."""
+    """Bytes resident in `pid` and all its descendants (Linux /proc): the sum of their PSS where
+    the kernel gives it (a sum of RSS would count the parent's pages once per forked worker)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -93,7 +107,8 @@ def tree_rss(pid: int) -> int:
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()
-        total += rss.get(p, 0)
+        pss = _pss(p)
+        total += pss if pss is not None else rss.get(p, 0)
         stack += children.get(p, [])
     return total
 

@@ -127,9 +127,11 @@ def test_workers_read_the_disk_store_through_their_own_map(tmp_path):
 
 
 def test_train_with_cache_disk_reads_the_store_on_the_second_run_and_rebuilds_after_a_change(run_cli, tmp_path):
-    from tests.test_shards import write_photos
-
-    folder = write_photos(tmp_path / "photos", per_class=5, sizes=((60, 40), (36, 70)))
+    folder = tmp_path / "photos"
+    for c, name in enumerate(("cat", "dog", "owl")):
+        write_jpegs(folder / name, n=5)
+        for i, path in enumerate(sorted((folder / name).iterdir())):  # each class its own colour
+            Image.new("RGB", (60, 40) if i % 2 else (36, 70), (80 * c, 40, 200 - 60 * c)).save(path)
     args = ["train", "lenet5", "--data", f"imagefolder:{folder}", "--epochs", "1", "--threads", "1",
             "--workers", "0", "--img-size", "32", "--batch-size", "4", "--cache", "disk"]
     first = run_cli(*args, "--out", tmp_path / "a")

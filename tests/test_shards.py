@@ -212,3 +212,60 @@ def test_shard_order_keeps_each_rank_on_its_own_shards_and_uses_every_sample_onc
     assert all(len(set(groups[p].tolist())) == 2 for p in parts)  # 12 samples = exactly 2 whole shards
     assert torch.equal(parts[0], shard_order(groups, epoch=2, seed=5, rank=0, world=4))
     assert not torch.equal(parts[0], shard_order(groups, epoch=3, seed=5, rank=0, world=4))
+
+
+def test_pipe_shards_train_from_a_copy_in_the_cache_folder(tmp_path):
+    from cnncli.data import registry
+
+    write_shards(tmp_path / "s", shards=2, per_shard=10, classes=2)
+    spec = f"wds:train=pipe:cat {tmp_path / 's'}/train-00000{{0,1}}.tar"
+    data = registry.load_dataset(spec, val_fraction=0.1, seed=0)
+    assert len(data.train) + len(data.val) + len(data.test) == 20 and len(data.val) == 2 and len(data.test) == 4
+    copies = sorted((registry.cache_dir() / "shards").iterdir())
+    assert len(copies) == 2 and all(p.stat().st_size == (tmp_path / "s" / "train-000000.tar").stat().st_size
+                                    for p in copies)
+    assert data.train.src.load(0).shape == (1, 8, 8)
+
+
+def test_pack_refuses_shards_as_a_source(run_cli, tmp_path):
+    write_shards(tmp_path / "s", shards=1, per_shard=2)
+    result = run_cli("datasets", "pack", f"wds:{tmp_path / 's'}", tmp_path / "out")
+    assert result.exit_code == 2 and "shards already" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_training_on_shards_stopped_mid_epoch_resumes_to_the_uninterrupted_weights(run_cli, tmp_path):
+    """SIGTERM inside epoch 2 (in-process), then --resume, with --cache disk on (workers: test_stream.py):
+    the shard order is a function of (seed, epoch), so the weights end the same."""
+    from cnncli.checkpoint import load_checkpoint
+    from cnncli.engine.config import build_config
+    from cnncli.engine.console import TrainingInterrupted
+    from cnncli.engine.trainer import Trainer
+    from cnncli.track.base import Logger
+
+    class StopAt(Logger):
+        wants_steps = True
+
+        def on_step(self, step, scalars):
+            if step == 10:
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    folder = write_photos(tmp_path / "photos", per_class=7, sizes=((40, 30), (30, 44)))
+    assert run_cli("datasets", "pack", f"imagefolder:{folder}", tmp_path / "sh", "--shard-size", "3").exit_code == 0
+    options = {"model": "lenet5", "data": f"wds:{tmp_path / 'sh'}", "epochs": 2, "batch_size": 2, "img_size": 32,
+               "seed": 3, "deterministic": True, "augment": ["flip"], "threads": 1, "workers": 0, "cache": "disk"}
+    Trainer(build_config(None, {**options, "out": str(tmp_path / "straight")}), quiet=True).fit()
+    stopped = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted):
+        Trainer(build_config(None, {**options, "out": str(stopped)}), quiet=True, callbacks=[StopAt()]).fit()
+    from cnncli.checkpoint import read_meta
+
+    state = read_meta(stopped / "train_state.safetensors")["train_state"]
+    assert state["epoch"] == 1 and 0 < state["step"] < 8  # inside epoch 2 (of 8 steps)
+    done = run_cli("train", "--resume", stopped, "--threads", "1", "--quiet")
+    assert done.exit_code == 0, done.stderr
+    a, _ = load_checkpoint(stopped / "last.safetensors")
+    b, _ = load_checkpoint(tmp_path / "straight" / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

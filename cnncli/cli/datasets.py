@@ -56,6 +56,7 @@ PackImgSizeOpt = Annotated[int | None, typer.Option(
     "--img-size", min=1, max=4096, help="Scale each image so that its shorter side is this many pixels "
     "(re-encoded); files are copied as they are without it.", show_default="keep")]
 PackForceOpt = Annotated[bool, typer.Option("--force", help="Replace a pack already in the folder.")]
+PackJsonOpt = Annotated[bool, typer.Option("--json", help="Print the index written (index.json) as JSON.")]
 WorkersOpt = Annotated[int | None, typer.Option(
     "--workers", min=1, max=64, help="Threads reading files.", show_default="up to 4")]
 
@@ -227,7 +228,7 @@ def pack(
     shard_size: ShardSizeOpt = 1000,
     img_size: PackImgSizeOpt = None,
     force: PackForceOpt = False,
-    json_out: ReportJsonOpt = False,
+    json_out: PackJsonOpt = False,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Write a dataset as WebDataset tar shards plus index.json; train on them with --data wds:OUT.

@@ -215,11 +215,14 @@ def pack_dataset(
     """Write SOURCE as shards into OUT; the index document written (see the module doc)."""
     from cnncli.data.index import is_index_source
     from cnncli.fileio import atomic_write_text, ensure_writable_dir
+    from cnncli.output import note
 
     if not 1 <= shard_size <= MAX_SHARD_SIZE:
         raise InputError(f"--shard-size must be in [1, {MAX_SHARD_SIZE:,}], got {shard_size}")
     if img_size is not None and not 1 <= img_size <= 4096:
         raise InputError(f"--img-size must be in [1, 4096], got {img_size}")
+    if source.strip().lower().startswith("wds:"):
+        raise InputError(f"pack: {source} is shards already; copy its folder, or pack the dataset it was made from")
     out = Path(out).expanduser()
     old = check_out_folder(out, force)
 
@@ -245,6 +248,7 @@ def pack_dataset(
         if split not in work:
             continue
         samples, labels, _ = work[split]
+        note(f"pack: writing {len(labels):,} {split} samples into {out}")
         writer = _ShardWriter(out, split, shard_size)
         counts = [0] * len(class_names)
         try:

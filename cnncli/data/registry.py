@@ -2,7 +2,8 @@
 
 Names: `fashion-mnist`, `fashion-mnist-mini` (a real subset shipped inside the package),
 `cifar10`, `synthetic` (options: size, channels, classes, n, n_test; also written
-`synthetic:size=32,channels=3`) and `imagefolder:PATH` (option: image_size, test_fraction).
+`synthetic:size=32,channels=3`), `imagefolder:PATH` and `csv:FILE` (options: image_size,
+test_fraction) and `wds:PATTERN` (WebDataset tar shards, always streamed: data/shards.py).
 
 Files are looked up, in order, in: the `data_dir` argument, `$CNNCLI_DATA`, the user's cache
 folder (`$XDG_CACHE_HOME/cnncli`, by default `~/.cache/cnncli`), and `/usr/share/datasets`

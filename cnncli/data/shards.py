@@ -13,13 +13,21 @@ from the tar headers (one pass that reads names and the small `.cls` members, ne
 A sample is `KEY.jpg|png|jpeg|webp` (the image) and `KEY.cls` (the class number as text), as
 `pack` writes and as most WebDataset image sets are laid out.
 
-Order, reproducible and resumable: each epoch the shard list is shuffled with a generator seeded
-by (seed, epoch), dealt to the (rank, worker) slots, and each slot shuffles its samples in a
-bounded buffer seeded by (seed, epoch, slot). The same seed and epoch give the same samples in
-the same order, in any process. Every sample is read exactly once per epoch across all ranks and
-workers; under DDP (world > 1) each rank stops at (or tops up to) an equal share so that ranks
-take the same number of steps. With fewer shards than slots, the slots split samples instead.
-The epoch lives in shared memory so that persistent DataLoader workers see `set_epoch`.
+Two readers:
+- `TarSource` (what train, finetune and eval use, through `load_shards`): the shards' tar
+  headers give each sample's byte range, so a sample is read at random like a file (the
+  streaming interface of data/stream.py: workers, transforms, exact resume, bad files). Its
+  epoch order (`shard_order`) shuffles the shards by (seed, epoch), shuffles the samples
+  inside each shard, and cuts the result into equal runs per rank: each DDP rank reads its
+  own shards, every sample once per epoch. `pipe:` shards are copied once into the cache
+  folder for it.
+- `ShardDataset`, a torch IterableDataset that reads shards front to back (local or `pipe:`,
+  nothing indexed): each epoch the shard list is shuffled with a generator seeded by (seed,
+  epoch), dealt to the (rank, worker) slots, and each slot shuffles its samples in a bounded
+  buffer seeded by (seed, epoch, slot). Every sample is read exactly once per epoch across all
+  ranks and workers; under DDP (world > 1) each rank stops at (or tops up to) an equal share
+  so that ranks take the same number of steps. With fewer shards than slots, the slots split
+  samples instead. The epoch lives in shared memory so that persistent workers see `set_epoch`.
 """
 
 from __future__ import annotations
