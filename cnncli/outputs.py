@@ -174,17 +174,21 @@ def check_file(path: str | os.PathLike, kind: Kind, flag: str = "--out", force: 
     except OSError as e:  # e.g. a component that is a file: ENOTDIR
         raise InputError(f"cannot write {path}: {e.strerror or e}; choose another place to write to") from None
     if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{flag} {path} is a folder; give a file name")
+        raise InputError(f"{flag} {path} exists and is not a file but a folder; give a file name")
     special = _special(st.st_mode)
     if special is not None or not stat.S_ISREG(st.st_mode):
         raise InputError(f"{flag} {path} is a {special or 'special file'}: cnncli never writes over special "
                          "files, not even with --force; choose a regular file")
+    real = path.resolve() if path.is_symlink() else path  # a link into a run is the run's file
+    if real.name == MARKER:
+        raise InputError(f"{flag} {path} is the marker and lock of the run in {real.parent}: it is never "
+                         "replaced, not even with --force; choose another path")
     if force:
         return path
-    owner = run_of(path.parent)
-    if owner is not None and path.name in RUN_FILES and not _held_here(path.parent):
+    owner = run_of(real.parent)
+    if owner is not None and real.name in RUN_FILES and not _held_here(real.parent):
         what = f"the {owner} run" if owner else "the run"
-        raise InputError(f"{flag} {path} is a file of {what} in {path.parent}; choose another path "
+        raise InputError(f"{flag} {path} is a file of {what} in {real.parent}; choose another path "
                          "(or --force to replace it)")
     try:
         same = kind.recognise(path)
