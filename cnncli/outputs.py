@@ -347,7 +347,9 @@ def check_new_run(folder: str | os.PathLike, command: str, flag: str = "--out") 
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} is a file, not a folder; choose another {flag}")
     if not path.is_dir():
+        _check_can_create(path)
         return path
+    _check_can_create(path)
     _refuse_in_use(path, flag)
     owner = run_of(path)
     if (path / OLD_RUN_FILE).exists():
@@ -361,6 +363,22 @@ def check_new_run(folder: str | os.PathLike, command: str, flag: str = "--out") 
     elif owner and owner != command and not force_given():
         raise InputError(f"{flag} {path} is a cnncli {owner} run, not a {command} run; choose another {flag}")
     return path
+
+
+def _check_can_create(path: Path) -> None:
+    """The folder (or the nearest one above it that exists) can be written: said now, not after
+    the data is loaded (nothing is created here)."""
+    import errno
+
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise InputError(f"cannot write {path}: {os.strerror(errno.ENOTDIR)} ({ancestor} is a file); "
+                         "choose another place to write to")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: {ancestor} is not writable (permission denied or a "
+                         "read-only file system); choose another place to write to")
 
 
 def claim_new_run(folder: str | os.PathLike, command: str, flag: str = "--out") -> RunLock:
