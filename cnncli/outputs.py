@@ -174,17 +174,21 @@ def check_file(path: str | os.PathLike, kind: Kind, flag: str = "--out", force: 
     except OSError as e:  # e.g. a component that is a file: ENOTDIR
         raise InputError(f"cannot write {path}: {e.strerror or e}; choose another place to write to") from None
     if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{flag} {path} is a folder; give a file name")
+        raise InputError(f"{flag} {path} exists and is not a file but a folder; give a file name")
     special = _special(st.st_mode)
     if special is not None or not stat.S_ISREG(st.st_mode):
         raise InputError(f"{flag} {path} is a {special or 'special file'}: cnncli never writes over special "
                          "files, not even with --force; choose a regular file")
+    real = path.resolve() if path.is_symlink() else path  # a link into a run is the run's file
+    if real.name == MARKER:
+        raise InputError(f"{flag} {path} is the marker and lock of the run in {real.parent}: it is never "
+                         "replaced, not even with --force; choose another path")
     if force:
         return path
-    owner = run_of(path.parent)
-    if owner is not None and path.name in RUN_FILES and not _held_here(path.parent):
+    owner = run_of(real.parent)
+    if owner is not None and real.name in RUN_FILES and not _held_here(real.parent):
         what = f"the {owner} run" if owner else "the run"
-        raise InputError(f"{flag} {path} is a file of {what} in {path.parent}; choose another path "
+        raise InputError(f"{flag} {path} is a file of {what} in {real.parent}; choose another path "
                          "(or --force to replace it)")
     try:
         same = kind.recognise(path)
@@ -343,7 +347,9 @@ def check_new_run(folder: str | os.PathLike, command: str, flag: str = "--out") 
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} is a file, not a folder; choose another {flag}")
     if not path.is_dir():
+        _check_can_create(path)
         return path
+    _check_can_create(path)
     _refuse_in_use(path, flag)
     owner = run_of(path)
     if (path / OLD_RUN_FILE).exists():
@@ -357,6 +363,22 @@ def check_new_run(folder: str | os.PathLike, command: str, flag: str = "--out") 
     elif owner and owner != command and not force_given():
         raise InputError(f"{flag} {path} is a cnncli {owner} run, not a {command} run; choose another {flag}")
     return path
+
+
+def _check_can_create(path: Path) -> None:
+    """The folder (or the nearest one above it that exists) can be written: said now, not after
+    the data is loaded (nothing is created here)."""
+    import errno
+
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise InputError(f"cannot write {path}: {os.strerror(errno.ENOTDIR)} ({ancestor} is a file); "
+                         "choose another place to write to")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: {ancestor} is not writable (permission denied or a "
+                         "read-only file system); choose another place to write to")
 
 
 def claim_new_run(folder: str | os.PathLike, command: str, flag: str = "--out") -> RunLock:

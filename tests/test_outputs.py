@@ -214,6 +214,11 @@ def test_eval_and_viz_do_not_write_over_a_runs_files(run_cli, tiny_run_copy, tmp
             untouched=[run])
     refused(run_cli, ["viz", "curves", run, "--out", run / "metrics.jsonl"], untouched=[run])
     refused(run_cli, ["viz", "filters", run, "--out", run / "config.toml"], untouched=[run])
+    link = tmp_path / "link.png"  # a link into the run is the run's file too
+    link.symlink_to(run / "curves.png")
+    refused(run_cli, ["viz", "curves", run, "--out", link], "is a file of the train run", untouched=[run])
+    assert link.is_symlink()
+    refused(run_cli, ["viz", "curves", run, "--out", run / MARKER, "--force"], "never replaced", untouched=[run])
     # a predictions CSV of its own is replaced
     ok(run_cli, "eval", run, "--predictions", tmp_path / "p.csv")
     ok(run_cli, "eval", run, "--predictions", tmp_path / "p.csv")
@@ -235,7 +240,7 @@ def test_special_files_and_folders_are_never_replaced_even_with_force(run_cli, t
     os.mkfifo(fifo)
     folder = tmp_path / "folder.png"
     folder.mkdir()
-    specials = [(fifo, "is a FIFO"), (folder, "is a folder")]
+    specials = [(fifo, "is a FIFO"), (folder, "is not a file but a folder")]
     if os.geteuid() == 0:  # a character device like /dev/null, made here (writing it would be harmless)
         device = tmp_path / "null"
         os.mknod(device, stat.S_IFCHR | 0o600, os.makedev(1, 3))

@@ -55,8 +55,6 @@ def new_model(
     if not model_name:
         raise InputError(f"NAME must name the model, got '{name}'")
     path = out if out is not None else Path(name if name.endswith(".toml") else f"{name}.toml")
-    if path.is_dir():
-        raise InputError(f"{path} is a folder; pass --out FILE.toml")
     if path.is_file() and not force:
         raise InputError(f"{path} already exists; pass --force to overwrite it")
     check_file(path, NEW_FILE, force=force)  # no special file even with --force; no folders made
