@@ -179,6 +179,10 @@ SMALL_CASES = [
     ("inspect vgg19x", "'timm/vgg19'"), ("inspect mobilenetv2", "'timm/mobilenetv2_100'"),
     ("train --recipe {recipe_nan}", "finite"), ("train --recipe {recipe_seed}", "--seed"),
     ("train --recipe {recipe_threads}", "--threads"), ("train --recipe {recipe_inf}", "finite"),
+    ("inspect {onnx}", "exported file"), ("inspect {img}", "not a network"),
+    ("new-model n --classes 100000000 --out {tmp}/n.toml", "needs"),
+    ("new-model n --input 1x100000x100000 --out {tmp}/n.toml", "needs"),
+    ("datasets show synthetic --seed -1 --out {tmp}/s.png", "--seed"),
 ]
 
 
