@@ -148,6 +148,17 @@ def small_world(tmp_path_factory, tiny_run, run_cli):
     files = {"run": str(tiny_run), "onnx": str(onnx_file),
              "onnx5": str(_onnx_variant(onnx_file, tmp / "five.onnx", num_classes=5, class_names=list("abcde"))),
              "onnx64": str(_onnx_variant(onnx_file, tmp / "big.onnx", input_size=[1, 64, 64]))}
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(tiny_run / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    weights = load_file(str(tiny_run / "model.safetensors"))
+    first = sorted(weights)[0]
+    weights[first] = torch.full_like(weights[first], float("nan"))  # a diverged run's weights
+    save_file(weights, str(tmp / "nan.safetensors"), metadata=meta)
+    files["nan"] = str(tmp / "nan.safetensors")
     from PIL import Image
 
     Image.new("L", (8, 8)).save(tmp / "x.png")
@@ -183,6 +194,8 @@ SMALL_CASES = [
     ("new-model n --classes 100000000 --out {tmp}/n.toml", "needs"),
     ("new-model n --input 1x100000x100000 --out {tmp}/n.toml", "needs"),
     ("datasets show synthetic --seed -1 --out {tmp}/s.png", "--seed"),
+    ("predict {nan} {img}", "NaN or infinite"), ("eval {nan} --data synthetic", "NaN or infinite"),
+    ("finetune {nan} --data synthetic --out {tmp}/ft", "NaN or infinite"),
 ]
 
 
