@@ -293,7 +293,19 @@ def load_state_strict(model, state: dict, source) -> None:
     problem = describe_mismatch(model.state_dict(), state)
     if problem:
         raise InputError(f"weights in {source} do not fit the network: {problem}")
+    check_finite(state, source)
     model.load_state_dict(state, strict=True)
+
+
+def check_finite(state: dict, source) -> None:
+    """Weights are data, checked like any number from a file: NaN or infinity anywhere would
+    give null probabilities and metrics without a word, so the file is refused in one line."""
+    import torch
+
+    for name, tensor in state.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{source}: the weights hold NaN or infinite values ('{name}'); the file is "
+                             "damaged or comes from a run that diverged")
 
 
 def versions() -> dict[str, str]:

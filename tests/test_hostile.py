@@ -111,3 +111,145 @@ def test_hostile_input_is_refused_in_one_line(world, case):
     assert len(lines) == 1, (case, proc.stderr[-800:])
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, (case, proc.stderr)
     assert _snapshot(tmp) == before, case
+
+
+# ------------------------------------------------------------------------------ in-process cases
+# Inputs that allocate nothing big: run through the real CLI in this process (fast), with the
+# same promises: exit 1 or 2, one line, no traceback or "internal error", nothing changed.
+
+def _onnx_variant(src: Path, dst: Path, **changes) -> Path:
+    import onnx
+
+    model = onnx.load(str(src))
+    for prop in model.metadata_props:
+        if prop.key == "cnncli":
+            prop.value = json.dumps({**json.loads(prop.value), **changes})
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _state_variant(run: Path, **progress) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = run / "train_state.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    doc = json.loads(meta["cnncli"])
+    doc["train_state"].update(progress)
+    save_file(load_file(str(path)), str(path), metadata={**meta, "cnncli": json.dumps(doc)})
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory, tiny_run, run_cli):
+    tmp = tmp_path_factory.mktemp("hostile_small")
+    onnx_file = tmp / "m.onnx"
+    assert run_cli("export", tiny_run, "--out", onnx_file).exit_code == 0
+    files = {"run": str(tiny_run), "onnx": str(onnx_file),
+             "onnx5": str(_onnx_variant(onnx_file, tmp / "five.onnx", num_classes=5, class_names=list("abcde"))),
+             "onnx64": str(_onnx_variant(onnx_file, tmp / "big.onnx", input_size=[1, 64, 64]))}
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(tiny_run / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    weights = load_file(str(tiny_run / "model.safetensors"))
+    first = sorted(weights)[0]
+    weights[first] = torch.full_like(weights[first], float("nan"))  # a diverged run's weights
+    save_file(weights, str(tmp / "nan.safetensors"), metadata=meta)
+    files["nan"] = str(tmp / "nan.safetensors")
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp / "x.png")
+    files["img"] = str(tmp / "x.png")
+    for name, matrix in (("neg", [[1, -2], [0, 3]]), ("frac", [[1, 2.5], [0, 3]]), ("ragged", [[1, 2], [0]])):
+        (tmp / f"{name}.json").write_text(json.dumps({"confusion": matrix}))
+        files[name] = str(tmp / f"{name}.json")
+    net = ('[model]\nname = "k"\ninput = [1, 28, 28]\nnum_classes = 2\n'
+           '[[layers]]\ntype = "conv"\nfilters = 4\nkernel = 1000000000\npadding = "same"\n')
+    (tmp / "kernel.toml").write_text(net)
+    files["kernel"] = str(tmp / "kernel.toml")
+    for name, text in (("nan", "lr = nan\n"), ("seed", "seed = 1000000000000000000000000\n"),
+                       ("threads", "threads = 100000\n"), ("inf", "clip_grad = inf\n")):
+        (tmp / f"{name}.toml").write_text(f'model = "lenet5"\ndata = "synthetic"\n{text}')
+        files[f"recipe_{name}"] = str(tmp / f"{name}.toml")
+    return tmp, files
+
+
+SMALL_CASES = [
+    ("viz curves {run}/model.safetensors --out {tmp}/c.png", "is a checkpoint"),
+    ("viz curves {img} --out {tmp}/c.png", "not text"),
+    ("viz confusion {neg} --out {tmp}/c.png", "counts"), ("viz confusion {frac} --out {tmp}/c.png", "counts"),
+    ("viz confusion {ragged} --out {tmp}/c.png", "square"),
+    ("inspect {kernel}", "'kernel'"), ("train {kernel} --data synthetic", "'kernel'"),
+    ("predict {onnx5} {img}", "5 classes"), ("predict {onnx64} {img}", "1x64x64"),
+    ("eval {onnx} --data synthetic", "exported file"), ("eval {tmp}/no-such-run --data synthetic", "no-such-run"),
+    ("eval lenet5 --data synthetic", "not a checkpoint"), ("eval {img} --data synthetic", "x.png"),
+    ("inspect {run} --input 1x2x2", "too small"),
+    ("inspect vgg19x", "'timm/vgg19'"), ("inspect mobilenetv2", "'timm/mobilenetv2_100'"),
+    ("train --recipe {recipe_nan}", "finite"), ("train --recipe {recipe_seed}", "--seed"),
+    ("train --recipe {recipe_threads}", "--threads"), ("train --recipe {recipe_inf}", "finite"),
+    ("inspect {onnx}", "exported file"), ("inspect {img}", "not a network"),
+    ("new-model n --classes 100000000 --out {tmp}/n.toml", "needs"),
+    ("new-model n --input 1x100000x100000 --out {tmp}/n.toml", "needs"),
+    ("datasets show synthetic --seed -1 --out {tmp}/s.png", "--seed"),
+    ("predict {nan} {img}", "NaN or infinite"), ("eval {nan} --data synthetic", "NaN or infinite"),
+    ("finetune {nan} --data synthetic --out {tmp}/ft", "NaN or infinite"),
+]
+
+
+@pytest.mark.parametrize("case, says", SMALL_CASES)
+def test_hostile_input_in_process_is_one_line(small_world, run_cli, case, says):
+    tmp, files = small_world
+    before = _snapshot(tmp)
+    result = run_cli(*case.format(tmp=tmp, **files).split())
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code in (1, 2), (case, result.exit_code, result.stderr)
+    assert len(lines) == 1 and "internal error" not in result.stderr, (case, result.stderr)
+    assert says in lines[0], (case, lines[0])
+    assert _snapshot(tmp) == before, case
+
+
+@pytest.mark.parametrize("progress, says", [
+    ({"phase": 0, "epoch_in_phase": 5, "epoch": 5}, "epoch_in_phase 5 of a 1-epoch phase"),
+    ({"phase": 0, "epoch_in_phase": 0, "step": 999}, "step 999"),
+    ({"phase": 7}, "phase 7 of a run with 1"),
+    ({"epoch_in_phase": -100000}, "epoch_in_phase"),
+])
+def test_a_train_state_out_of_range_is_refused(run_cli, tiny_run_copy, progress, says):
+    _state_variant(tiny_run_copy, **progress)
+    before = _snapshot(tiny_run_copy)
+    result = run_cli("train", "--resume", tiny_run_copy, "--quiet")
+    assert result.exit_code == 2, result.stderr
+    assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert _snapshot(tiny_run_copy) == before
+
+
+def test_weights_that_turn_non_finite_are_never_saved(run_cli, tmp_path, monkeypatch):
+    """A finite loss can still be followed by an update that overflows the weights: the run stops
+    and the last good checkpoint (epoch 1, finite) is what stays."""
+    import torch
+
+    from cnncli.checkpoint import load_checkpoint
+    from cnncli.engine import step as step_module
+
+    real = step_module.TrainStep.__call__
+
+    def overflowing(self, forward, x, y, index, meter, signals, last=False):
+        loss = real(self, forward, x, y, index, meter, signals, last=last)
+        if index >= 1 and last:  # the last step of epoch 2 (one step per epoch)
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("inf"))
+        return loss
+
+    monkeypatch.setattr(step_module.TrainStep, "__call__", overflowing)
+    out = tmp_path / "run"
+    result = run_cli("train", "lenet5", "--data", "synthetic:n=64,n_test=16,classes=2,size=28", "--epochs", 2,
+                     "--threads", 1, "--out", out, "--quiet")
+    assert result.exit_code == 1 and "weights became non-finite" in result.stderr, result.stderr
+    assert "last good checkpoint" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    for name in ("model", "last", "train_state"):
+        tensors, doc = load_checkpoint(out / f"{name}.safetensors")
+        assert doc["epoch"] == 1
+        assert all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()), name

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cnncli.cli.options import ForceOpt
+from cnncli.cli.options import ForceOpt, _range
 
 datasets_app = typer.Typer(
     name="datasets",
@@ -35,7 +35,8 @@ GridOutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="The grid PNG to write.", show_default="<dataset>-<split>.png unless --export")]
 ExportOpt = Annotated[Path | None, typer.Option(
     "--export", help="Also write the samples as PNG files named by class (<class>-1.png, ...) into this folder.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Which samples: the same seed, the same images.")]
+SeedOpt = Annotated[int, typer.Option("--seed", callback=_range(0, 2**32 - 1),
+                                     help="Which samples: the same seed, the same images.")]
 ReportJsonOpt = Annotated[bool, typer.Option("--json", help="Print the whole report as one JSON document.")]
 StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="Exit 1 when a val or test image also appears (exactly or nearly) in train: for CI.")]

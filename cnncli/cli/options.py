@@ -24,6 +24,10 @@ def _range(low: float | None = None, high: float | None = None, low_open: bool =
     """A typer callback refusing a number that is not finite or out of range (exit 2, one line)."""
     import math
 
+    def shown(v) -> str:  # whole numbers as written (4294967295, not 4.29497e+09)
+        return str(int(v)) if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e16) \
+            else f"{v:g}"
+
     def check(value):
         if value is None:
             return value
@@ -32,10 +36,10 @@ def _range(low: float | None = None, high: float | None = None, low_open: bool =
         bad = low is not None and (value < low or (low_open and value == low))
         bad = bad or (high is not None and (value > high or (high_open and value == high)))
         if bad:
-            lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-            hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+            lo = "" if low is None else ("(" if low_open else "[") + shown(low)
+            hi = "" if high is None else shown(high) + (")" if high_open else "]")
             where = f"in {lo}, {hi}" if low is not None and high is not None else (
-                f"{'above' if low_open else 'at least'} {low:g}" if low is not None else f"at most {high:g}")
+                f"{'above' if low_open else 'at least'} {shown(low)}" if low is not None else f"at most {shown(high)}")
             raise typer.BadParameter(f"must be {where}, got {value:g}")
         return value
 

@@ -96,12 +96,17 @@ class ProgressBar:
         return False
 
 
+def is_generated(data: str) -> bool:
+    """A dataset made in memory (synthetic:...): no loading phase worth a note."""
+    return str(data).split(":")[0] == "synthetic"
+
+
 class announced:
     """`with announced("scoring the test split"):` a note on stderr once the phase has run for
-    `after` seconds, so a long phase is never silent and a quick one (or one that fails at once,
+    `after` seconds (2), so a long phase is never silent and a quick one (or one that fails at once,
     whose one error line is then the only line) prints nothing."""
 
-    def __init__(self, message: str, after: float = 1.0, enabled: bool = True):
+    def __init__(self, message: str, after: float = 2.0, enabled: bool = True):
         self.message, self.after, self.enabled, self._timer = message, after, enabled, None
 
     def __enter__(self):

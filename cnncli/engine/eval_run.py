@@ -148,9 +148,9 @@ def _load_split(data: str, split: str, data_dir: str | None, download: bool, see
 
     from cnncli.data import load_dataset
     from cnncli.data.splits import ImageData
-    from cnncli.engine.console import announced
+    from cnncli.engine.console import announced, is_generated
 
-    with announced(f"loading {data}"):
+    with announced(f"loading {data}", enabled=not is_generated(data)):
         splits = load_dataset(data, data_dir=data_dir, download=download, val_fraction=0.1 if split == "val" else 0.0,
                               max_samples=None, seed=seed, hold_out_test=split != "all")
     if split == "all" and getattr(splits, "streaming", False):

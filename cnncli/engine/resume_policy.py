@@ -60,7 +60,10 @@ def _known(values: dict[str, Any], cls) -> dict[str, Any]:
 
 def normalized(values: dict[str, Any], cls) -> dict[str, Any]:
     """Every option's value as it takes effect: defaults filled in, lr and weight decay resolved."""
-    cfg = cls(**{k: v for k, v in _known(values, cls).items() if v is not None})
+    known = _known(values, cls)
+    if isinstance(known.get("amp"), bool):  # earlier runs recorded amp = true / false
+        known["amp"] = "auto" if known["amp"] else "off"
+    cfg = cls(**{k: v for k, v in known.items() if v is not None})
     return resolved_recipe(cfg)
 
 

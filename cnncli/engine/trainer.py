@@ -42,6 +42,7 @@ from cnncli.engine.console import (
     TrainingInterrupted,
     announced,
     epoch_line,
+    is_generated,
 )
 from cnncli.engine.device import (
     resolve_device,
@@ -129,7 +130,7 @@ class Trainer:
 
         from cnncli.data import load_dataset
 
-        with announced(f"loading {cfg.data}", enabled=self.dist.is_main):
+        with announced(f"loading {cfg.data}", enabled=self.dist.is_main and not is_generated(cfg.data)):
             self.data = load_dataset(cfg.data, data_dir=cfg.data_dir, download=cfg.download,
                                      val_fraction=cfg.val_fraction, max_samples=cfg.max_samples,
                                      seed=cfg.seed, fallback_to_embedded=False,
@@ -299,6 +300,9 @@ class Trainer:
     def _open_run(self) -> Progress:
         """The run directory (new, or the one resumed), the batch geometry, where the run is."""
         cfg, dist = self.cfg, self.dist
+        self.local_batch = max(1, cfg.batch_size // dist.world_size)
+        per_rank = len(self.data.train.labels) // dist.world_size
+        self.steps_per_epoch = max(1, math.ceil(per_rank / self.local_batch))
         progress = None
         from cnncli.engine.lr_find import resolve_auto_lr, write_lr_find
 
@@ -318,11 +322,6 @@ class Trainer:
             self.run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir is not None else None))
         distributed.barrier()
         self.best_path = self.run_dir / "model.safetensors"
-        self.local_batch = max(1, cfg.batch_size // dist.world_size)
-        per_rank = len(self.data.train.labels) // dist.world_size
-        self.steps_per_epoch = max(1, math.ceil(per_rank / self.local_batch))
-        if progress is not None:
-            check_progress(progress, self.phases, self.steps_per_epoch, self.run_dir / "train_state.safetensors")
         return progress or Progress()
 
     def _run_phase(self, progress: Progress, signals, bar) -> None:
@@ -604,6 +603,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_tensors(extras, path)
         progress = Progress.from_state(doc["train_state"], path)
+        check_progress(progress, self.phases, self.steps_per_epoch, path)
         if not progress.optimizer_fresh:
             self._optimizer_state = optim_sd
         # the resume policy (engine/resume_policy.py): what changed is recorded, a longer run reopened

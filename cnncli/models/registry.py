@@ -61,7 +61,19 @@ def get_model_info(name: str) -> ModelInfo:
 
 def unknown_model(name: str) -> UnknownNameError:
     """The error for a name in no source, suggesting the closest hand-built and timm names
-    (timm's imported only here, on the error path: 'vgg19x' -> 'timm/vgg19')."""
+    (timm's imported only here, on the error path: 'vgg19x' -> 'timm/vgg19'). A path is no
+    misspelt name: it is said what the file is, or that it is not there."""
+    import os
+
+    if os.sep in name or name.endswith((".txt", ".png", ".jpg", ".jpeg", ".onnx", ".pt", ".xml", ".json")) \
+            or os.path.exists(name):
+        takes = "a registry name, a .toml model file, or a cnncli run or .safetensors checkpoint"
+        if not os.path.exists(name):
+            return UnknownNameError("model", name, [], f"no such file or folder either; give {takes}")
+        if name.endswith((".onnx", ".pt", ".xml")):
+            return UnknownNameError("model", name, [], "an exported file; give the checkpoint it was "
+                                    "exported from (or predict/benchmark the export)")
+        return UnknownNameError("model", name, [], f"a file that is not a network; give {takes}")
     known = hand_built_names()
     try:
         import timm

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from cnncli.checkpoint import describe_mismatch
+from cnncli.checkpoint import check_finite, describe_mismatch
 from cnncli.errors import InputError
 
 
@@ -58,6 +58,7 @@ def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     head_own = {k: own[k] for k in own if is_classifier_key(k, heads)}
     head_file = {k: state[k] for k in state if is_classifier_key(k, heads)}
     to_load = {k: state[k] for k in base_own}
+    check_finite(to_load, source)
     if not head_file:
         classifier = "not in the file (new)"
     elif set(head_file) == set(head_own) and all(tuple(head_file[k].shape) == tuple(head_own[k].shape) for k in head_own):

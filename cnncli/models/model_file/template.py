@@ -108,6 +108,12 @@ def new_model_file(name: str, input_size: tuple[int, int, int], num_classes: int
 
     text = good_practice_toml(name, input_size, num_classes, blocks=blocks, width=width)
     spec = loads_spec(text, source)
+    from cnncli.cost import check_input, check_network
+
     with torch.device("meta"):
         model, info = create_model_from_spec(spec, source=source)
+    # a file no machine here could train is refused, like any network a file describes
+    label = f"{name} (--input {'x'.join(map(str, input_size))}, --classes {num_classes}, --width {width})"
+    check_network(model, label)
+    check_input(model, input_size, label=f"{label}: one image")
     return NewModelFile(text, spec, info, count_params(model))
