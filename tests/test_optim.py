@@ -331,6 +331,20 @@ def test_amp_defaults_to_auto_and_auto_is_float32_without_native_bf16(monkeypatc
     assert amp.resolve_precision(TrainConfig().amp, "cpu").name == "fp32"  # nothing slows
 
 
+def test_a_bf16_run_records_the_float32_test_figures_that_eval_gives(run_cli, tmp_path, monkeypatch):
+    """Trained and validated in bf16 (emulated here), but the run's test figures are float32:
+    `cnncli eval` gives the same numbers on every machine, whatever --amp picked."""
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda flags=None: True)
+    result = run_cli("train", "lenet5", "--data", "synthetic:n=32,n_test=48,classes=4,size=28", "--epochs", "1",
+                     "--batch-size", "32", "--val-fraction", "0", "--threads", "1", "--quiet", "--json",
+                     "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["precision"] == "bf16"
+    ev = json.loads(run_cli("eval", tmp_path / "run", "--json").stdout)
+    assert (ev["top1"], ev["loss"]) == (pytest.approx(doc["test_top1"], abs=1e-9), pytest.approx(doc["test_loss"]))
+
+
 # ------------------------------------------------------------------------------ resume
 def _cmd(out: Path) -> list[str]:
     return [sys.executable, "-m", "cnncli", "train", "lenet5", "--data", DATA, "--epochs", "3",

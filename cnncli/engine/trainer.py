@@ -405,7 +405,9 @@ class Trainer:
         return self.precision.dtype or False
 
     def _test_best(self) -> EvalResult | None:
-        """The best weights on the test split; the figures join the best checkpoint's document."""
+        """The best weights on the test split; the figures join the best checkpoint's document.
+
+        In float32 whatever --amp is: the run's test figures are those `cnncli eval` gives."""
         split, model, best = self.data.test, self.model, self.best_path
         if split is None or not len(split.labels):
             return None
@@ -416,13 +418,13 @@ class Trainer:
         if self.ema is not None:  # the trained weights as they ended, beside their average's figure
             distributed.broadcast_module(model)
             self.raw_test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes,
-                                     self.class_names, self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
+                                     self.class_names, self.cfg.eval_batch_size, self.device, amp=False)
         if self.dist.is_main and best.exists():
             state_dict, doc = load_checkpoint(best)
             load_state_strict(model, state_dict, best)
         distributed.broadcast_module(model)
         test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes, self.class_names,
-                        self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
+                        self.cfg.eval_batch_size, self.device, amp=False)
         if doc is not None:
             metrics = {**(doc.get("metrics") or {}), "test_top1": test.top1, "test_top5": test.top5,
                        "test_loss": test.loss}
