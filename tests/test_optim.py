@@ -81,12 +81,10 @@ def test_every_optimizer_is_timms_and_learns_at_its_default_lr_without_decay_on_
 def test_sgd_and_adamw_are_torchs_fused_classes_as_before_so_older_runs_resume_bit_identical(name):
     """Before the factory: torch.optim.SGD/AdamW(fused) over the same groups; same numbers now."""
     old_model, new_model = _net(), _net()
-    groups = []
-    for model in (old_model,):
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        rest = [p for p in model.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": 0.01, "lr": 0.1, "initial_lr": 0.1, "lr_scale": 1.0},
-                  {"params": rest, "weight_decay": 0.0, "lr": 0.1, "initial_lr": 0.1, "lr_scale": 1.0}]
+    decay = [p for p in old_model.parameters() if p.ndim > 1]
+    rest = [p for p in old_model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": 0.01, "lr": 0.1, "initial_lr": 0.1, "lr_scale": 1.0},
+              {"params": rest, "weight_decay": 0.0, "lr": 0.1, "initial_lr": 0.1, "lr_scale": 1.0}]
     old = torch.optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=True, fused=True) if name == "sgd" \
         else torch.optim.AdamW(groups, lr=0.1, fused=True)
     new = build_optimizer(new_model.parameters(), name, 0.1, 0.01)
