@@ -81,12 +81,10 @@ def test_every_optimizer_is_timms_and_learns_at_its_default_lr_without_decay_on_
 def test_sgd_and_adamw_are_torchs_fused_classes_as_before_so_older_runs_resume_bit_identical(name):
     """Before the factory: torch.optim.SGD/AdamW(fused) over the same groups; same numbers now."""
     old_model, new_model = _net(), _net()
-    groups = []
-    for model in (old_model,):
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        rest = [p for p in model.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": 0.01, "lr": 0.1, "initial_lr": 0.1, "lr_scale": 1.0},
-                  {"params": rest, "weight_decay": 0.0, "lr": 0.1, "initial_lr": 0.1, "lr_scale": 1.0}]
+    decay = [p for p in old_model.parameters() if p.ndim > 1]
+    rest = [p for p in old_model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": 0.01, "lr": 0.1, "initial_lr": 0.1, "lr_scale": 1.0},
+              {"params": rest, "weight_decay": 0.0, "lr": 0.1, "initial_lr": 0.1, "lr_scale": 1.0}]
     old = torch.optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=True, fused=True) if name == "sgd" \
         else torch.optim.AdamW(groups, lr=0.1, fused=True)
     new = build_optimizer(new_model.parameters(), name, 0.1, 0.01)
@@ -331,11 +329,26 @@ def test_amp_defaults_to_auto_and_auto_is_float32_without_native_bf16(monkeypatc
     assert amp.resolve_precision(TrainConfig().amp, "cpu").name == "fp32"  # nothing slows
 
 
+def test_a_bf16_run_records_the_float32_test_figures_that_eval_gives(run_cli, tmp_path, monkeypatch):
+    """Trained and validated in bf16 (emulated here), but the run's test figures are float32:
+    `cnncli eval` gives the same numbers on every machine, whatever --amp picked."""
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda flags=None: True)
+    result = run_cli("train", "lenet5", "--data", "synthetic:n=32,n_test=48,classes=4,size=28", "--epochs", "1",
+                     "--batch-size", "32", "--val-fraction", "0", "--threads", "1", "--quiet", "--json",
+                     "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["precision"] == "bf16"
+    ev = json.loads(run_cli("eval", tmp_path / "run", "--json").stdout)
+    assert (ev["top1"], ev["loss"]) == (pytest.approx(doc["test_top1"], abs=1e-9), pytest.approx(doc["test_loss"]))
+
+
 # ------------------------------------------------------------------------------ resume
 def _cmd(out: Path) -> list[str]:
     return [sys.executable, "-m", "cnncli", "train", "lenet5", "--data", DATA, "--epochs", "3",
             "--batch-size", "16", "--seed", "3", "--threads", "1", "--quiet", "--out", str(out),
-            "--optimizer", "lion", "--lr", "3e-4", "--schedule", "plateau", "--plateau-patience", "1",
+            # lion at a rate this high stalls: the plateau drops the lr after the resumed epoch 2
+            "--optimizer", "lion", "--lr", "0.1", "--schedule", "plateau", "--plateau-patience", "1",
             "--plateau-factor", "0.5", "--class-weights", "auto", "--sampler", "balanced"]
 
 

@@ -501,7 +501,9 @@ class Trainer:
         return self.precision.dtype or False
 
     def _test_best(self) -> EvalResult | None:
-        """The best weights on the test split; the figures join the best checkpoint's document."""
+        """The best weights on the test split; the figures join the best checkpoint's document.
+
+        In float32 whatever --amp is: the run's test figures are those `cnncli eval` gives."""
         split, model, best = self.data.test, self.model, self.best_path
         if split is None or not len(split.labels):
             return None
@@ -512,7 +514,7 @@ class Trainer:
         if self.ema is not None:  # the trained weights as they ended, beside their average's figure
             distributed.broadcast_module(model)
             self.raw_test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes,
-                                     self.class_names, self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
+                                     self.class_names, self.cfg.eval_batch_size, self.device, amp=False)
         if self.dist.is_main and best.exists():
             state_dict, doc = load_checkpoint(best)
             load_state_strict(model, state_dict, best)
@@ -520,7 +522,7 @@ class Trainer:
         with announced(f"scoring the best weights on the test split ({len(split.labels):,} images)",
                        enabled=self.dist.is_main):
             test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes, self.class_names,
-                            self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
+                            self.cfg.eval_batch_size, self.device, amp=False)
         if doc is not None:
             metrics = {**(doc.get("metrics") or {}), "test_top1": test.top1, "test_top5": test.top5,
                        "test_loss": test.loss}
