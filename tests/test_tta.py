@@ -148,6 +148,13 @@ def test_eval_tta_differs_from_none_and_is_the_mean_softmax_of_its_views(run_cli
     assert augmented["top1"] == pytest.approx(top1)
 
 
+def test_the_eval_table_says_which_augmentation_it_averaged(run_cli, tiny_run):
+    result = run_cli("eval", tiny_run, "--tta", "multicrop")
+    assert result.exit_code == 0, result.stderr
+    assert "test-time augmentation: multicrop" in " ".join(result.stdout.split())
+    assert "test-time augmentation" not in run_cli("eval", tiny_run).stdout
+
+
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_unknown_tta_is_one_line_exit_2(run_cli, tiny_run, tmp_path, command):
     extra = [tmp_path / "none.png"] if command == "predict" else []
