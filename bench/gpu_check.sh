@@ -12,8 +12,8 @@
 #
 # On a machine without a CUDA GPU it says so and exits 0. GPU_CHECK_DEVICE=cpu runs the same
 # command lines on the CPU (small data, the GPU-only paths SKIP): a check of this script itself.
-# Exit status 1 if any path FAILed. Settings: GPU_CHECK_DATA, GPU_CHECK_MODEL, GPU_CHECK_TIMEOUT
-# (seconds per path).
+# Exit status 1 if any path FAILed. Settings: GPU_CHECK_DATA, GPU_CHECK_MODEL, GPU_CHECK_BATCH
+# (lr-find's batch), GPU_CHECK_TIMEOUT (seconds per path).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -21,8 +21,10 @@ DEVICE=${GPU_CHECK_DEVICE:-cuda}
 MODEL=${GPU_CHECK_MODEL:-typical_cnn}
 if [[ "$DEVICE" == cpu ]]; then
     DATA=${GPU_CHECK_DATA:-synthetic:n=256,n_test=64,classes=4,size=32}
+    BATCH=${GPU_CHECK_BATCH:-16}
 else
     DATA=${GPU_CHECK_DATA:-synthetic:n=8192,n_test=1024,classes=10,size=32}
+    BATCH=${GPU_CHECK_BATCH:-128}
 fi
 LIMIT=${GPU_CHECK_TIMEOUT:-150}
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
@@ -224,7 +226,8 @@ if [[ -f "$work/run-fp32/model.safetensors" ]]; then
 else
     say SKIP "eval / predict" "no float32 run to evaluate (see its line above)"
 fi
-run lr_find "$PYTHON" -m cnncli lr-find "$MODEL" --data "$DATA" --device "$DEVICE" --amp auto --steps 60 --json
+run lr_find "$PYTHON" -m cnncli lr-find "$MODEL" --data "$DATA" --device "$DEVICE" --amp auto --steps 60 \
+    --batch-size "$BATCH" --json
 report lr_find $? "lr-find --amp auto"
 
 echo "gpu_check: $((SECONDS - start)) s, $([[ $failed == 0 ]] && echo 'no failures' || echo 'FAILURES above')"

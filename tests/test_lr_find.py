@@ -208,3 +208,17 @@ def test_resuming_an_lr_auto_run_reuses_its_rate(auto_run, run_cli, tmp_path):
     meta = read_meta(run / "model.safetensors")
     assert meta["recipe"]["lr"] == doc["lr"] and meta["lr_find"]["lr"] == doc["lr"]
     assert f"lr = {doc['lr']!r}\n" in (run / "config.toml").read_text()
+
+
+def test_finetune_lr_auto_searches_on_the_head_stage_and_records_it(run_cli, tiny_run, tmp_path):
+    out = tmp_path / "ft"
+    result = run_cli("finetune", tiny_run, "--data", "synthetic:n=64,n_test=16,classes=2,size=28", "--head-epochs", 1, "--epochs", 1,
+                     "--lr", "auto", "--lr-suggestion", "steep", "--threads", 1, "--out", out, "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    lr = doc["lr"]
+    assert doc["lr_suggestion"] == "steep" and doc["stages"][0]["lr"] == lr
+    assert doc["stages"][1]["lr"] == pytest.approx(lr * 0.1)  # --unfreeze-lr-factor's default
+    search = json.loads((out / "lr_find.json").read_text())
+    assert search["suggestions"]["steep"]["lr"] == lr
+    assert read_meta(out / "model.safetensors")["lr_find"]["suggestion"] == "steep"

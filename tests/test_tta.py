@@ -148,6 +148,13 @@ def test_eval_tta_differs_from_none_and_is_the_mean_softmax_of_its_views(run_cli
     assert augmented["top1"] == pytest.approx(top1)
 
 
+def test_the_eval_table_says_which_augmentation_it_averaged(run_cli, tiny_run):
+    result = run_cli("eval", tiny_run, "--tta", "multicrop")
+    assert result.exit_code == 0, result.stderr
+    assert "test-time augmentation: multicrop" in " ".join(result.stdout.split())
+    assert "test-time augmentation" not in run_cli("eval", tiny_run).stdout
+
+
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_unknown_tta_is_one_line_exit_2(run_cli, tiny_run, tmp_path, command):
     extra = [tmp_path / "none.png"] if command == "predict" else []
@@ -175,12 +182,16 @@ def _probs(run_cli, model, folder, mode):
     return [{t["class"]: t["prob"] for t in json.loads(line)["top"]} for line in result.stdout.splitlines()]
 
 
-def test_predict_tta_on_the_checkpoint_and_on_onnx_agree(run_cli, tiny_run, pictures, tmp_path):
+@pytest.fixture(scope="module")
+def onnx(tiny_run, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     from cnncli.export import export_checkpoint
 
-    onnx = export_checkpoint(tiny_run / "model.safetensors", "onnx", out=tmp_path / "model.onnx",
+    return export_checkpoint(tiny_run / "model.safetensors", "onnx", out=tmp_path_factory.mktemp("onnx") / "model.onnx",
                              exporter="torchscript").path
+
+
+def test_predict_tta_on_the_checkpoint_and_on_onnx_agree(run_cli, tiny_run, pictures, onnx):
     plain = _probs(run_cli, tiny_run, pictures, "none")
     for mode in ("flip", "multicrop"):
         from_torch, from_onnx = _probs(run_cli, tiny_run, pictures, mode), _probs(run_cli, onnx, pictures, mode)
@@ -188,3 +199,16 @@ def test_predict_tta_on_the_checkpoint_and_on_onnx_agree(run_cli, tiny_run, pict
             assert a.keys() == b.keys()
             assert all(abs(a[k] - b[k]) < 1e-5 for k in a), (mode, a, b)
             assert any(abs(a[k] - c[k]) > 1e-6 for k in a), (mode, a, c)  # the views change the answer
+
+
+def test_predict_tta_on_onnx_still_never_imports_torch(onnx, pictures):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from cnncli.cli import app; app(['predict', sys.argv[1], sys.argv[2], '--tta', 'multicrop', "
+            "'--json'], standalone_mode=False); assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code, str(onnx), str(pictures)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 3

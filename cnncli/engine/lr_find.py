@@ -178,10 +178,11 @@ def minimum(lrs: list[float], losses: list[float]) -> tuple[float, tuple[float, 
 # ---------------------------------------------------------------------------- on a Trainer
 
 def find_lr(trainer, start_lr: float = START_LR, end_lr: float = END_LR, steps: int = STEPS,
-            phase_index: int = 0) -> LrFindResult:
+            phase_index: int | None = None) -> LrFindResult:
     """The range test on a `cnncli.engine.trainer.Trainer`'s network, data, augmentation,
-    precision and optimizer settings (its phase `phase_index`'s parameter groups); the network
-    is restored afterwards (weights and buffers), so a run trained after it starts the same."""
+    precision and optimizer settings (the parameter groups of phase `phase_index`, by default
+    the first phase that has epochs); the network is restored afterwards (weights and buffers),
+    so a run trained after it starts the same."""
     import torch
 
     from cnncli.engine.optim import build_optimizer
@@ -191,6 +192,8 @@ def find_lr(trainer, start_lr: float = START_LR, end_lr: float = END_LR, steps: 
     cfg, model = trainer.cfg, trainer.model
     saved = copy.deepcopy(model.state_dict())
     was_training = model.training
+    if phase_index is None:
+        phase_index = next((i for i, p in enumerate(trainer.phases) if p.epochs > 0), 0)
     phase = trainer.phases[phase_index]
     groups = phase.param_groups(model) if phase.param_groups else [
         {"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
