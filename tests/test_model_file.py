@@ -78,7 +78,8 @@ def _layer_shapes(model, x):
 
 def test_the_recipes_folder_ships_the_promised_networks():
     names = {p.name for p in SHIPPED}
-    assert {"typical_cnn.toml", "small_resnet.toml", "small_senet.toml", "efficientnet_lite0_head.toml"} <= names
+    assert {"typical_cnn.toml", "small_resnet.toml", "small_senet.toml", "efficientnet_lite0_head.toml",
+            "fashion_fast.toml", "fashion_narrow.toml"} <= names
 
 
 @pytest.mark.parametrize("path", [p for p in SHIPPED if "head" not in p.name], ids=lambda p: p.stem)
