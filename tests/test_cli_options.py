@@ -79,9 +79,16 @@ def flat(text: str) -> str:
 
 
 def option_line(help_text: str, flag: str) -> str:
-    lines = [line for line in help_text.splitlines() if re.search(rf"│ {re.escape(flag)}\b", line)]
-    assert lines, f"{flag} not in the help"
-    return lines[0]
+    """The option's entry in the help: its line and the lines its help and default wrap onto."""
+    lines = help_text.splitlines()
+    starts = [i for i, line in enumerate(lines) if re.search(rf"│ {re.escape(flag)}\b", line)]
+    assert starts, f"{flag} not in the help"
+    entry = [lines[starts[0]]]
+    for line in lines[starts[0] + 1:]:
+        if not re.match(r"│\s{4,}", line):  # the next option, or the panel's end
+            break
+        entry.append(line)
+    return " ".join(" ".join(part.strip(" │") for part in entry).split())
 
 
 # ------------------------------------------------------------------------------ honest help

@@ -89,7 +89,9 @@ def check_every_file_is_complete(out: Path) -> None:
     for path in out.iterdir():
         if path.name.startswith(".") and path.name.endswith(".tmp"):
             continue
-        if path.name == "train_state.safetensors":
+        if path.name == ".cnncli-run":  # the run's marker (cnncli.outputs), written whole at creation
+            assert json.loads(path.read_text())["cnncli"] == "run"
+        elif path.name == "train_state.safetensors":
             load_train_state(path)
         elif path.suffix == ".safetensors":
             state, meta = load_checkpoint(path)

@@ -130,8 +130,8 @@ CacheFeaturesOpt = Annotated[bool | None, typer.Option(
 BatchSizeOpt = Annotated[int, typer.Option(
     "--batch-size", "-b", rich_help_panel=OPTIMISATION, callback=_range(1, 65536), help="Batch size (global under torchrun).")]
 OptimizerOpt = Annotated[Optimizer, typer.Option(
-    "--optimizer", rich_help_panel=OPTIMISATION,
-    help="Optimizer (timm's factory); biases and norm weights never decay.")]
+    "--optimizer", rich_help_panel=OPTIMISATION, metavar="sgd|adamw|lamb|lion|...",
+    help="From timm's factory: also adam, nadamw, radamw, rmsprop, rmsproptf, adan, adoptw; no decay on biases and norms.")]
 def _lr_value(text: str):
     """--lr: a number in (0, 10], or 'auto' (the learning-rate range test picks it)."""
     if str(text).strip().lower() == "auto":
@@ -148,8 +148,8 @@ def _lr_value(text: str):
 
 LrOpt = Annotated[str | None, typer.Option(
     "--lr", rich_help_panel=OPTIMISATION, parser=_lr_value, metavar="LR|auto",
-    show_default="1e-3 with adamw, 0.05 with sgd, 2e-3 lamb, 1e-4 lion, 1e-3 the others",
-    help="Peak learning rate; auto: lr-find picks it first.")]
+    show_default="1e-3 with adamw, 0.05 with sgd",
+    help="Peak learning rate, or auto (lr-find).")]
 LrSuggestionOpt = Annotated[str | None, typer.Option(
     "--lr-suggestion", rich_help_panel=OPTIMISATION, metavar="valley|steep|minimum", show_default="valley",
     help="Which suggestion of the range test --lr auto takes (printed and recorded in the run).")]
