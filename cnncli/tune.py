@@ -72,6 +72,31 @@ def open_storage(url: str):
         raise InputError(f"--storage {url}: cannot open the study database ({first[:200]})") from None
 
 
+@contextlib.contextmanager
+def _creating(url: str):
+    """Processes that open one SQLite study file at once take turns: Optuna creates its tables
+    (and alembic's version row) on first open, and two first opens race ('UNIQUE constraint
+    failed: alembic_version'). A lock file beside the database orders them; servers need none."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == prefix or ":memory:" in url:
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(url[len(prefix):] + ".lock")
+    try:
+        handle = open(lock_path, "a")  # noqa: SIM115 (held to the end of the block)
+    except OSError:  # a read-only folder: no lock, the open below says what is wrong
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class PruningCallback(Logger):
     """Reports the trial's metric after each epoch; stops the run when the pruner says so."""
 
@@ -137,15 +162,16 @@ def tune(req: TuneRequest) -> dict[str, Any]:
     optuna = _import_optuna()
     outputs.claim_study_folder(out)
     url = req.storage or f"sqlite:///{out.resolve() / 'study.db'}"
-    storage = open_storage(url)
     pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, first.epochs)),
               "none": optuna.pruners.NopPruner}[req.pruner]()
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, direction=METRICS[req.metric],
-                                    sampler=optuna.samplers.TPESampler(), pruner=pruner, load_if_exists=True)
-    except Exception as e:
-        raise InputError(f"--storage {url}: cannot open study '{name}' ({str(e).splitlines()[0][:200]})") from None
+    with _creating(url):
+        storage = open_storage(url)
+        try:
+            study = optuna.create_study(storage=storage, study_name=name, direction=METRICS[req.metric],
+                                        sampler=optuna.samplers.TPESampler(), pruner=pruner, load_if_exists=True)
+        except Exception as e:
+            raise InputError(f"--storage {url}: cannot open study '{name}' ({str(e).splitlines()[0][:200]})") from None
     if study.direction.name.lower() != METRICS[req.metric]:
         raise InputError(f"study '{name}' {study.direction.name.lower()}s its metric; --metric {req.metric} "
                          f"would {METRICS[req.metric]}: choose another --study")
