@@ -328,3 +328,16 @@ def test_train_transform_crops_to_the_size_and_repeats_by_seed():
     t = PhotoTransform(StreamConfig(size=24, train=True))
     a, b, c = t.apply(image, 5), t.apply(image, 5), t.apply(image, 6)
     assert tuple(a.shape) == (3, 24, 24) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_finetune_streams_a_folder_and_does_not_cache_random_crops(tmp_path, run_cli, tiny_run):
+    make_photos(tmp_path / "f", {"": 6})
+    out = tmp_path / "ft"
+    result = run_cli("finetune", tiny_run, "--data", f"imagefolder:{tmp_path / 'f'}", "--stream", "--workers", "2",
+                     "--head-epochs", 1, "--epochs", 1, "--unfreeze", 1, "--batch-size", 4, "--out", out,
+                     "--threads", 1)
+    assert result.exit_code == 0, result.stderr
+    assert "not caching the base's features: a streaming dataset's random crops" in result.stderr
+    meta = read_meta(out / "model.safetensors")
+    assert meta["data_pipeline"]["kind"] == "stream" and meta["input_size"] == [1, 32, 32]
+    assert meta["mean"] == read_meta(tiny_run / "model.safetensors")["mean"]  # the backbone's, not measured

@@ -1,5 +1,9 @@
 """`imagefolder:PATH`: one sub-folder per class of PNG / JPEG / WebP images, any size, gray or colour.
 
+`load_dataset` reads folders through data/folders.py (the index, val/ as the validation split,
+in memory or streamed), which uses this module's size and stacking helpers for the in-memory
+kind; `load_image_folder` remains for callers that want one folder's images as tensors.
+
 Layouts:
 - `PATH/<class>/*.png`: everything is the pool for training; a test split is held out of it
   (stratified, fixed seed, `test_fraction`, 0.2 by default).
