@@ -108,7 +108,7 @@ def index_image_folder(path: str | os.PathLike) -> ImageIndex:
         class_dirs = [e for e in _entries(folder, what) if e.is_dir()]
         if not class_dirs:
             raise InputError(f"{what}: {folder} has no class sub-folders; put each class's images in "
-                             f"{folder}/<class>/")
+                             f"PATH/<class>/ or PATH/train|val|test/<class>/ (here {folder}/<class>/)")
         for entry in class_dirs:
             files = []
             for f in _entries(Path(entry.path), what):

@@ -90,7 +90,8 @@ def evaluate_checkpoint(
         input_size, mean, std = tuple(meta["input_size"]), meta["mean"], meta["std"]
         model_name = meta["model"]["name"]
 
-    if ctx.is_main:  # once the data is known to fit the network (an error stays one line)
+    # a folder or CSV: which layout was understood, once the data fits (an error stays one line)
+    if ctx.is_main and data.partition(":")[0].lower() in ("imagefolder", "csv"):
         from cnncli.data.registry import say_split_sizes
 
         say_split_sizes(stats)

@@ -53,7 +53,14 @@ def configure_stream(trainer, info, mean, std, extra_meta: dict):
     """
     cfg, extra = trainer.cfg, (info.extra if info is not None else {}) or {}
     crop_pct = extra.get("crop_pct") or extra_meta.get("crop_pct")  # finetune: its backbone's
-    trainer.data.configure(trainer.input_size, crop_pct=crop_pct, workers=cfg.workers,
+    workers = cfg.workers
+    if workers is None and trainer.dist.enabled:  # the ranks of one machine share its cores
+        import os
+
+        from cnncli.data.stream import usable_cores
+
+        workers = max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    trainer.data.configure(trainer.input_size, crop_pct=crop_pct, workers=workers,
                            pin_memory=trainer.device.type == "cuda", skip_bad=cfg.skip_bad_images)
     if mean is None and trainer.resume_dir is not None:  # the run's own, even if the files changed since
         mean, std = _recorded_stats(trainer.resume_dir)

@@ -121,8 +121,7 @@ class Trainer:
         self.data = load_dataset(cfg.data, data_dir=cfg.data_dir, download=cfg.download,
                                  val_fraction=cfg.val_fraction, max_samples=cfg.max_samples,
                                  seed=cfg.seed, fallback_to_embedded=False,
-                                 stream=True if cfg.cache and cfg.stream is None else cfg.stream,
-                                 say_sizes=self.dist.is_main)
+                                 stream=True if cfg.cache and cfg.stream is None else cfg.stream)
         self.streaming = bool(getattr(self.data, "streaming", False))
         if cfg.cache:  # the store is built when the network's size is known (StreamingSplits.configure)
             from cnncli.data.cache import request_cache
@@ -230,6 +229,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self) -> RunResult:
+        if self.dist.is_main:  # said once the data fits the network (an error before stays one line)
+            from cnncli.data.registry import say_split_sizes
+
+            say_split_sizes(self.data)
         progress = self._open_run()
         self._wall_start = time.perf_counter() - progress.seconds
         hooks = self.hooks = start_hooks(self, progress, self.callbacks)
