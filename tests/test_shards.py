@@ -269,3 +269,9 @@ def test_training_on_shards_stopped_mid_epoch_resumes_to_the_uninterrupted_weigh
     a, _ = load_checkpoint(stopped / "last.safetensors")
     b, _ = load_checkpoint(tmp_path / "straight" / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_datasets_check_on_shards_is_one_line_pointing_to_the_source(run_cli, tmp_path):
+    write_shards(tmp_path / "s", shards=1, per_shard=2)
+    result = run_cli("datasets", "check", f"wds:{tmp_path / 's'}")
+    assert result.exit_code == 2 and "packed from" in result.stderr and "Traceback" not in result.output

@@ -469,7 +469,7 @@ def cache_splits(data, cfg) -> None:
         if len(split) == 0 or isinstance(split.src, CachedSource):
             continue
         files = _files_behind(split.src)
-        label = f"{split.name}:{name}"
+        label = f"{split.name}:{os.path.abspath(str(split.source))}:{name}"  # relative paths differ by folder
         where = "memory" if mode == "ram" else "the cnncli cache folder"
 
         def progress(done, total, name=name, where=where):

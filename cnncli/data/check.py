@@ -318,6 +318,9 @@ def check_dataset(
         raise InputError(f"--min-similarity must be in (0, 1], got {min_similarity}")
     if max_pairs < 0:
         raise InputError(f"--max-pairs must be 0 or more, got {max_pairs}")
+    if name.strip().lower().startswith("wds:"):
+        raise InputError(f"datasets check reads image files, not shards: check the dataset {name[4:]} was "
+                         "packed from (its index.json names it)")
     started = time.perf_counter()
     workers = workers or min(4, os.cpu_count() or 1)
     other_files: list[str] = []
