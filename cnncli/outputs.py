@@ -315,6 +315,29 @@ def _refuse_in_use(folder: Path, flag: str) -> None:
         os.close(fd)  # closing drops the probe's shared lock
 
 
+def _marker_text(command: str) -> str:
+    return json.dumps({"cnncli": "run", "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+
+
+def _create_marker(folder: Path, command: str) -> None:
+    """The marker, whole from its first moment (a temporary file linked into place: no kill leaves
+    it empty); if another process made it first, theirs stays."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f"{MARKER}.", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, 0o644)
+        os.write(fd, _marker_text(command).encode("utf-8"))
+        os.fsync(fd)
+        os.close(fd)
+        try:
+            os.link(tmp, folder / MARKER)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
 def _lock(folder: Path, command: str, flag: str) -> RunLock:
     """flock the folder's marker (created if missing) and write what the run is into it."""
     import fcntl
@@ -323,7 +346,9 @@ def _lock(folder: Path, command: str, flag: str) -> RunLock:
     if previous is not None:  # this process's own earlier run of the folder (it ended): let it go
         previous.release()
     try:
-        fd = os.open(folder / MARKER, os.O_RDWR | os.O_CREAT, 0o666)
+        if not (folder / MARKER).exists():
+            _create_marker(folder, command)
+        fd = os.open(folder / MARKER, os.O_RDWR)
     except OSError as e:
         raise InputError(f"cannot write {folder}: {e.strerror or e}; choose another place to write to") from None
     try:
@@ -331,10 +356,9 @@ def _lock(folder: Path, command: str, flag: str) -> RunLock:
     except BlockingIOError:
         os.close(fd)
         raise _in_use_error(folder, flag) from None
-    if run_of(folder) != command:  # new (or an old run's first marker): say whose run it is
+    if run_of(folder) != command:  # a marker cut short, or --force over another command's run
         # written in place (not renamed): the lock is on this file's inode
-        text = json.dumps({"cnncli": "run", "command": command,
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+        text = _marker_text(command)
         os.ftruncate(fd, 0)
         os.pwrite(fd, text.encode("utf-8"), 0)
         os.fsync(fd)
@@ -447,6 +471,6 @@ def claim_study_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
             raise InputError(f"{flag} {path} is a cnncli {owner} run, not a tune study; choose another {flag}")
     ensure_writable_dir(path)
     if run_of(path) != "tune":
-        atomic_write_text(path / MARKER, json.dumps({"cnncli": "run", "command": "tune"}) + "\n")
+        atomic_write_text(path / MARKER, _marker_text("tune"))
     _STUDIES.add(str(path.resolve()))
     return path

@@ -104,6 +104,8 @@ def check_every_file_is_complete(out: Path) -> None:
 
             rows = list(csv.DictReader(path.open()))
             assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+        elif path.name == ".cnncli-run":  # the run's marker and lock (cnncli.outputs), whole from the start
+            assert json.loads(path.read_text())["command"] == "train"
         elif path.suffix == ".toml":
             tomllib.loads(path.read_text())
         elif path.suffix == ".json":
