@@ -179,7 +179,6 @@ def validate(c: TrainConfig) -> None:
 
     if not c.model:
         raise InputError("no model given: name one (see 'cnncli models') or set `model` in the recipe")
-    _check_numbers(c)
     for name in ("epochs", "batch_size", "eval_batch_size", "max_samples", "threads", "img_size",
                  "step_epochs", "patience"):
         positive(name, getattr(c, name))
@@ -194,6 +193,7 @@ def validate(c: TrainConfig) -> None:
         raise InputError(f"--warmup-epochs must not be negative, got {c.warmup_epochs}")
     positive("clip_grad", c.clip_grad)
     positive("accum_steps", c.accum_steps)
+    _check_numbers(c)  # what the checks above let through: nan, inf, past the flags' bounds
     from cnncli.engine.amp import MODES
 
     if str(c.amp).lower() not in MODES and not isinstance(c.amp, bool):
