@@ -209,7 +209,6 @@ def validate(c: TrainConfig) -> None:
 
     if not c.model:
         raise InputError("no model given: name one (see 'cnncli models') or set `model` in the recipe")
-    _check_numbers(c)
     for name in ("epochs", "batch_size", "eval_batch_size", "max_samples", "threads", "img_size",
                  "step_epochs", "patience", "plateau_patience"):
         positive(name, getattr(c, name))
@@ -237,6 +236,7 @@ def validate(c: TrainConfig) -> None:
         raise InputError(f"--cache {c.cache}: choose ram or disk")
     if c.workers is not None and c.workers < 0:
         raise InputError(f"--workers must not be negative, got {c.workers}")
+    _check_numbers(c)  # what the checks above let through: nan, inf, past the flags' bounds
     from cnncli.engine.amp import MODES
 
     if str(c.amp).lower() not in MODES and not isinstance(c.amp, bool):
