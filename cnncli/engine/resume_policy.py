@@ -70,7 +70,7 @@ def normalized(values: dict[str, Any], cls) -> dict[str, Any]:
 def resolved_recipe(cfg) -> dict[str, Any]:
     """The options of a config as a run records them: lr and weight decay as resolved, not null."""
     values = cfg.to_dict()
-    values["lr"] = cfg.resolved_lr()
+    values["lr"] = cfg.lr if isinstance(cfg.lr, str) else cfg.resolved_lr()  # "auto": not searched yet
     values["weight_decay"] = cfg.resolved_weight_decay()
     return values
 
@@ -118,6 +118,14 @@ def resumed_options(run_dir: Path, given: dict[str, Any], recipe: str | None, cl
     if recipe:
         requested.update({k: (v, f"recipe {recipe}: {k} = {_shown(v)}") for k, v in read_recipe(recipe, cls).items()})
     requested.update({k: (v, f"{_flag(k)} {_shown(v)}") for k, v in given.items() if v is not None})
+    if isinstance(requested.get("lr", (None,))[0], str):  # --lr auto again: the rate its search chose
+        if recorded.get("lr_suggestion") is None:
+            raise InputError(f"{requested['lr'][1]} differs from the run's {_shown(recorded.get('lr'))} "
+                             f"({run_dir}); {RULE} (start a new run to change it)")
+        del requested["lr"]
+        from cnncli import output
+
+        output.note(f"--lr auto: reusing the learning rate {recorded['lr']:.3g} this run recorded (no new search)")
     before = normalized(recorded, cls)
     after = normalized({**recorded, **{k: v for k, (v, _) in requested.items()}}, cls)
     changes: dict[str, Any] = {}
