@@ -409,7 +409,7 @@ class CachedSource:
         self.ids = list(inner.ids)
 
     @property
-    def groups(self):  # the shards of a wds split (data/shards.py orders by them)
+    def groups(self):  # the shards of a wds split (data/shards/order.py orders by them)
         base, positions = self.inner, None
         while hasattr(base, "base") and hasattr(base, "positions"):
             positions = base.positions if positions is None else base.positions[positions]

@@ -3,7 +3,7 @@
 Names: `fashion-mnist`, `fashion-mnist-mini` (a real subset shipped inside the package),
 `cifar10`, `synthetic` (options: size, channels, classes, n, n_test; also written
 `synthetic:size=32,channels=3`), `imagefolder:PATH` and `csv:FILE` (options: image_size,
-test_fraction) and `wds:PATTERN` (WebDataset tar shards, always streamed: data/shards.py).
+test_fraction) and `wds:PATTERN` (WebDataset tar shards, always streamed: data/shards/).
 
 Files are looked up, in order, in: the `data_dir` argument, `$CNNCLI_DATA`, the user's cache
 folder (`$XDG_CACHE_HOME/cnncli`, by default `~/.cache/cnncli`), and `/usr/share/datasets`
@@ -311,7 +311,7 @@ def _load_dataset(name, data_dir, download, val_fraction, max_samples, seed, fal
                   stream, **options):
     from cnncli.data.splits import make_splits
 
-    if name.strip().lower().startswith("wds:"):  # tar shards (data/shards.py): always a stream
+    if name.strip().lower().startswith("wds:"):  # tar shards (data/shards/): always a stream
         from cnncli.data.shards import load_shards
 
         _check_options("wds", options, ())
