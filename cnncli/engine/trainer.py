@@ -34,7 +34,7 @@ from cnncli.checkpoint import (
 from cnncli.data.balance import epoch_order
 from cnncli.data.stream import BadImageFailure
 from cnncli.data.transforms import adapt_stats
-from cnncli.engine import distributed
+from cnncli.engine import distributed, run_state
 from cnncli.engine.config import TrainConfig, to_toml
 from cnncli.engine.console import (
     ProgressBar,
@@ -55,13 +55,9 @@ from cnncli.engine.optim import Plateau, build_optimizer, describe_optimizer, ma
 from cnncli.engine.progress import Progress
 from cnncli.engine.report import RunResult
 from cnncli.engine.resume_policy import (
-    check_progress,
-    reopen_finished,
     resolved_recipe,
-    resume_entry,
 )
 from cnncli.engine.runs import check_run_folder, claim_run_folder
-from cnncli.engine.state import load_train_state, save_train_state
 from cnncli.engine.step import (
     EpochMeter,
     Feed,
@@ -72,7 +68,7 @@ from cnncli.engine.step import (
     step_seed,
 )
 from cnncli.errors import InputError, RuntimeFailure
-from cnncli.fileio import atomic_write_text, remove_stale_temporaries
+from cnncli.fileio import atomic_write_text
 from cnncli.track.hooks import Hooks, start_hooks
 
 # eval_run (and older callers) import these names from here
@@ -552,12 +548,6 @@ class Trainer:
         raise TrainingInterrupted(f"interrupted by {name}; a resumable state is in {run_dir} "
                                   f"(continue with --resume {run_dir})", signum)
 
-    def _interrupt(self, signum: int, run_dir: Path):
-        distributed.barrier()
-        name = "SIGINT" if signum == signal.SIGINT else "SIGTERM" if signum == signal.SIGTERM else str(signum)
-        raise TrainingInterrupted(f"interrupted by {name}; a resumable state is in {run_dir} "
-                                  f"(continue with --resume {run_dir})", signum)
-
     def _save_progress(self, optimizer, progress: Progress) -> None:
         progress.seconds = time.perf_counter() - self._wall_start
         self._write(self._save_state, self.run_dir / "train_state.safetensors", optimizer, progress)
@@ -566,67 +556,13 @@ class Trainer:
             self._config_stale = False
 
     def _save_state(self, path: Path, optimizer, progress: Progress) -> None:
-        state = progress.to_state()
-        if progress.optimizer_fresh and progress.phase < len(self.phases):
-            # the next phase starts a new optimizer; nothing to carry over
-            optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-        elif progress.optimizer_fresh:  # the last phase ended: kept, for a resume with a longer --epochs
-            state["optimizer_kept"] = True
-        save_train_state(path, self.model, optimizer, state,
-                         self.checkpoint_meta(progress.epoch, {"val_top1": progress.best_val_top1}),
-                         extra_tensors=self.ema.state_tensors() if self.ema is not None else None)
+        run_state.save_state(self, path, optimizer, progress)
 
     def _write_history(self, run_dir: Path, history: list[dict]) -> None:
-        from cnncli.output import to_json
-
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(to_json(r, indent=None) + "\n" for r in history))
-        try:
-            from cnncli.plots import plot_curves
-
-            plot_curves(history, run_dir / "curves.png", title=f"{self.cfg.model} on {self.cfg.data}")
-        except ImportError:  # matplotlib missing: the numbers are in metrics.jsonl
-            pass
+        run_state.write_history(run_dir, history, title=f"{self.cfg.model} on {self.cfg.data}")
 
     def _load_resume(self, run_dir: Path) -> Progress | None:
-        if self.dist.is_main:
-            remove_stale_temporaries(run_dir)  # what writes killed midway left behind
-        path = run_dir / "train_state.safetensors"
-        if not path.exists():
-            # stopped (even killed) before its first epoch ended: continue from the start
-            if self.dist.is_main:
-                output.note(f"{run_dir} stopped before its first epoch ended; starting it again")
-            return None
-        extras: dict = {}
-        model_sd, optim_sd, doc = load_train_state(path, extras)
-        if doc.get("lr_find") and "lr_find" not in self.extra_meta:  # --lr auto's search, kept
-            self.extra_meta["lr_find"] = doc.get("lr_find")
-        load_state_strict(self.model, model_sd, path)
-        self.model.to(self.device)
-        if self.ema is not None:
-            self.ema.load_tensors(extras, path)
-        progress = Progress.from_state(doc["train_state"], path)
-        check_progress(progress, self.phases, self.steps_per_epoch, path)
-        if not progress.optimizer_fresh:
-            self._optimizer_state = optim_sd
-        # the resume policy (engine/resume_policy.py): what changed is recorded, a longer run reopened
-        recorded = doc.get("recipe")
-        self.extra_meta["resumes"] = [*(doc.get("resumes") or []),
-                                      resume_entry(recorded, self.cfg, self.device, progress.epoch)]
-        self._config_stale = "changed" in self.extra_meta["resumes"][-1]
-        if reopen_finished(progress, self.phases):
-            kept = bool(doc["train_state"].get("optimizer_kept"))
-            progress.optimizer_fresh = not kept
-            self._optimizer_state = optim_sd if kept else None
-            if self.dist.is_main:
-                output.note(f"{run_dir}: training longer, to {self.cfg.epochs} epochs"
-                            + ("" if kept else " (with a new optimizer: this state did not keep its own)"))
-        if progress.phase >= len(self.phases) or progress.stopped_early:
-            if self.dist.is_main:
-                output.note(f"{run_dir}: training had already finished; evaluating its best checkpoint")
-        elif self.dist.is_main:
-            output.note(f"resuming {run_dir} after epoch {progress.epoch}"
-                        + (f", step {progress.step}" if progress.step else ""))
-        return progress
+        return run_state.load_resume(self, run_dir)
 
 
 def train(cfg: TrainConfig, resume: str | None = None, quiet: bool = False) -> RunResult:
