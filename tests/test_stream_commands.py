@@ -1,0 +1,47 @@
+"""Commands beside train/eval/predict on a streaming dataset (photo folders generated here):
+
+- export --int8 calibrates and gates on a bounded sample read through the streaming split's
+  eval batches (the run's own crop), not on a whole split decoded in memory.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_stream import TRAIN, make_photos
+
+pytest.importorskip("onnxruntime")
+
+
+def _stream_run(tmp_path, run_cli, per_class=8):
+    make_photos(tmp_path / "f", {"": per_class})
+    data = f"imagefolder:{tmp_path / 'f'}"
+    out = tmp_path / "run"
+    result = run_cli(*TRAIN[:2], "--data", data, "--stream", "--workers", "0", "--epochs", "1",
+                     "--batch-size", "4", "--img-size", "32", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    return out, data
+
+
+def test_export_int8_of_a_streamed_run_reads_a_bounded_sample(tmp_path, run_cli, monkeypatch):
+    from cnncli.data.stream import StreamSplit
+
+    out, _ = _stream_run(tmp_path, run_cli)
+    read = []
+    original = StreamSplit.eval_batches
+
+    def counted(self, batch_size, index=None):
+        for positions, x in original(self, batch_size, index):
+            read.append(tuple(x.shape[1:]))
+            yield positions, x
+
+    monkeypatch.setattr(StreamSplit, "eval_batches", counted)
+    monkeypatch.setattr(StreamSplit, "images", property(lambda self: pytest.fail("a whole split decoded")))
+    onnx_out = tmp_path / "m.int8.onnx"
+    result = run_cli("export", out, "--format", "onnx", "--int8", "--allow-slower", "--max-drop", "100",
+                     "--calib-images", 5, "--gate-images", 4, "--out", onnx_out, "--json")
+    assert result.exit_code == 0, result.stderr
+    gate = json.loads(result.stdout)["int8"]
+    assert gate["calib_images"] == 5 and gate["test_images"] == 4  # 18 train / 6 test images exist
+    assert onnx_out.exists() and read and set(read) == {(1, 32, 32)}  # lenet5: gray at its 32 px
