@@ -45,3 +45,19 @@ def test_export_int8_of_a_streamed_run_reads_a_bounded_sample(tmp_path, run_cli,
     gate = json.loads(result.stdout)["int8"]
     assert gate["calib_images"] == 5 and gate["test_images"] == 4  # 18 train / 6 test images exist
     assert onnx_out.exists() and read and set(read) == {(1, 32, 32)}  # lenet5: gray at its 32 px
+
+
+def test_eval_on_a_folder_with_a_corrupt_file_stops_in_one_line_or_counts_it(tmp_path, run_cli):
+    out, data = _stream_run(tmp_path, run_cli, per_class=4)
+    bad = sorted((tmp_path / "f" / "dog").glob("*.jpg"))[0]
+    bad.write_bytes(bad.read_bytes()[:200])  # the header reads, the data does not
+    args = ("eval", out, "--data", data, "--split", "all", "--workers", "0", "--json")
+    stopped = run_cli(*args, "--stream")
+    assert stopped.exit_code == 1
+    lines = [ln for ln in stopped.stderr.splitlines() if ln.startswith("error")]
+    assert len(lines) == 1 and str(bad) in lines[0] and "--skip-bad-images" in lines[0], stopped.stderr
+    skipped = run_cli(*args, "--skip-bad-images")  # streams by itself: only that path can skip
+    assert skipped.exit_code == 0, skipped.stderr
+    doc = json.loads(skipped.stdout)
+    assert doc["n"] == 11 and doc["skipped_images"]["count"] == 1  # 12 images, one corrupt
+    assert str(bad) in doc["skipped_images"]["first"][0] and "skipped 1 image" in skipped.stderr
