@@ -61,6 +61,13 @@ def _evaluate_side(ref: str, predictor, subset, class_names, data: str, split: s
     def prepare(batch):
         return prepare_batch(batch, meta["input_size"], meta["mean"], meta["std"], device)
 
+    if getattr(subset, "streaming", False):  # decoded in DataLoader workers with this side's eval crop
+        from cnncli.data.stream import DEFAULT_CROP_PCT, StreamConfig
+
+        size = [int(v) for v in meta["input_size"]]
+        crop = (meta.get("data_pipeline") or {}).get("crop_pct") or DEFAULT_CROP_PCT
+        subset.configure(StreamConfig(size=size[1], channels=size[0], crop_pct=float(crop)))
+
     collector = PredictionCollector(len(subset.labels), len(class_names))
     result = evaluate(network, subset.images, subset.labels, prepare, len(class_names), class_names,
                       batch_size=batch_size, device=device, shard=False, on_batch=collector)

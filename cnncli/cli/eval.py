@@ -13,7 +13,10 @@ from cnncli.cli.options import (
     ForceOpt,
     InferenceBatchSizeOpt,
     JsonOpt,
+    SkipBadImagesOpt,
+    StreamOpt,
     TtaOpt,
+    WorkersOpt,
 )
 
 CheckpointArg = Annotated[str, typer.Argument(
@@ -53,6 +56,9 @@ def eval_command(
     predictions: PredictionsOpt = None,
     force: ForceOpt = False,
     tta: TtaOpt = "none",
+    workers: WorkersOpt = None,
+    stream: StreamOpt = None,
+    skip_bad_images: SkipBadImagesOpt = False,
 ) -> None:
     """Evaluate a checkpoint: rebuilt from its metadata alone, on a dataset split.
 
@@ -64,7 +70,8 @@ def eval_command(
     with forced(force):
         _evaluate(checkpoint, data=data, split=split, data_dir=data_dir, weights=weights, pretrained=pretrained,
                   batch_size=batch_size, max_samples=max_samples, device=device, threads=threads, plot=plot,
-                  json_out=json_out, predictions=predictions, tta=tta)
+                  json_out=json_out, predictions=predictions, tta=tta, workers=workers, stream=stream,
+                  skip_bad_images=skip_bad_images)
 
 
 def _evaluate(checkpoint: str, *, plot: Path | None, json_out: bool, predictions: Path | None, **options) -> None:

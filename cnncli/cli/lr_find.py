@@ -31,11 +31,14 @@ from cnncli.cli.options import (
     OptimizerOpt,
     RecipeOpt,
     SeedOpt,
+    SkipBadImagesOpt,
     StartLrOpt,
+    StreamOpt,
     ThreadsOpt,
     ValFractionOpt,
     WeightDecayOpt,
     WeightsOpt,
+    WorkersOpt,
     given_options,
 )
 
@@ -77,6 +80,9 @@ def lr_find(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     amp: AmpOpt = "off",
+    stream: StreamOpt = None,
+    workers: WorkersOpt = None,
+    skip_bad_images: SkipBadImagesOpt = False,
 ) -> None:
     """Find a learning rate: train briefly at an exponentially growing rate and watch the loss.
 

@@ -94,19 +94,16 @@ def _open_network(ref: str):
 
 def _test_data(meta: dict[str, Any], n: int, has_weights: bool):
     """(float32 numpy inputs, labels or None, description): the run's test images, else synthetic."""
-    from cnncli.deploy.int8 import load_gate_data, prepared, sample_images
+    from cnncli.deploy.int8 import load_gate_data, prepared, split_sample
     from cnncli.export import synthetic_images
 
     if has_weights:
         try:
             splits = load_gate_data(meta)
             test = splits.test
-            import torch
-
-            index = torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[:n]
-            sub = test.subset(index)
-            calib = prepared(sample_images(splits.train.images, 256), meta)
-            return prepared(sub.images, meta), sub.labels.numpy(), f"{len(sub)} {test.name} test images", calib
+            images, labels = split_sample(test, n, seed=1)  # a streaming split decodes only these
+            calib = prepared(split_sample(splits.train, 256, seed=0)[0], meta)
+            return prepared(images, meta), labels.numpy(), f"{len(labels)} {test.name} test images", calib
         except InputError:
             pass
     c, h, w = (int(v) for v in meta["input_size"])

@@ -77,7 +77,8 @@ def cpu_flags() -> list[str]:
     return []
 
 
-def load_gate_data(meta: dict[str, Any], data: str | None = None, data_dir: str | None = None):
+def load_gate_data(meta: dict[str, Any], data: str | None = None, data_dir: str | None = None,
+                   workers: int | None = None):
     """The DatasetSplits the gate calibrates on (train) and scores on (test): the run's own
     dataset, or `data` when given. InputError saying how to give some when there is none."""
     from cnncli.data import load_dataset
@@ -91,9 +92,11 @@ def load_gate_data(meta: dict[str, Any], data: str | None = None, data_dir: str 
     if str(name).startswith("synthetic") and not data:
         raise InputError(f"the run was trained on generated data ({name}), which gives the int8 gate "
                          f"no real test images; {how}")
+    pipeline = meta.get("data_pipeline") or {}
+    stream = True if pipeline.get("kind") == "stream" and not data else None  # the run's own way
     try:
         splits = load_dataset(name, data_dir=data_dir or (None if data else recipe.get("data_dir")),
-                              download=False, val_fraction=0.0, max_samples=None, seed=0)
+                              download=False, val_fraction=0.0, max_samples=None, seed=0, stream=stream)
     except InputError as e:
         raise InputError(f"no test images for the int8 gate: {e}; {how}") from None
     if splits.test is None or len(splits.test) == 0:
@@ -102,7 +105,41 @@ def load_gate_data(meta: dict[str, Any], data: str | None = None, data_dir: str 
     if num_classes and splits.num_classes != num_classes:
         raise InputError(f"dataset {name} has {splits.num_classes} classes but the network "
                          f"{num_classes}; {how}")
+    if getattr(splits, "streaming", False):  # decoded per batch with the run's eval transform
+        splits.configure(tuple(int(v) for v in meta["input_size"]), crop_pct=pipeline.get("crop_pct"),
+                         workers=workers)
     return splits
+
+
+def sample_index(n_all: int, n: int, seed: int):
+    """Positions of n samples of n_all (all, in order, when fewer) in a fixed random order."""
+    import torch
+
+    if n >= n_all:
+        return None
+    return torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def split_sample(split, n: int, seed: int):
+    """(uint8 images, int64 labels) of n samples of a split: a streaming split decodes only those,
+    in DataLoader workers (bounded: n images at the network's size), a tensor split slices."""
+    import torch
+
+    index = sample_index(len(split), n, seed)
+    if not getattr(split, "streaming", False):
+        if index is None:
+            return split.images, split.labels
+        return split.images[index], split.labels[index]
+    index = torch.arange(len(split)) if index is None else index
+    images, labels = [], []
+    for positions, x in split.eval_batches(64, index):
+        images.append(x)
+        labels.append(split.labels[positions])
+    split.close()
+    if not images:
+        c, h, w = split.image_shape
+        return torch.zeros((0, c, h, w), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(images), torch.cat(labels)
 
 
 def sample_images(images, n: int, seed: int = 0):
@@ -286,18 +323,13 @@ def int8_export(fp32: bytes, meta: dict[str, Any], *, calib_images: int = DEFAUL
     if not max_drop >= 0:
         raise InputError(f"--max-drop must be a number of points >= 0, got {max_drop}")
     splits = load_gate_data(meta, data, data_dir)
-    calib = prepared(sample_images(splits.train.images, calib_images, seed=0), meta)
-    test_index = None
-    if gate_images < len(splits.test):
-        import torch
-
-        test_index = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(1))[:gate_images]
-    test = splits.test if test_index is None else splits.test.subset(test_index)
-    test_x = prepared(test.images, meta)
+    calib = prepared(split_sample(splits.train, calib_images, seed=0)[0], meta)
+    test_images, test_labels = split_sample(splits.test, gate_images, seed=1)
+    test_x = prepared(test_images, meta)
     int8 = quantize_onnx(fp32, calib, calibration)
-    measured = gate(fp32, int8, test_x, test.labels.numpy(), max_drop=max_drop,
+    measured = gate(fp32, int8, test_x, test_labels.numpy(), max_drop=max_drop,
                     allow_slower=allow_slower, latency=latency)
     figures = GateFigures(calibration=calibration, calib_images=len(calib),
-                          test_source=f"{test.name} test split", cpu_flags=cpu_flags(), **measured)
+                          test_source=f"{splits.test.name} test split", cpu_flags=cpu_flags(), **measured)
     int8_meta = {**meta, "int8": figures.to_dict()}
     return with_metadata(int8, onnx_metadata(int8_meta)), figures

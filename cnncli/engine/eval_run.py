@@ -23,13 +23,19 @@ def evaluate_checkpoint(
     pretrained: bool = False,
     predictions: list | None = None,
     tta: str = "none",
+    workers: int | None = None,
+    stream: bool | None = None,
+    skip_bad_images: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint, a registry network with a weights file for the dataset's classes,
     or (`pretrained`) a pretrained network as is: its own classes (ImageNet's), with the
     dataset's classes matched onto them by name, WordNet ID or index (cnncli.class_match).
 
     `predictions`: a list that receives one `cnncli.engine.predictions.Prediction` per image.
-    `tta`: test-time augmentation (cnncli.engine.tta: none, flip, multicrop), recorded as "tta"."""
+    `tta`: test-time augmentation (cnncli.engine.tta: none, flip, multicrop), recorded as "tta".
+    `workers`, `stream`, `skip_bad_images`: as train's, for imagefolder/csv (a folder is streamed
+    when skipping bad images, which only the streaming path can do); skipped files are counted in
+    "skipped_images"."""
     import torch
 
     from cnncli.engine.tta import check_tta
@@ -65,7 +71,9 @@ def evaluate_checkpoint(
         data = data or meta.get("dataset")
         if not data:
             raise InputError(f"{checkpoint} does not record its dataset; pass --data NAME")
-    subset, class_names, stats = _load_split(data, split, data_dir, download, (meta or {}).get("seed", 0))
+    if skip_bad_images and stream is None:
+        stream = True
+    subset, class_names, stats = _load_split(data, split, data_dir, download, (meta or {}).get("seed", 0), stream)
     if subset.ids is None:  # an image is named by its index in the split, before any cap
         subset.ids = [str(i) for i in range(len(subset.labels))]
     if max_samples:
@@ -107,7 +115,8 @@ def evaluate_checkpoint(
 
         crop = crop or ((meta or {}).get("data_pipeline") or {}).get("crop_pct")
         subset.configure(StreamConfig(size=int(input_size[1]), channels=int(input_size[0]),
-                                      crop_pct=float(crop or DEFAULT_CROP_PCT), pin_memory=dev.type == "cuda"))
+                                      crop_pct=float(crop or DEFAULT_CROP_PCT), workers=workers,
+                                      pin_memory=dev.type == "cuda", skip_bad=skip_bad_images))
     use_channels_last(model, dev)
 
     def prepare(batch: torch.Tensor) -> torch.Tensor:
@@ -134,6 +143,14 @@ def evaluate_checkpoint(
     names = doc_result.get("class_names", class_names)
     doc_result.update(averages(doc_result["per_class"]))
     doc_result["confused_pairs"] = confused_pairs(doc_result["confusion"], names)
+    skipped = list(getattr(subset, "skipped", None) or [])
+    if skipped:
+        extra["skipped_images"] = {"count": len(skipped), "first": skipped[:20]}
+        if ctx.is_main:
+            from cnncli import output
+
+            output.note(f"skipped {len(skipped)} image(s) that could not be decoded (--skip-bad-images), "
+                        f"first: {skipped[0]}")
     return {"checkpoint": str(checkpoint), "model": model_name, "dataset": data, "split": split,
             "tta": tta, "class_names": class_names, **doc_result, **extra}
 
@@ -141,7 +158,8 @@ def evaluate_checkpoint(
 SPLITS = ("train", "val", "test", "all")
 
 
-def _load_split(data: str, split: str, data_dir: str | None, download: bool, seed: int):
+def _load_split(data: str, split: str, data_dir: str | None, download: bool, seed: int,
+                stream: bool | None = None):
     """The images of one split (`all`: every image the dataset has), the dataset's class names and
     its training split's per-channel (mean, std)."""
     import torch
@@ -152,7 +170,7 @@ def _load_split(data: str, split: str, data_dir: str | None, download: bool, see
 
     with announced(f"loading {data}", enabled=not is_generated(data)):
         splits = load_dataset(data, data_dir=data_dir, download=download, val_fraction=0.1 if split == "val" else 0.0,
-                              max_samples=None, seed=seed, hold_out_test=split != "all")
+                              max_samples=None, seed=seed, hold_out_test=split != "all", stream=stream)
     if split == "all" and getattr(splits, "streaming", False):
         from cnncli.data.stream import concat_splits
 

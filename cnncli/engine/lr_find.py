@@ -203,8 +203,14 @@ def find_lr(trainer, start_lr: float = START_LR, end_lr: float = END_LR, steps: 
     sweep = _SweepSchedule()
     step = TrainStep(model, optimizer, sweep, device=trainer.device, precision=trainer.precision,
                      label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, accum_steps=1)
-    feed = image_feed(trainer.data.train.images, trainer.augment, trainer.prepare, cfg.seed, model)
     labels = trainer.data.train.labels
+    if getattr(trainer.data.train, "streaming", False):  # decoded per batch in DataLoader workers
+        from cnncli.engine.stream_feed import StreamFeed
+
+        feed = StreamFeed(trainer.data.train, max(1, min(cfg.batch_size, len(labels))), cfg.seed,
+                          trainer.augment, trainer.prepare, model).feed
+    else:
+        feed = image_feed(trainer.data.train.images, trainer.augment, trainer.prepare, cfg.seed, model)
     n = len(labels)
     batch = max(1, min(cfg.batch_size, n))
     per_epoch = max(1, n // batch)  # full batches only: the loss of every step is comparable
@@ -218,9 +224,15 @@ def find_lr(trainer, start_lr: float = START_LR, end_lr: float = END_LR, steps: 
         if epoch != state["epoch"]:
             state["epoch"] = epoch
             state["order"] = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(cfg.seed, epoch, -1)))
+            if feed.start_epoch is not None:  # a streaming feed: the epoch's full batches, in order
+                feed.start_epoch(state["order"][:per_epoch * batch], epoch, 0)
         torch.manual_seed(step_seed(cfg.seed, epoch, s))
         idx = state["order"][s * batch:(s + 1) * batch]
         x = feed.inputs(idx, epoch, s)
+        if feed.start_epoch is not None:
+            x, idx = x  # the samples that decoded (--skip-bad-images)
+            if x is None:
+                return next_batch()
         y = labels[idx].to(trainer.device, non_blocking=True)
         if trainer.mixer is not None and trainer.mixer.active(epoch):
             x, y = trainer.mixer(x, y)

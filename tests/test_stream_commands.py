@@ -1,0 +1,127 @@
+"""Commands beside train/eval/predict on a streaming dataset (photo folders generated here):
+
+- export --int8 calibrates and gates on a bounded sample read through the streaming split's
+  eval batches (the run's own crop), not on a whole split decoded in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_stream import TRAIN, make_photos
+
+pytest.importorskip("onnxruntime")
+
+
+def _stream_run(tmp_path, run_cli, per_class=8):
+    make_photos(tmp_path / "f", {"": per_class})
+    data = f"imagefolder:{tmp_path / 'f'}"
+    out = tmp_path / "run"
+    result = run_cli(*TRAIN[:2], "--data", data, "--stream", "--workers", "0", "--epochs", "1",
+                     "--batch-size", "4", "--img-size", "32", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    return out, data
+
+
+def test_export_int8_of_a_streamed_run_reads_a_bounded_sample(tmp_path, run_cli, monkeypatch):
+    from cnncli.data.stream import StreamSplit
+
+    out, _ = _stream_run(tmp_path, run_cli)
+    read = []
+    original = StreamSplit.eval_batches
+
+    def counted(self, batch_size, index=None):
+        for positions, x in original(self, batch_size, index):
+            read.append(tuple(x.shape[1:]))
+            yield positions, x
+
+    monkeypatch.setattr(StreamSplit, "eval_batches", counted)
+    _no_whole_split(monkeypatch)
+    onnx_out = tmp_path / "m.int8.onnx"
+    result = run_cli("export", out, "--format", "onnx", "--int8", "--allow-slower", "--max-drop", "100",
+                     "--calib-images", 5, "--gate-images", 4, "--out", onnx_out, "--json")
+    assert result.exit_code == 0, result.stderr
+    gate = json.loads(result.stdout)["int8"]
+    assert gate["calib_images"] == 5 and gate["test_images"] == 4  # 18 train / 6 test images exist
+    assert onnx_out.exists() and read and set(read) == {(1, 32, 32)}  # lenet5: gray at its 32 px
+
+
+def test_eval_on_a_folder_with_a_corrupt_file_stops_in_one_line_or_counts_it(tmp_path, run_cli):
+    out, data = _stream_run(tmp_path, run_cli, per_class=4)
+    bad = sorted((tmp_path / "f" / "dog").glob("*.jpg"))[0]
+    bad.write_bytes(bad.read_bytes()[:200])  # the header reads, the data does not
+    args = ("eval", out, "--data", data, "--split", "all", "--workers", "0", "--json")
+    stopped = run_cli(*args, "--stream")
+    assert stopped.exit_code == 1
+    lines = [ln for ln in stopped.stderr.splitlines() if ln.startswith("error")]
+    assert len(lines) == 1 and str(bad) in lines[0] and "--skip-bad-images" in lines[0], stopped.stderr
+    skipped = run_cli(*args, "--skip-bad-images")  # streams by itself: only that path can skip
+    assert skipped.exit_code == 0, skipped.stderr
+    doc = json.loads(skipped.stdout)
+    assert doc["n"] == 11 and doc["skipped_images"]["count"] == 1  # 12 images, one corrupt
+    assert str(bad) in doc["skipped_images"]["first"][0] and "skipped 1 image" in skipped.stderr
+
+
+def _count_eval_batches(monkeypatch) -> list:
+    from cnncli.data.stream import StreamSplit
+
+    shapes = []
+    original = StreamSplit.eval_batches
+
+    def counted(self, batch_size, index=None):
+        for positions, x in original(self, batch_size, index):
+            shapes.append(tuple(x.shape[1:]))
+            yield positions, x
+
+    monkeypatch.setattr(StreamSplit, "eval_batches", counted)
+    return shapes
+
+
+def _no_whole_split(monkeypatch):
+    from cnncli.data.stream import LazyImages
+
+    def refused(self, sel):
+        pytest.fail("images decoded one by one in this process")
+
+    monkeypatch.setattr(LazyImages, "__getitem__", refused)
+
+
+def test_lr_find_streams_a_folder_through_worker_batches(tmp_path, run_cli, monkeypatch):
+    from cnncli.data.stream import StreamSplit
+
+    make_photos(tmp_path / "f", {"": 6})
+    steps = []
+    original = StreamSplit.epoch_batches
+
+    def counted(self, *args, **kwargs):
+        for item in original(self, *args, **kwargs):
+            steps.append(tuple(item[2].shape))
+            yield item
+
+    monkeypatch.setattr(StreamSplit, "epoch_batches", counted)
+    _no_whole_split(monkeypatch)
+    result = run_cli("lr-find", "lenet5", "--data", f"imagefolder:{tmp_path / 'f'}", "--stream", "--workers", "0",
+                     "--img-size", "32", "--batch-size", "4", "--steps", "10", "--threads", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert 0 < doc["steps_run"] == len(steps) <= 10 and set(steps) == {(4, 1, 32, 32)}
+
+
+def test_compare_two_runs_on_a_streamed_folder(tmp_path, run_cli, monkeypatch):
+    import shutil
+
+    from cnncli.data import folders
+
+    out, data = _stream_run(tmp_path, run_cli, per_class=4)
+    other = Path(shutil.copytree(out, tmp_path / "copy"))
+    monkeypatch.setattr(folders, "MEMORY_BUDGET", 1_000)  # this folder streams by size, as a big one does
+    _no_whole_split(monkeypatch)
+    shapes = _count_eval_batches(monkeypatch)
+    result = run_cli("compare", out, other, "--data", data, "--split", "all", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    top1 = {m["metric"]: m for m in doc["metrics"]}["top1"]
+    assert top1["a"] == top1["b"] and top1["delta"] == 0 and 0 < top1["a"] <= 1
+    assert shapes and set(shapes) == {(1, 32, 32)}  # each side's own eval crop, not a 224 px default
