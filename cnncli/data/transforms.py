@@ -180,8 +180,6 @@ def _decode_png(path: Path, data: bytes) -> torch.Tensor:
 
 def decode_image_file(path: str | Path) -> torch.Tensor:
     """One image file as uint8 (C, H, W) with C 1 (gray) or 3 (colour); InputError naming the file."""
-    from torchvision.io import decode_image
-
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -193,6 +191,13 @@ def decode_image_file(path: str | Path) -> torch.Tensor:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
     if not data:
         raise InputError(f"{path}: empty file, not an image")
+    return decode_image_data(data, path)
+
+
+def decode_image_data(data: bytes, path: str | Path) -> torch.Tensor:
+    """`decode_image_file` of bytes already read (a tar shard's member); `path` names them."""
+    from torchvision.io import decode_image
+
     _check_pixel_count(path, data)
     if data.startswith(_PNG_SIGNATURE):
         return _decode_png(path, data)

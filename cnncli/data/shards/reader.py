@@ -6,7 +6,6 @@ import multiprocessing
 import os
 import random
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from cnncli.data.shards.order import _buffer_shuffle, _slot_seed
 from cnncli.data.shards.source import IMAGE_KEYS, SHUFFLE_BUFFER, ShardSource, _label
@@ -14,37 +13,13 @@ from cnncli.errors import InputError, RuntimeFailure
 
 
 def decode_image_bytes(data: bytes, name: str):
-    """Image bytes of a shard member as uint8 (C, H, W), C 1 or 3; InputError naming the sample.
+    """Image bytes of a shard member as uint8 (C, H, W), C 1 or 3; InputError naming the sample
+    (the decoders of image files, cnncli.data.transforms, headers priced first)."""
+    from cnncli.data.transforms import decode_image_data
 
-    The same decoders as image files (cnncli.data.transforms): Pillow for PNG, torchvision's
-    libjpeg/libwebp for the rest, headers priced first.
-    """
-    import warnings
-
-    import torch
-    from torchvision.io import decode_image
-
-    from cnncli.data import transforms
-
-    where = Path(name)
     if not data:
         raise InputError(f"{name}: empty image")
-    transforms._check_pixel_count(where, data)
-    if data.startswith(transforms._PNG_SIGNATURE):
-        return transforms._decode_png(where, data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), apply_exif_orientation=True)
-    except (RuntimeError, ValueError) as e:
-        raise InputError(f"{name}: {transforms._decoder_message(e)}") from None
-    if image.dim() == 4:
-        image = image[0]
-    if image.shape[0] in (2, 4):
-        image = image[: image.shape[0] - 1]
-    if image.shape[0] not in (1, 3):
-        raise InputError(f"{name}: unsupported image layout {tuple(image.shape)}")
-    return image.contiguous()
+    return decode_image_data(data, name)
 
 
 
