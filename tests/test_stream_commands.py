@@ -1,7 +1,9 @@
 """Commands beside train/eval/predict on a streaming dataset (photo folders generated here):
 
 - export --int8 calibrates and gates on a bounded sample read through the streaming split's
-  eval batches (the run's own crop), not on a whole split decoded in memory.
+  eval batches (the run's own crop), not on a whole split decoded in memory; benchmark too;
+- eval --stream on a corrupt file: exit 1, one line; --skip-bad-images counts it in the JSON;
+- lr-find, compare and tune read a streamed folder through worker batches at the network's size.
 """
 
 from __future__ import annotations
@@ -39,8 +41,11 @@ def test_export_int8_of_a_streamed_run_reads_a_bounded_sample(tmp_path, run_cli,
 
     monkeypatch.setattr(StreamSplit, "eval_batches", counted)
     _no_whole_split(monkeypatch)
+    from cnncli.deploy import int8
+
+    monkeypatch.setattr(int8, "measure_latency", lambda kind, batch, run: 0.001 if kind == "int8" else 0.002)
     onnx_out = tmp_path / "m.int8.onnx"
-    result = run_cli("export", out, "--format", "onnx", "--int8", "--allow-slower", "--max-drop", "100",
+    result = run_cli("export", out, "--format", "onnx", "--int8", "--max-drop", "100",
                      "--calib-images", 5, "--gate-images", 4, "--out", onnx_out, "--json")
     assert result.exit_code == 0, result.stderr
     gate = json.loads(result.stdout)["int8"]
