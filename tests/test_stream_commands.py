@@ -1,7 +1,9 @@
 """Commands beside train/eval/predict on a streaming dataset (photo folders generated here):
 
 - export --int8 calibrates and gates on a bounded sample read through the streaming split's
-  eval batches (the run's own crop), not on a whole split decoded in memory.
+  eval batches (the run's own crop), not on a whole split decoded in memory; benchmark too;
+- eval --stream on a corrupt file: exit 1, one line; --skip-bad-images counts it in the JSON;
+- lr-find, compare and tune read a streamed folder through worker batches at the network's size.
 """
 
 from __future__ import annotations
@@ -39,13 +41,22 @@ def test_export_int8_of_a_streamed_run_reads_a_bounded_sample(tmp_path, run_cli,
 
     monkeypatch.setattr(StreamSplit, "eval_batches", counted)
     _no_whole_split(monkeypatch)
+    from cnncli.deploy import int8
+
+    monkeypatch.setattr(int8, "measure_latency", lambda kind, batch, run: 0.001 if kind == "int8" else 0.002)
     onnx_out = tmp_path / "m.int8.onnx"
-    result = run_cli("export", out, "--format", "onnx", "--int8", "--allow-slower", "--max-drop", "100",
+    result = run_cli("export", out, "--format", "onnx", "--int8", "--max-drop", "100",
                      "--calib-images", 5, "--gate-images", 4, "--out", onnx_out, "--json")
     assert result.exit_code == 0, result.stderr
     gate = json.loads(result.stdout)["int8"]
     assert gate["calib_images"] == 5 and gate["test_images"] == 4  # 18 train / 6 test images exist
     assert onnx_out.exists() and read and set(read) == {(1, 32, 32)}  # lenet5: gray at its 32 px
+    read.clear()
+    bench = run_cli("benchmark", out, "--formats", "onnx", "--batch", "1", "--images", 5, "--threads", 1, "--json")
+    assert bench.exit_code == 0, bench.stderr
+    doc = json.loads(bench.stdout)
+    assert "5 " in doc["inputs"] and "test images" in doc["inputs"] and set(read) == {(1, 32, 32)}
+    assert all(r["error"] is None and 0 <= r["top1"] <= 1 for r in doc["rows"])
 
 
 def test_eval_on_a_folder_with_a_corrupt_file_stops_in_one_line_or_counts_it(tmp_path, run_cli):
@@ -125,3 +136,13 @@ def test_compare_two_runs_on_a_streamed_folder(tmp_path, run_cli, monkeypatch):
     top1 = {m["metric"]: m for m in doc["metrics"]}["top1"]
     assert top1["a"] == top1["b"] and top1["delta"] == 0 and 0 < top1["a"] <= 1
     assert shapes and set(shapes) == {(1, 32, 32)}  # each side's own eval crop, not a 224 px default
+
+
+def test_tune_trials_stream_a_folder(tmp_path, run_cli, monkeypatch):
+    make_photos(tmp_path / "f", {"": 4})
+    _no_whole_split(monkeypatch)
+    shapes = _count_eval_batches(monkeypatch)  # each trial's validation, in batches at lenet5's size
+    result = run_cli("tune", "lenet5", "--data", f"imagefolder:{tmp_path / 'f'}", "--stream", "--workers", "0",
+                     "--trials", "1", "--epochs", "1", "--threads", "1", "--out", tmp_path / "study", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert shapes and set(shapes) == {(1, 32, 32)}

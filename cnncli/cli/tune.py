@@ -22,8 +22,11 @@ from cnncli.cli.options import (
     RecipeOpt,
     RunForceOpt,
     SeedOpt,
+    SkipBadImagesOpt,
+    StreamOpt,
     ThreadsOpt,
     ValFractionOpt,
+    WorkersOpt,
     given_options,
 )
 
@@ -75,6 +78,9 @@ def tune(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     force: RunForceOpt = False,
+    stream: StreamOpt = None,
+    workers: WorkersOpt = None,
+    skip_bad_images: SkipBadImagesOpt = False,
 ) -> None:
     """Search hyperparameters with Optuna (TPE): each trial is a real run in runs/<study>/trial-<n>/.
 
