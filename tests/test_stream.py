@@ -333,7 +333,9 @@ def test_train_transform_crops_to_the_size_and_repeats_by_seed():
 def test_finetune_streams_a_folder_and_does_not_cache_random_crops(tmp_path, run_cli, tiny_run):
     make_photos(tmp_path / "f", {"": 6})
     out = tmp_path / "ft"
-    result = run_cli("finetune", tiny_run, "--data", f"imagefolder:{tmp_path / 'f'}", "--stream", "--workers", "2",
+    # in this process (workers 0): forking DataLoader workers from the test process late in the
+    # suite cost 90 s once; the workers themselves are tested above
+    result = run_cli("finetune", tiny_run, "--data", f"imagefolder:{tmp_path / 'f'}", "--stream", "--workers", "0",
                      "--head-epochs", 1, "--epochs", 1, "--unfreeze", 1, "--batch-size", 4, "--out", out,
                      "--threads", 1)
     assert result.exit_code == 0, result.stderr
