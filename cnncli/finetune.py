@@ -12,9 +12,17 @@ the dataset's classes, then train in two stages:
 
 "Blocks" are what the network itself declares: `stages()` for hand-built networks and model
 files, timm's coarse group matcher (the same grouping timm uses for layer-wise lr decay) or,
-failing that, its feature_info. While the base is frozen and no augmentation is on, its
+failing that, its feature_info. While the base is frozen and nothing changes the images, its
 output does not change between epochs, so it is computed once and the head trains on the
 cached features (the same batches, seeds and learning rates as without the cache).
+
+The recipe options are `train`'s too. `ema`: one moving average of all the weights for the
+whole run (timm's practice), from the pretrained base with its new head, updated after every
+optimizer step of both stages; it is not restarted when blocks unfreeze (its warm-up counts the
+whole run's steps), and while the base is frozen its average is the pretrained weights.
+`mixup`/`cutmix` mix images, before the base, so a head stage that mixes is not cached
+(feature_cache.mixes_head_stage says why). `mixup_off_epoch` and `accum_steps` count as in train:
+epochs over both stages, batches within an epoch (its last batch ends an accumulation).
 
 Everything else is `train`'s: the same Trainer, run directory and checkpoint metadata, plus
 `weights_source` (where the pretrained weights came from) and `finetune` (the stage schedule).
@@ -30,7 +38,13 @@ import torch
 
 from cnncli import output
 from cnncli.engine.config import TrainConfig, build_config, validate
-from cnncli.engine.feature_cache import FeatureCache, cache_decision, feature_shape, fits_on_device  # noqa: F401
+from cnncli.engine.feature_cache import (  # noqa: F401
+    FeatureCache,
+    cache_decision,
+    feature_shape,
+    fits_on_device,
+    mixes_head_stage,
+)
 from cnncli.errors import InputError
 
 
@@ -87,6 +101,9 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
     if cfg.cache_features and cfg.augment:
         raise InputError("--cache-features needs the base's output to stay the same every epoch, but "
                          f"--augment {','.join(cfg.augment)} changes the images; drop one of them")
+    if cfg.cache_features and mixes_head_stage(cfg):
+        raise InputError("--cache-features needs the base's output to stay the same every epoch, but "
+                         "--mixup/--cutmix mix the images before the base; drop one of them")
 
 
 # ---------------------------------------------------------------- blocks of the base
@@ -358,6 +375,13 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
     model.to(trainer.device)
     if prefers_channels_last(model):
         model.to(memory_format=torch.channels_last)  # the checkpoint is written contiguous
+    if trainer.ema is not None:
+        # the Trainer's average was taken of the network with the source's classifier: one of the
+        # network being fine-tuned replaces it (new head, device, layout); a resumed run loads its
+        # own average over it. One average for the whole run, both stages (timm's practice).
+        from cnncli.engine.ema import WeightAverage
+
+        trainer.ema = WeightAverage(model, cfg.ema)
     if not resume and trainer.dist.is_main:
         output.note(f"pretrained weights: {_describe_source(source)}; {source.get('tensors_loaded', '?')} tensors "
                     f"loaded; the source's classifier: {source.get('classifier')}; a new head for "

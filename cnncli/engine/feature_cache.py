@@ -1,6 +1,6 @@
 """Finetune's head stage on cached features: the frozen base runs once, the head trains on its output.
 
-While the base is frozen (in inference mode) and no augmentation changes the images, the
+While the base is frozen (in inference mode) and no augmentation or mixing changes the images, the
 base's output does not change between epochs; `FeatureCache` computes it once for the
 training split and feeds each batch's rows to the head (a `Feed` of the trainer, so the
 batches, seeds, learning rates and loss are the trainer's own). `cache_decision` says whether
@@ -118,6 +118,21 @@ def _base_is_deterministic(trainer) -> bool:
             p.requires_grad_(g)
 
 
+def mixes_head_stage(cfg) -> bool:
+    """Do --mixup/--cutmix mix any batch of the head stage (its epochs are the run's first)?
+
+    Mixing happens on images, before the base. The features of a mixed image are not the mix of
+    the two images' features (the base is not linear), and a cutmix box of the image is no box
+    of the feature map (receptive fields overlap it), so mixing the cached features would train
+    the head on other inputs than the uncached stage: with mixing the cache is not used."""
+    if cfg.mixup is None and cfg.cutmix is None or not cfg.head_epochs:
+        return False
+    return cfg.mixup_off_epoch is None or cfg.mixup_off_epoch > 0
+
+
+MIXING_REASON = "mixup/cutmix mix the images, and a mixed image's features are not the mix of their features"
+
+
 def cache_decision(cfg, trainer) -> tuple[bool, str]:
     """(use the cache, why not): valid only with a frozen base, fixed images, one process."""
     if cfg.cache_features is False:
@@ -127,6 +142,8 @@ def cache_decision(cfg, trainer) -> tuple[bool, str]:
     reasons = []
     if cfg.augment:
         reasons.append(f"augmentation ({','.join(cfg.augment)}) changes the images every epoch")
+    if mixes_head_stage(cfg):
+        reasons.append(MIXING_REASON)
     if getattr(trainer, "streaming", False):
         reasons.append("a streaming dataset's random crops and flips change the images every epoch")
     if trainer.dist.enabled:
