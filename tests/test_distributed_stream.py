@@ -1,6 +1,6 @@
 """The streaming photo pipeline under torchrun: 2 CPU ranks (gloo), a generated JPEG folder, --stream.
 
-One launch (a module fixture) trains LeNet-5 at 32 px on a folder of 36 training JPEGs with one
+One launch (a module fixture) trains LeNet-5 at 32 px (--cache disk) on a folder of 36 training JPEGs with one
 DataLoader worker per rank, while this process trains the same run in one process (workers 0:
 a sample's crop is seeded by where it is in the run, not by the worker that makes it). Every
 training batch each rank draws is recorded (which files, a digest of each cropped image).
@@ -10,6 +10,7 @@ training batch each rank draws is recorded (which files, a digest of each croppe
   one-process run's step s, with the same crops; each rank's batch is half of --batch-size;
 - the ranks end with identical weights, and with the one-process run's (DDP averages the two
   half-batch gradients into the full-batch one; no dropout, no batch augment);
+- --cache disk: the 3 processes (started together) build each split's store once and read it;
 - a file that does not decode in the val split and one in the test split (--skip-bad-images)
   land on one rank each: the count is summed over the ranks (2 validations + 1 test = 3), the
   same on both ranks and in the one-process run, and recorded in the run's checkpoint.
@@ -31,7 +32,7 @@ import torch
 from PIL import Image
 
 OPTIONS = {"model": "lenet5", "epochs": 2, "batch_size": 8, "img_size": 32, "seed": 3, "lr": 0.01,
-           "amp": "off", "threads": 1, "stream": True, "skip_bad_images": True}  # float32: rounding alone
+           "amp": "off", "threads": 1, "stream": True, "skip_bad_images": True, "cache": "disk"}  # float32
 CLASSES, TRAIN_PER_CLASS = ("cat", "dog", "owl"), 12
 TIMEOUT = 300
 
@@ -59,11 +60,12 @@ WORKER = textwrap.dedent('''
 
     real_evaluate, trainer_module.evaluate = trainer_module.evaluate, checked_evaluate
     StreamSplit.epoch_batches = t.recording(StreamSplit.epoch_batches, log, options.pop("root"))
-    result = trainer_module.Trainer(build_config(None, options), quiet=True).fit()
+    trainer = trainer_module.Trainer(build_config(None, options), quiet=True)
+    result = trainer.fit()
     rank = dist.get_rank()
     with open(f"{out_file}.{rank}", "w") as f:
         json.dump({"rank": rank, "world_size": dist.get_world_size(), "batches": log, "drift": drift,
-                   "result": result.to_dict()}, f)
+                   "result": result.to_dict(), "cache": trainer.data.info.get("cache")}, f)
     distributed.shutdown()
 ''')
 
@@ -120,6 +122,8 @@ def runs(tmp_path_factory):
            str(root / "rank.json"), json.dumps(options), str(Path(__file__).parent)]
     proc = subprocess.Popen(cmd, cwd=root, env={**child_env(), "XDG_CACHE_HOME": str(root / "cache")},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_CACHE_HOME", str(root / "cache"))  # the ranks' cache folder: 3 processes, one store
     try:
         from cnncli.data.stream import StreamSplit
         from cnncli.engine.config import build_config
@@ -129,10 +133,12 @@ def runs(tmp_path_factory):
         original = StreamSplit.epoch_batches
         StreamSplit.epoch_batches = recording(original, log, str(photos))
         try:
-            single = Trainer(build_config(None, {**OPTIONS, "data": data, "workers": 0, "out": str(root / "one")}),
-                             quiet=True).fit().to_dict()
+            trainer = Trainer(build_config(None, {**OPTIONS, "data": data, "workers": 0, "out": str(root / "one")}),
+                              quiet=True)
+            single = trainer.fit().to_dict()
         finally:
             StreamSplit.epoch_batches = original
+            patch.undo()
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
@@ -140,7 +146,8 @@ def runs(tmp_path_factory):
             proc.communicate()
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{err[-4000:]}"
     ranks = [json.loads((root / f"rank.json.{r}").read_text()) for r in range(2)]
-    return {"root": root, "ranks": ranks, "single": single, "single_batches": log}
+    return {"root": root, "ranks": ranks, "single": single, "single_batches": log,
+            "single_cache": trainer.data.info.get("cache")}
 
 
 def _by_step(batches: list[dict]) -> dict[tuple[int, int], dict]:
@@ -204,3 +211,17 @@ def test_skipped_images_are_summed_over_the_ranks_and_recorded(runs):
     assert all("broken.jpg" in m for m in ddp["first"])
     last = read_meta(runs["root"] / "ddp" / "last.safetensors")["skipped_images"]
     assert last["by_split"] == {"train": 0, "val": 2, "test": 0}  # written before the test split ran
+
+
+def test_cache_disk_is_built_once_by_the_three_processes_and_read_by_all(runs):
+    """--cache disk: the 2 ranks and the one-process run (started together, one cache folder)
+    each open the stores of train, val and test; one process built each, the others waited on its
+    lock (or found it done) and read it."""
+    records = [r["cache"] for r in runs["ranks"]] + [runs["single_cache"]]
+    assert all(r and r["mode"] == "disk" for r in records)
+    for split in ("train", "val", "test"):
+        opened = [r["splits"][split] for r in records]
+        assert len({o["path"] for o in opened}) == 1 and len({o["images"] for o in opened}) == 1
+        assert sum(not o["hit"] for o in opened) == 1, (split, opened)  # built once
+    stores = [p for p in (runs["root"] / "cache" / "cnncli" / "images").iterdir() if not p.name.startswith(".")]
+    assert len(stores) == 3
