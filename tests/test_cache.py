@@ -217,12 +217,12 @@ def test_train_with_cache_disk_reads_the_store_on_the_second_run_and_rebuilds_af
     first = run_cli(*args, "--out", tmp_path / "a")
     assert first.exit_code == 0, first.output
     assert "decoding 9 train images once" in first.stderr
-    stores = sorted(p.name for p in cache.store_root().iterdir())
-    assert len(stores) == 3  # train, val, test
+    stores = sorted(p.name for p in cache.store_root().iterdir() if not p.name.endswith(".lock"))
+    assert len(stores) == 3  # train, val, test (and each one's build lock)
     second = run_cli(*args, "--out", tmp_path / "b")
     assert second.exit_code == 0 and "decoding" not in second.stderr
     assert "9 train images read from" in second.stderr
-    assert sorted(p.name for p in cache.store_root().iterdir()) == stores
+    assert sorted(p.name for p in cache.store_root().iterdir() if not p.name.endswith(".lock")) == stores
     from cnncli.checkpoint import read_meta
 
     record = read_meta(tmp_path / "b" / "model.safetensors")["data_source"]["cache"]
@@ -232,4 +232,4 @@ def test_train_with_cache_disk_reads_the_store_on_the_second_run_and_rebuilds_af
     os.utime(changed, ns=(2, 2_000_000_000))
     third = run_cli(*args, "--out", tmp_path / "c")
     assert third.exit_code == 0 and "decoding" in third.stderr
-    assert len(list(cache.store_root().iterdir())) == 3  # the changed split's old store was replaced
+    assert len([p for p in cache.store_root().iterdir() if not p.name.endswith(".lock")]) == 3  # replaced
