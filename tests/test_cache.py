@@ -101,8 +101,88 @@ def test_a_killed_writer_leaves_no_half_store(tmp_path):
     assert any(p.name.endswith(".tmp") for p in root.iterdir())  # the killed writer's temporary
     store = cache.open_store(paths, side=16, mode="disk")
     assert not store.hit and len(store) == 6
-    assert [p.name for p in root.iterdir()] == [store.path.name]  # the temporary was cleaned up
+    assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == [store.path.name]  # cleaned up
     assert cache.open_store(paths, side=16, mode="disk", decode=no_decode).hit
+
+
+RACER = """
+import hashlib, json, sys
+from cnncli.data import cache
+from cnncli.data.transforms import decode_image_file
+decoded = []
+def decode(path):
+    decoded.append(path)
+    return decode_image_file(path)
+print("ready", flush=True)
+sys.stdin.readline()  # the start gate: both processes are past their imports when it opens
+waited = []
+def waiting(lock):
+    waited.append(lock)
+    print("waiting", flush=True)  # told before it blocks on the lock
+store = cache.open_store(sys.argv[1:], side=16, mode="disk", decode=decode, waiting=waiting)
+digest = hashlib.sha256(b"".join(store[i].numpy().tobytes() for i in range(len(store)))).hexdigest()
+print(json.dumps({"hit": store.hit, "decoded": len(decoded), "waited": len(waited), "path": str(store.path),
+                  "digest": digest}))
+"""
+
+
+def test_two_processes_racing_for_one_store_build_it_once(tmp_path):
+    """As the ranks of a torchrun job (or two runs, or two machines on a shared cache folder):
+    one takes the lock and builds, the other waits on it and opens the finished store."""
+    import json
+
+    paths = write_jpegs(tmp_path / "img", n=8)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, *paths], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-2000:]
+    for proc in procs:  # open both gates at once
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    builders = [r for r in results if not r["hit"]]
+    assert len(builders) == 1, results  # one build ...
+    assert builders[0]["decoded"] == 8 and sum(r["decoded"] for r in results) == 8  # ... the files decoded once
+    assert results[0]["path"] == results[1]["path"] and results[0]["digest"] == results[1]["digest"]
+    root = cache.store_root()
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == [Path(results[0]["path"]).name]
+    again = cache.open_store(paths, side=16, mode="disk", decode=no_decode)
+    digest = __import__("hashlib").sha256(b"".join(again[i].numpy().tobytes() for i in range(8))).hexdigest()
+    assert again.hit and digest == results[0]["digest"]
+
+
+def test_a_process_waits_on_the_lock_then_opens_the_store_its_holder_built(tmp_path):
+    """The waiting side, deterministically: this process holds the place's lock, a second one
+    is told so (`waiting`) and blocks; the store this one builds meanwhile is what it opens."""
+    import json
+
+    from cnncli.data.store_lock import build_lock
+
+    paths = write_jpegs(tmp_path / "img", n=4)
+    where, _ = cache.cache_key(paths, 16)
+    root = cache.store_root()
+    root.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    with build_lock(root, where):
+        proc = subprocess.Popen([sys.executable, "-c", RACER, *paths], env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "waiting", proc.stderr.read()[-2000:]
+        built = cache._build_disk(cache._PathSource(paths, None), paths, 16, None, where,
+                                  cache.cache_key(paths, 16)[1], 0, None, None)
+        assert proc.poll() is None  # blocked on the lock this process holds
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["waited"] == 1 and result["hit"] and result["decoded"] == 0
+    assert result["path"] == str(built.path)
 
 
 def test_a_damaged_store_is_rebuilt(tmp_path):
@@ -137,12 +217,12 @@ def test_train_with_cache_disk_reads_the_store_on_the_second_run_and_rebuilds_af
     first = run_cli(*args, "--out", tmp_path / "a")
     assert first.exit_code == 0, first.output
     assert "decoding 9 train images once" in first.stderr
-    stores = sorted(p.name for p in cache.store_root().iterdir())
-    assert len(stores) == 3  # train, val, test
+    stores = sorted(p.name for p in cache.store_root().iterdir() if not p.name.endswith(".lock"))
+    assert len(stores) == 3  # train, val, test (and each one's build lock)
     second = run_cli(*args, "--out", tmp_path / "b")
     assert second.exit_code == 0 and "decoding" not in second.stderr
     assert "9 train images read from" in second.stderr
-    assert sorted(p.name for p in cache.store_root().iterdir()) == stores
+    assert sorted(p.name for p in cache.store_root().iterdir() if not p.name.endswith(".lock")) == stores
     from cnncli.checkpoint import read_meta
 
     record = read_meta(tmp_path / "b" / "model.safetensors")["data_source"]["cache"]
@@ -152,4 +232,4 @@ def test_train_with_cache_disk_reads_the_store_on_the_second_run_and_rebuilds_af
     os.utime(changed, ns=(2, 2_000_000_000))
     third = run_cli(*args, "--out", tmp_path / "c")
     assert third.exit_code == 0 and "decoding" in third.stderr
-    assert len(list(cache.store_root().iterdir())) == 3  # the changed split's old store was replaced
+    assert len([p for p in cache.store_root().iterdir() if not p.name.endswith(".lock")]) == 3  # replaced

@@ -114,3 +114,34 @@ def test_a_split_the_folder_lacks_and_a_folder_in_the_way_are_refused(tmp_path):
     result = runner.invoke(app, ["datasets", "show", f"imagefolder:{tmp_path / 'data'}",
                                  "--out", str(tmp_path / "taken.png")])
     assert result.exit_code == 2 and "exists and is not a file" in result.stderr
+
+
+def _photo_box(grid: np.ndarray, row: int, col: int, cell: int = 96) -> tuple[int, int]:
+    """(height, width) of the non-white part of one grid cell."""
+    top, left = 4 + row * (cell + 4), 120 + col * (cell + 4)
+    patch = grid[top:top + cell, left:left + cell]
+    ys, xs = np.nonzero((patch < 240).any(axis=2))
+    return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+def test_photos_are_shown_whole_as_thumbnails_for_folders_and_shards(tmp_path, run_cli):
+    """A photo folder (which trains through the streaming path) and its wds shards show the photos
+    themselves, shrunk with their aspect ratio kept, not the network's 224 px center crops; an
+    exported photo is the full-size image."""
+    for cls, size, colour in (("landscape", (300, 200), (200, 30, 30)), ("portrait", (150, 400), (30, 30, 200))):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        for k in range(3):  # pack holds one out for its test split
+            Image.new("RGB", size, colour).save(tmp_path / "photos" / cls / f"{k}.jpg", quality=95)
+    folder = f"imagefolder:{tmp_path / 'photos'}"
+    assert run_cli("datasets", "pack", folder, tmp_path / "shards").exit_code == 0
+    for name, out in ((folder, "folder.png"), (f"wds:{tmp_path / 'shards'}", "shards.png")):
+        result = run_cli("datasets", "show", name, "-k", "1", "--out", tmp_path / out, "--export", tmp_path / out[:-4])
+        assert result.exit_code == 0, result.stderr
+        assert "the photos themselves" in result.stderr and "aspect ratio kept" in result.stderr
+        with Image.open(tmp_path / out) as image:
+            assert image.size == grid_size(2, 1, 96)
+            grid = np.asarray(image.convert("RGB"))
+        assert _photo_box(grid, 0, 0) == (64, 96)  # 300 x 200 -> 96 x 64
+        assert _photo_box(grid, 1, 0) == (96, 36)  # 150 x 400 -> 36 x 96
+        exported = decode_image_file(tmp_path / out[:-4] / "landscape-1.png")
+        assert exported.shape == (3, 200, 300)  # in full, as stored

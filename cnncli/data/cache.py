@@ -9,7 +9,11 @@ kept), and every later read is a slice of one flat uint8 array instead of a JPEG
   format version: a changed, added or removed file gives another key, and the store is built
   again (the old one of the same folder is removed then). It is built in a temporary folder
   and renamed when complete, so a killed writer leaves no half store that a later run could
-  read (its temporary folder is removed by the next build).
+  read (its temporary folder is removed by the next build). One process builds a store: the
+  builders of one place take an exclusive lock (`fcntl.flock` on `.<place>.lock` in the cache
+  folder), so the ranks of a torchrun job, or several runs, or several machines on one shared
+  filesystem (NFSv4 and Lustre carry flock between clients) decode the files once: the others
+  wait on the lock, then open the store the first one finished.
 - `ram`: the same store in (shared) memory, built by each run, refused up front when it would
   cost more than the memory budget (cnncli.cost).
 
@@ -220,8 +224,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_dead_temporaries(root: Path) -> None:
-    for tmp in root.glob(".*.tmp"):
+def _remove_dead_temporaries(root: Path, where: str) -> None:
+    """The temporaries of stores of place `where` that writers killed midway left. Called with
+    the place's lock held, so none is being written (a writer holds the lock to the rename); the
+    pid check is for writers of an older cnncli, which took no lock."""
+    for tmp in root.glob(f".{where}-*.tmp"):
         try:
             pid = int(tmp.name.rsplit(".", 2)[-2])
         except (ValueError, IndexError):
@@ -297,6 +304,7 @@ def open_store(
     label: str | None = None,
     channels: int | None = None,
     files: Sequence[str] | None = None,
+    waiting: Callable[[Path], None] | None = None,
 ) -> ImageStore:
     """The store of `source` at `side`: read from the disk cache when its key matches, else built.
 
@@ -304,7 +312,8 @@ def open_store(
     with `decode`, by default data/stream.decode_photo). `channels` 1 or 3 makes every image
     gray or colour (None: each as its file is); `label` names what is cached (see
     `cache_key`); `files` are the files behind the samples when the ids are not file paths;
-    `workers` decode in DataLoader worker processes.
+    `workers` decode in DataLoader worker processes; `waiting(lock path)` is called when
+    another process is building the same disk store (this one then opens what it built).
     """
     import torch
 
@@ -326,25 +335,45 @@ def open_store(
         store = _open_disk(final, content)
         if store is not None:
             return store
-        shutil.rmtree(final, ignore_errors=True)  # damaged: built again below
-
-    table, total = _plan(_headers(source), len(paths), side, channels)
-    what = f"--cache {mode}: {len(paths):,} images with the shorter side at most {side} px need"
     if mode == "ram":
-        cost.check(what, total)
+        table, total = _plan(_headers(source), len(paths), side, channels)
+        cost.check(f"--cache ram: {len(paths):,} images with the shorter side at most {side} px need", total)
         data = torch.empty(total, dtype=torch.uint8).share_memory_()
         _fill(data, source.load, paths, table, workers, progress)
         return ImageStore(table, total, data=data)
-
     try:
         root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RuntimeFailure(f"--cache disk: cannot use {root}: {e.strerror or e}") from None
+    from cnncli.data.store_lock import build_lock
+
+    with build_lock(root, where, waiting):
+        if final.is_dir():  # built by the process that held the lock, or damaged
+            store = _open_disk(final, content)
+            if store is not None:
+                return store
+            shutil.rmtree(final, ignore_errors=True)  # damaged: built again below
+        return _build_disk(source, paths, side, channels, where, content, workers, progress, label)
+
+
+def _build_disk(source, paths, side, channels, where, content, workers, progress, label) -> ImageStore:
+    """Decode the store of `source` into a temporary folder and rename it (the lock held)."""
+    import torch
+
+    from cnncli import cost
+
+    root = store_root()
+    final = root / f"{where}-{content}"
+    table, total = _plan(_headers(source), len(paths), side, channels)
+    what = f"--cache disk: {len(paths):,} images with the shorter side at most {side} px need"
+    try:
         free = shutil.disk_usage(root).free
     except OSError as e:
         raise RuntimeFailure(f"--cache disk: cannot use {root}: {e.strerror or e}") from None
     if total > free - (256 << 20):
         raise InputError(f"{what} {cost.human(total)} on disk; {root} has {cost.human(free)} free "
                          "(use --cache ram, or free space)")
-    _remove_dead_temporaries(root)
+    _remove_dead_temporaries(root, where)
     tmp = root / f".{where}-{content}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -476,8 +505,12 @@ def cache_splits(data, cfg) -> None:
             if done == 1:
                 output.note(f"--cache {mode}: decoding {total:,} {name} images once into {where}")
 
+        def waiting(lock, name=name):
+            output.note(f"--cache disk: another process is building the {name} store (it holds {lock}); "
+                        "waiting for it")
+
         store = open_store(split.src, side, mode, workers=cfg.resolved_workers(), progress=progress,
-                           label=label, channels=int(cfg.channels), files=files)
+                           label=label, channels=int(cfg.channels), files=files, waiting=waiting)
         if store.hit:
             output.note(f"--cache {mode}: {len(store):,} {name} images read from {store.path}")
         split.src = CachedSource(split.src, store)

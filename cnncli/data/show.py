@@ -11,6 +11,13 @@ factor (nearest neighbour: the pixels stay visible) up to CELL_MAX px; larger on
 shrunk to fit. Exported files are the images as stored (no resizing), named by class:
 `<class>-1.png`, `<class>-2.png`, ... with the class name made file-safe (`T-shirt/top` ->
 `t-shirt-top-1.png`).
+
+Photos (`imagefolder:`, `csv:` and `wds:` sources, which train through the streaming path's
+crops at the network's size) are shown as the photos themselves: each is decoded when its cell
+is drawn, at the smallest JPEG scale that still fills the cell (PIL draft), and shrunk to a
+thumbnail with its aspect ratio kept, so the grid never holds full-size photos and never shows
+the 224 px center crops a streaming split's `images` give; a note on stderr says which view it
+is. Exported photos are the full-size images, decoded one at a time.
 """
 
 from __future__ import annotations
@@ -59,10 +66,64 @@ def _choose(positions_by_class: list[list[int]], per_class: int, seed: int) -> l
     return chosen
 
 
+class Photo:
+    """One photo of a folder, CSV or shard source, decoded on demand (see the module doc)."""
+
+    def __init__(self, decode, name: str):
+        self._decode, self.name = decode, name  # decode(min_side or None) -> uint8 (C, H, W)
+
+    def load(self, min_side: int | None = None):
+        from cnncli.data.stream import BadImage
+
+        try:
+            return self._decode(min_side)
+        except BadImage as e:
+            raise InputError(f"{e.id}: {e.reason}") from None
+
+    def thumbnail(self, side: int):
+        """The photo with its longer side at most `side` px, aspect ratio kept (never enlarged)."""
+        from torchvision.transforms.v2.functional import resize
+
+        image = self.load(min_side=side)
+        h, w = image.shape[1:]
+        if max(h, w) <= side:
+            return image
+        scale = side / max(h, w)
+        return resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
+
+
+def _file_photo(path: str) -> Photo:
+    from cnncli.data.stream import decode_photo
+
+    return Photo(lambda min_side: decode_photo(path, min_side), str(path))
+
+
+def _source_photo(source, i: int) -> Photo:
+    """Sample i of a streaming split's source (data/stream.py), as its file or shard stores it."""
+    from cnncli.data.stream import FileSource, decode_photo_data
+
+    base, j = source, i
+    while hasattr(base, "base") and hasattr(base, "positions"):
+        base, j = base.base, int(base.positions[j])
+    if isinstance(base, FileSource):
+        return _file_photo(base.ids[j])
+    if hasattr(base, "read"):  # tar shards: the member's bytes
+        return Photo(lambda min_side: decode_photo_data(base.read(j), base.ids[j], min_side), base.ids[j])
+    return Photo(lambda _min_side: base.load(j), base.ids[j])
+
+
+def _as_tensor(image, side: int | None = None):
+    """A sample as uint8 (C, H, W): a tensor as it is, a photo as its thumbnail (or in full)."""
+    if not isinstance(image, Photo):
+        return image
+    return image.thumbnail(side) if side else image.load()
+
+
 def sample_images(
     name: str, split: str = "train", per_class: int = 8, data_dir: str | os.PathLike | None = None, seed: int = 0
 ) -> tuple[list[str], list[list[Any]]]:
-    """(class names, per class a list of uint8 (C, H, W) tensors) of one split."""
+    """(class names, per class a list of samples) of one split: uint8 (C, H, W) tensors, or
+    `Photo`s for a folder, CSV or shard source (decoded when drawn or exported)."""
     from cnncli.data.index import index_source, is_index_source
 
     if split not in SPLIT_CHOICES:
@@ -70,8 +131,6 @@ def sample_images(
     if not 1 <= per_class <= MAX_PER_CLASS:
         raise InputError(f"--per-class must be between 1 and {MAX_PER_CLASS}, got {per_class}")
     if is_index_source(name):
-        from cnncli.data.transforms import decode_image_file
-
         index = index_source(name)
         if split not in index.split_names():
             raise InputError(f"{name} has no {split} split (it has: {', '.join(index.split_names())}); "
@@ -81,7 +140,7 @@ def sample_images(
             by_class[index.labels[k]].append(k)
         chosen = _choose(by_class, per_class, seed)
         _price(len(index.class_names), per_class)
-        return index.class_names, [[decode_image_file(index.paths[k]) for k in ks] for ks in chosen]
+        return index.class_names, [[_file_photo(index.paths[k]) for k in ks] for ks in chosen]
 
     from cnncli.data.registry import load_dataset
 
@@ -95,6 +154,8 @@ def sample_images(
     for k, label in enumerate(labels):
         by_class[label].append(k)
     chosen = _choose(by_class, per_class, seed)
+    if getattr(part, "streaming", False):  # wds shards: the photos, not the split's eval crops
+        return list(part.class_names), [[_source_photo(part.src, k) for k in ks] for ks in chosen]
     return list(part.class_names), [[part.images[k] for k in ks] for ks in chosen]
 
 
@@ -130,6 +191,7 @@ def render_grid(class_names: list[str], samples: list[list[Any]], out: str | os.
     if out.suffix.lower() != ".png":
         raise InputError(f"--out must be a .png file, got {out}")
     _check_target(out)
+    samples = [[_as_tensor(img, CELL_MAX) for img in row] for row in samples]
     sides = [max(img.shape[1:]) for row in samples for img in row] or [CELL_MAX]
     cell = cell_side(sides)
     per_class = max([len(row) for row in samples] + [1])
@@ -181,7 +243,7 @@ def export_samples(class_names: list[str], samples: list[list[Any]], folder: str
     images = [img for row in samples for img in row]
     for target, image in zip(targets, images):
         buffer = io.BytesIO()
-        _to_pil(image).save(buffer, format="PNG")
+        _to_pil(_as_tensor(image)).save(buffer, format="PNG")  # a photo in full, one at a time
         written.append(write_file(target, buffer.getvalue(), PNG, "--export"))
     return written
 
@@ -200,6 +262,12 @@ def show_dataset(
     if out is not None and Path(out).suffix.lower() != ".png":
         raise InputError(f"--out must be a .png file, got {out}")
     class_names, samples = sample_images(name, split, per_class, data_dir, seed)
+    photos = any(isinstance(img, Photo) for row in samples for img in row)
+    if photos and (out is not None or export is None):  # a grid is drawn: say which view it is
+        from cnncli.output import note
+
+        note(f"{name}: the photos themselves, as {CELL_MAX} px thumbnails with their aspect ratio kept "
+             "(training sees random crops of them at the network's size)")
     if out is None and export is None:
         out = f"{class_slug(name.partition(':')[0])}-{split}.png"
     grid = render_grid(class_names, samples, out) if out is not None else None

@@ -491,20 +491,24 @@ class StreamSplit:
         self.skipped += bad
 
     def epoch_batches(self, order: torch.Tensor, batch_size: int, epoch: int, seed: int, start_step: int = 0,
-                      position_offset: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, list[str]]]:
+                      position_offset: int = 0, position_stride: int = 1,
+                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, list[str]]]:
         """(step, positions, uint8 batch, skipped ids) for the steps of one epoch from `start_step`.
 
         `order`: the positions this rank trains on, in order; step s takes
-        order[s*batch_size:(s+1)*batch_size]. `position_offset` (rank * batch_size under
-        torchrun) keeps every sample's seed distinct across ranks. A step whose every sample
-        was skipped is not yielded.
+        order[s*batch_size:(s+1)*batch_size]. Sample k of a step is seeded as the sample at
+        position_offset + k * position_stride of the global batch: under torchrun (offset the
+        rank, stride the world size, rank r taking every W-th sample of the global order) that
+        is where it is in the one-process run's step, so both draw the same crops. A step whose
+        every sample was skipped is not yielded.
         """
         order = order.tolist() if isinstance(order, torch.Tensor) else list(order)
         steps = math.ceil(len(order) / batch_size) if batch_size else 0
         plan, step_of = [], []
         for s in range(start_step, steps):
             chunk = order[s * batch_size:(s + 1) * batch_size]
-            plan.append([(i, sample_seed(seed, epoch, s, position_offset + k)) for k, i in enumerate(chunk)])
+            plan.append([(i, sample_seed(seed, epoch, s, position_offset + k * position_stride))
+                         for k, i in enumerate(chunk)])
             step_of.append(s)
         for s, (positions, x, bad) in zip(step_of, self._loader(True).run(plan)):
             self._check(bad)

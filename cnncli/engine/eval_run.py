@@ -143,14 +143,16 @@ def evaluate_checkpoint(
     names = doc_result.get("class_names", class_names)
     doc_result.update(averages(doc_result["per_class"]))
     doc_result["confused_pairs"] = confused_pairs(doc_result["confusion"], names)
-    skipped = list(getattr(subset, "skipped", None) or [])
-    if skipped:
-        extra["skipped_images"] = {"count": len(skipped), "first": skipped[:20]}
+    from cnncli.engine.skips import gather_skipped
+
+    count, first = gather_skipped(list(getattr(subset, "skipped", None) or []))  # every rank: summed
+    if count:
+        extra["skipped_images"] = {"count": count, "first": first}
         if ctx.is_main:
             from cnncli import output
 
-            output.note(f"skipped {len(skipped)} image(s) that could not be decoded (--skip-bad-images), "
-                        f"first: {skipped[0]}")
+            output.note(f"skipped {count} image(s) that could not be decoded (--skip-bad-images), "
+                        f"first: {first[0]}")
     return {"checkpoint": str(checkpoint), "model": model_name, "dataset": data, "split": split,
             "tta": tta, "class_names": class_names, **doc_result, **extra}
 

@@ -64,6 +64,9 @@ def load_resume(self, run_dir: Path) -> Progress | None:
     if self.ema is not None:
         self.ema.load_tensors(extras, path)
     progress = Progress.from_state(doc["train_state"], path)
+    if getattr(self, "skips", None) is not None:  # --skip-bad-images: the drops before this session
+        self.skips.resume_from(doc.get("skipped_images"))
+        self.extra_meta.update({"skipped_images": self.skips.record} if self.skips.record else {})
     check_progress(progress, self.phases, self.steps_per_epoch, path)
     if not progress.optimizer_fresh:
         self._optimizer_state = optim_sd

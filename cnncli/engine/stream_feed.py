@@ -17,17 +17,18 @@ from cnncli.engine.step import Feed, step_seed
 class StreamFeed:
     """Pulls one epoch's batches from a StreamSplit in step order (see the module doc)."""
 
-    def __init__(self, split, batch_size: int, seed: int, augment, prepare, forward, position_offset: int = 0):
+    def __init__(self, split, batch_size: int, seed: int, augment, prepare, forward, position_offset: int = 0,
+                 position_stride: int = 1):
         self.split, self.batch_size, self.seed = split, batch_size, seed
         self.augment, self.prepare = augment, prepare
-        self.position_offset = position_offset
+        self.position_offset, self.position_stride = position_offset, position_stride
         self.feed = Feed(self.inputs, forward, self.start_epoch)
         self._it = None
         self._held = None
 
     def start_epoch(self, order: torch.Tensor, epoch: int, start_step: int) -> None:
         self._it = self.split.epoch_batches(order, self.batch_size, epoch, self.seed, start_step,
-                                            self.position_offset)
+                                            self.position_offset, self.position_stride)
         self._held = None
 
     def inputs(self, idx: torch.Tensor, epoch: int, step: int):
@@ -84,17 +85,3 @@ def _recorded_stats(run_dir):
                 return list(doc["mean"]), list(doc["std"])
     return None, None
 
-
-def skipped_record(data) -> dict:
-    """What a run records of the files --skip-bad-images dropped (count, the first 20)."""
-    skipped = data.skipped()
-    return {"skipped_images": {"count": len(skipped), "first": skipped[:20]}} if skipped else {}
-
-
-def report_skipped(data) -> None:
-    from cnncli import output
-
-    skipped = data.skipped()
-    if skipped:
-        output.note(f"skipped {len(skipped)} image(s) that could not be decoded (--skip-bad-images), first: "
-                    f"{skipped[0]}")

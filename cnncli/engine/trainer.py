@@ -171,6 +171,9 @@ class Trainer:
             from cnncli.engine.stream_feed import configure_stream
 
             mean, std = configure_stream(self, info, mean, std, extra_meta or {})
+        from cnncli.engine.skips import SkipTally
+
+        self.skips = SkipTally(self.data) if self.streaming else None  # --skip-bad-images, all ranks
         self.mean = list(mean) if mean is not None else adapt_stats(self.data.mean, self.input_size[0])
         self.std = list(std) if std is not None else adapt_stats(self.data.std, self.input_size[0])
         self.phases = phases or [Phase("train", cfg.epochs)]
@@ -229,10 +232,6 @@ class Trainer:
 
     def checkpoint_meta(self, epoch: int, metrics: dict) -> RunDocument:
         """The run's document for a checkpoint written after `epoch` epochs."""
-        if self.streaming:
-            from cnncli.engine.stream_feed import skipped_record
-
-            self.extra_meta.update(skipped_record(self.data))
         return build_document(
             model=self.model_spec or {"name": self.cfg.model}, num_classes=self.num_classes,
             class_names=self.class_names, input_size=self.input_size, mean=self.mean, std=self.std,
@@ -275,17 +274,15 @@ class Trainer:
                                             if progress.train_seconds else 0.0),
                          history=progress.history, stages=(self.extra_meta.get("finetune") or {}).get("stages"),
                          weights_source=self.weights_source, extra=self._result_extra())
-        if self.streaming and self.dist.is_main:
-            from cnncli.engine.stream_feed import report_skipped
-
-            report_skipped(self.data)
+        if self.skips is not None:
+            self.skips.report()
         hooks.run_end(result.to_dict(), self.run_dir)
         return result
 
     def _result_extra(self) -> dict:
         extra = {"precision": self.precision.name}
         if self.streaming:
-            extra["skipped_images"] = len(self.data.skipped())
+            extra["skipped_images"] = self.skips.count  # summed over ranks and resumes
         if "lr_find" in self.extra_meta:  # --lr auto: the rate it chose, and which suggestion
             extra["lr"], extra["lr_suggestion"] = self.cfg.lr, self.extra_meta["lr_find"]["suggestion"]
         if self.ema is not None:
@@ -356,7 +353,7 @@ class Trainer:
             from cnncli.engine.stream_feed import StreamFeed
 
             feed = StreamFeed(self.data.train, self.local_batch, cfg.seed, self.augment, self.prepare, forward,
-                              self.dist.rank * self.local_batch).feed
+                              self.dist.rank, self.dist.world_size).feed  # seeds as in one process
         else:
             feed = image_feed(self.data.train.images, self.augment, self.prepare, cfg.seed, forward)
         while progress.phase == index and not progress.stopped_early:
@@ -376,6 +373,8 @@ class Trainer:
         progress.train_images += stats["images"]
         raw_val = self._validate()
         val = self._validate(self.ema.module) if self.ema is not None and raw_val is not None else raw_val
+        if self.skips is not None:  # every rank: the run's drops for the checkpoints written next
+            self.extra_meta.update(self.skips.sync())
         progress.advance_epoch(phase.epochs)
         row = {"epoch": progress.epoch, "phase": phase.name, "train_loss": stats["loss"], "train_top1": stats["top1"],
                "val_loss": raw_val.loss if raw_val else None, "val_top1": raw_val.top1 if raw_val else None,
@@ -463,6 +462,8 @@ class Trainer:
             if signals.signum and s + 1 < spe and not step.pending:  # never inside an accumulation
                 self._check_finite(progress)
                 progress.step, progress.partial = s + 1, meter.partial()
+                if self.skips is not None:  # every rank stops at this step (TrainStep reduced the signal)
+                    self.extra_meta.update(self.skips.sync())
                 self._save_progress(step.optimizer, progress)
                 self._interrupt(signals.signum, self.run_dir)
         return meter.totals()
@@ -519,7 +520,9 @@ class Trainer:
                        enabled=self.dist.is_main):
             test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes, self.class_names,
                             self.cfg.eval_batch_size, self.device, amp=False)
+        skipped = self.skips.sync() if self.skips is not None else {}  # every rank: with the test split's
         if doc is not None:
+            doc = doc.replace(**skipped) if skipped else doc
             metrics = {**(doc.get("metrics") or {}), "test_top1": test.top1, "test_top5": test.top5,
                        "test_loss": test.loss}
             if self.raw_test is not None:
