@@ -120,6 +120,23 @@ def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None, c
 
 # ---------------------------------------------------------------------------- paths and metadata
 
+def resolve_format(fmt: str | None, out: str | os.PathLike | None) -> str:
+    """The format to write: `fmt` when given; else the one --out's suffix names (.onnx, .pt,
+    .safetensors, .xml); ONNX when there is no --out. An --out whose suffix names no format is
+    refused rather than filled with ONNX under a misleading name."""
+    if fmt is not None:
+        return fmt
+    if out is None:
+        return "onnx"
+    suffix = Path(out).suffix.lower()
+    by_suffix = {s: f for f, s in SUFFIXES.items()}
+    if suffix in by_suffix:
+        return by_suffix[suffix]
+    known = ", ".join(f"{s} ({f})" for f, s in SUFFIXES.items())
+    raise InputError(f"--out {out}: '{suffix or 'no suffix'}' names no export format; use one of {known}, "
+                     f"or pass --format {'|'.join(FORMATS)} to write that format under this name")
+
+
 def default_output_path(checkpoint: str | os.PathLike, fmt: str, dtype: str = "float32",
                         int8: bool = False) -> Path:
     """Next to the checkpoint: run/model.safetensors -> run/model.onnx, run/model.fp16.safetensors,
@@ -440,7 +457,7 @@ def max_abs_diff(outputs, reference) -> float:
 
 def export_checkpoint(
     checkpoint: str | os.PathLike,
-    fmt: str = "onnx",
+    fmt: str | None = None,
     out: str | os.PathLike | None = None,
     opset: int | None = None,
     dtype: str = "float32",
@@ -450,6 +467,8 @@ def export_checkpoint(
     int8_options: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Export a checkpoint (or run directory) and, unless `verify` is False, verify it.
+
+    `fmt=None` takes the format from `out`'s suffix (ONNX without `out`; see resolve_format).
 
     `verify=None` verifies whenever the runtime is installed (for ONNX: onnxruntime) and says
     on stderr when it cannot; `verify=True` insists and fails without the runtime.
@@ -465,6 +484,7 @@ def export_checkpoint(
     from cnncli.engine.open import locate_network, open_network
     from cnncli.output import note
 
+    fmt = resolve_format(fmt, out)
     if fmt not in FORMATS:
         raise InputError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     if dtype not in DTYPES:
