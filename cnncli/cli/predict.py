@@ -47,6 +47,10 @@ def predict(
     paths = expand_inputs(inputs)
     predictor = open_predictor(model, pretrained=pretrained, weights=weights,
                                device=device, threads=threads, tta=tta)
+    classes = len(predictor.class_names)
+    if top_k > classes:  # torch.topk would refuse; the answer is simply every class, said once
+        output.note(f"--top-k {top_k}: the model has {output.plural(classes, 'class', 'classes')}; "
+                    f"showing all {classes}")
     failed, rows = 0, []
     for result in predict_files(predictor, paths, top_k=top_k, batch_size=batch_size):
         if result.error is not None:
