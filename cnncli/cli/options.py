@@ -116,7 +116,7 @@ EpochsOpt = Annotated[int, typer.Option(
     "--epochs", "-e", callback=_range(1, 10**6), rich_help_panel=OPTIMISATION, help="Epochs to train.")]
 UnfrozenEpochsOpt = Annotated[int, typer.Option(
     "--epochs", "-e", callback=_range(0, 10**6), rich_help_panel=OPTIMISATION,
-    help="Stage 2: epochs with the top blocks unfrozen.")]
+    help="Stage 2: epochs with the top blocks unfrozen (0 skips stage 2, as --unfreeze 0 does).")]
 HeadEpochsOpt = Annotated[int, typer.Option(
     "--head-epochs", rich_help_panel=OPTIMISATION, callback=_range(0, 10**6),
     help="Stage 1: epochs training only the new head on the frozen base.")]
