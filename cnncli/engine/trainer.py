@@ -138,6 +138,10 @@ class Trainer:
             request_cache(self.data, str(cfg.cache).lower())
         self.class_names = list(self.data.class_names)
         self.num_classes = len(self.class_names)
+        from cnncli.engine.sample_cap import check_capped_split
+
+        check_capped_split(self.data.train.labels, self.class_names, cfg.max_samples, "training",
+                           note=self.dist.is_main)  # no class lost to --max-samples (exit 2), or a note
         from cnncli.data.balance import resolve_class_weights
 
         # --class-weights: one weight per class in the loss (a resumed run keeps those it recorded)
