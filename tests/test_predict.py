@@ -210,8 +210,10 @@ def test_a_top_k_above_the_number_of_classes_is_said_once_and_shows_them_all(run
     assert result.stderr.strip() == "--top-k 100: the model has 3 classes; showing all 3"
     docs = json_lines(result.stdout)
     assert len(docs) == 3 and all(len(d["top"]) == 3 for d in docs)
-    result = run_cli("predict", ckpt, root, "--top-k", 3, "--json")
-    assert result.exit_code == 0 and "--top-k" not in result.stderr
+    for given in (["--top-k", 3], []):  # the default 5 on a 3-class model is no request for more
+        result = run_cli("predict", ckpt, root, *given, "--json")
+        assert result.exit_code == 0 and "--top-k" not in result.stderr
+        assert all(len(d["top"]) == 3 for d in json_lines(result.stdout))
 
 
 def test_expand_inputs_keeps_order_and_reads_stdin(tmp_path):
