@@ -122,7 +122,10 @@ def compare_runs(a: str, b: str, data: str | None = None, split: str = "test", d
     if subset.ids is None:
         subset.ids = [str(i) for i in range(len(subset.labels))]
     if max_samples:
-        subset = _first_per_class(subset, max_samples)
+        from cnncli.engine.sample_cap import check_capped_split
+
+        uncapped, subset = subset.labels, _first_per_class(subset, max_samples)
+        check_capped_split(subset.labels, class_names, max_samples, split, before=uncapped)
     side_a = _evaluate_side(a, pa, subset, class_names, data, split, batch_size)
     side_b = _evaluate_side(b, pb, subset, class_names, data, split, batch_size)
     return comparison(side_a, side_b, class_names, data, split)

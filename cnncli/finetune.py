@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -52,9 +52,11 @@ from cnncli.errors import InputError
 class FinetuneConfig(TrainConfig):
     """`TrainConfig` plus the stage schedule and where the pretrained weights come from.
 
-    `epochs` is the length of stage 2 (unfrozen blocks); `weights` (inherited) is --weights FILE.
+    `epochs` is the length of stage 2 (unfrozen blocks; 0 skips it, as --unfreeze 0 does);
+    `weights` (inherited) is --weights FILE.
     """
 
+    MIN_EPOCHS: ClassVar[int] = 0  # --epochs 0: the head stage only
     head_epochs: int = 3
     unfreeze: int | str = 1  # top K blocks in stage 2, or "all"; 0 skips stage 2
     unfreeze_lr_factor: float = 0.1
@@ -95,9 +97,10 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         raise InputError(f"--unfreeze-lr-factor must be positive, got {cfg.unfreeze_lr_factor}")
     if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
         raise InputError(f"--layer-decay must be in (0, 1], got {cfg.layer_decay:g}")
-    if cfg.head_epochs == 0 and parse_unfreeze(cfg.unfreeze) == 0:
-        raise InputError("nothing to train: --head-epochs 0 and --unfreeze 0; give the head some epochs "
-                         "or unfreeze some blocks")
+    if cfg.head_epochs == 0 and (parse_unfreeze(cfg.unfreeze) == 0 or cfg.epochs == 0):
+        skipped = "--unfreeze 0" if parse_unfreeze(cfg.unfreeze) == 0 else "--epochs 0"
+        raise InputError(f"nothing to train: --head-epochs 0 and {skipped}; give the head some epochs "
+                         "or unfreeze some blocks for some epochs")
     if cfg.cache_features and cfg.augment:
         raise InputError("--cache-features needs the base's output to stay the same every epoch, but "
                          f"--augment {','.join(cfg.augment)} changes the images; drop one of them")

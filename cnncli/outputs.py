@@ -272,6 +272,29 @@ class RunLock:
         self.folder, self.command, self._fd = folder, command, fd
         self._key = str(folder.resolve())
         _HELD[self._key] = self
+        self.made: list[Path] = []  # folders this claim created, the run's first (claim_new_run)
+        self.scratch: set[str] = set()  # files the run wrote that hold no result (its config.toml)
+
+    def discard_if_unused(self) -> bool:
+        """After a run failed: remove the folders this claim created if the run folder holds
+        nothing but its marker and `scratch` files (a parent only once it is empty). Anything
+        else in it, or a folder the claim did not create, stays as it is. True if removed."""
+        if not self.made or self._fd is None:
+            return False
+        folder = self.made[0]
+        try:
+            names = {p.name for p in folder.iterdir()}
+            if MARKER not in names or not names <= {MARKER} | self.scratch:
+                return False
+            for name in sorted(names - {MARKER}):
+                (folder / name).unlink()
+            (folder / MARKER).unlink()
+            self.release()
+            for made in self.made:  # the run folder, then the parents the claim created
+                made.rmdir()  # refuses a folder that is not empty: what another process put there stays
+        except OSError:
+            return False
+        return True
 
     def release(self) -> None:
         if self._fd is not None:
@@ -405,13 +428,23 @@ def _check_can_create(path: Path) -> None:
                          "read-only file system); choose another place to write to")
 
 
-def claim_new_run(folder: str | os.PathLike, command: str, flag: str = "--out") -> RunLock:
-    """A new run of `command` in `folder`: checked, created, locked and marked."""
+def claim_new_run(folder: str | os.PathLike, command: str, flag: str = "--out",
+                  made_here: bool = False) -> RunLock:
+    """A new run of `command` in `folder`: checked, created, locked and marked. The lock knows
+    which folders it created (`made_here`: the caller just created `folder` itself), so that a
+    run that fails before writing anything can take them away again (RunLock.discard_if_unused)."""
     from cnncli.fileio import ensure_writable_dir
 
     path = check_new_run(folder, command, flag)
+    missing, ancestor = [], path  # what ensure_writable_dir is about to create, deepest first
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        missing.append(ancestor)
+        ancestor = ancestor.parent
+    if made_here and not missing:
+        missing = [path]
     ensure_writable_dir(path)
     lock = _lock(path, command, flag)
+    lock.made = missing
     try:
         check_new_run(path, command, flag)  # again under the lock: another writer may have just finished
     except InputError:

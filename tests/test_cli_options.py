@@ -108,7 +108,7 @@ def test_train_help_shows_the_defaults(wide_help):
 def test_finetune_help_shows_its_own_defaults(wide_help):
     text = wide_help("finetune")
     assert "[default: 3]" in option_line(text, "--head-epochs")
-    assert "Stage 2: epochs with the top blocks unfrozen. [default: 10]" in option_line(text, "--epochs")
+    assert "Stage 2: epochs with the top blocks unfrozen (0 skips stage 2, as --unfreeze 0 does). [default: 10]" in option_line(text, "--epochs")
     assert "the backbone's input size" in option_line(text, "--img-size")
 
 

@@ -343,7 +343,9 @@ def test_unsupported_operator_is_named(monkeypatch):
             raise RuntimeError("No ONNX function found for <OpOverload(op='aten.frobnicate', overload='default')>")
         raise RuntimeError("Unsupported: ONNX export of operator frobnicate, not yet implemented.")
 
-    monkeypatch.setattr(ex, "_export_onnx_proto", fail)
+    from cnncli.export import formats
+
+    monkeypatch.setattr(formats, "_export_onnx_proto", fail)  # where onnx_bytes calls it
     with pytest.raises(ex.InputError, match="operator (aten.)?frobnicate is not supported"):
         ex.onnx_bytes(torch.nn.Identity(), torch.zeros(1, 1, 4, 4), {"input_size": [1, 4, 4]})
 

@@ -242,3 +242,28 @@ def test_torchscript_metadata_survives_in_bytes(hand_ckpt):
     data = ex.torchscript_bytes(model, torch.randn(2, 1, 32, 32), meta)
     assert ex.read_torchscript_meta(data)["input_size"] == [1, 32, 32]
     assert io.BytesIO(data).read(2) == b"PK"  # a zip archive, as torch.jit.save writes
+
+
+def test_an_unknown_out_suffix_is_refused_unless_the_format_is_given(run_cli, hand_ckpt, tmp_path):
+    out = tmp_path / "o.xyz"
+    result = run_cli("export", hand_ckpt, "--out", out)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    for known in (".onnx (onnx)", ".pt (torchscript)", ".safetensors (safetensors)", ".xml (openvino)", "--format"):
+        assert known in result.stderr
+    assert not list(tmp_path.iterdir())
+    # named explicitly, the format is written under any name
+    result = run_cli("export", hand_ckpt, "-f", "torchscript", "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["format"] == "torchscript"
+    assert ex.read_torchscript_meta(out)["class_names"] == CLASSES
+
+
+def test_a_known_out_suffix_chooses_the_format(run_cli, hand_ckpt, tmp_path):
+    out = tmp_path / "m.pt"  # TorchScript, not ONNX under a .pt name
+    result = run_cli("export", hand_ckpt, "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["format"] == "torchscript"
+    assert ex.read_torchscript_meta(out)["class_names"] == CLASSES
+    assert [ex.resolve_format(None, name) for name in ("a.ONNX", "b.safetensors", "c.xml", None)] == [
+        "onnx", "safetensors", "openvino", "onnx"]
+    assert ex.resolve_format("onnx", "d.pt") == "onnx"

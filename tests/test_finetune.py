@@ -242,6 +242,24 @@ def test_finetune_a_cnncli_run_on_other_data_then_eval(run_cli, tiny_run, tmp_pa
     assert json.loads(resumed.stdout)["test_top1"] == pytest.approx(doc["test_top1"])
 
 
+def test_epochs_0_is_the_head_stage_only_and_agrees_with_its_help(run_cli, tiny_run, tmp_path):
+    from cnncli.finetune import FinetuneConfig, validate_finetune
+
+    out = tmp_path / "ft"
+    result = run_cli("finetune", tiny_run, "--data", "synthetic:size=16,n=40,n_test=10,classes=2",
+                     "--head-epochs", 1, "--epochs", 0, "--out", out, "--threads", 1, "--quiet", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [(s["name"], s["epochs"]) for s in json.loads(result.stdout)["stages"]] == [("head", 1)]
+    assert "0 skips stage 2" in run_cli("finetune", "--help").stdout
+    with pytest.raises(InputError, match="nothing to train: --head-epochs 0 and --epochs 0"):
+        validate_finetune(FinetuneConfig(model="lenet5", head_epochs=0, epochs=0))
+    with pytest.raises(InputError, match="--epochs must be at least 0, got -1"):
+        validate_finetune(FinetuneConfig(model="lenet5", epochs=-1))
+    # train has one stage: there, 0 epochs is still refused
+    result = run_cli("train", "lenet5", "--data", "synthetic:n=8,classes=2", "--epochs", 0, "--out", tmp_path / "t")
+    assert result.exit_code == 2 and "must be in [1, 1000000], got 0" in result.stderr
+
+
 def test_finetune_a_timm_backbone_from_a_weights_file_then_eval(run_cli, tmp_path):
     weights = tmp_path / "imagenet_like.pth"
     torch.save(_tiny("timm/test_efficientnet").state_dict(), weights)  # a 1000-class classifier

@@ -62,6 +62,60 @@ def marker(folder: Path) -> dict:
 
 # ---------------------------------------------------------------------------- run folders
 
+def fail_after_the_claim(monkeypatch, write=None):
+    """The first epoch fails (the folder is claimed and its config.toml written by then);
+    `write(run_dir)` first puts something of its own there."""
+    from cnncli.engine.trainer import Trainer
+    from cnncli.errors import RuntimeFailure
+
+    def failing(self, progress, signals, bar):
+        assert (self.run_dir / MARKER).exists() and (self.run_dir / "config.toml").exists()
+        if write is not None:
+            write(self.run_dir)
+        raise RuntimeFailure("injected failure in the first epoch")
+
+    monkeypatch.setattr(Trainer, "_run_phase", failing)
+
+
+def fails(run_cli, *args):
+    result = run_cli(*args)
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: injected failure in the first epoch"
+    assert "Traceback" not in result.stderr
+
+
+def test_a_run_that_fails_before_any_result_takes_its_new_folder_away(run_cli, tiny_run, tmp_path, monkeypatch):
+    fail_after_the_claim(monkeypatch)
+    out = tmp_path / "new" / "deeper" / "run"
+    fails(run_cli, "train", "lenet5", "--data", DATA, "--out", out, "--epochs", 1)
+    assert not (tmp_path / "new").exists()  # the run folder and the parents it created
+    monkeypatch.chdir(tmp_path)  # a folder named after the run, under runs/
+    fails(run_cli, "train", "lenet5", "--data", DATA, "--epochs", 1)
+    assert list((tmp_path / "runs").iterdir()) == []
+    # finetune claims through the same trainer
+    fails(run_cli, "finetune", tiny_run, "--data", DATA, "--out", tmp_path / "ft", "--head-epochs", 1)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_a_failed_run_leaves_a_folder_it_did_not_create_or_that_holds_more(run_cli, tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()  # made by the user, empty: the run did not create it, so it stays
+    fail_after_the_claim(monkeypatch)
+    fails(run_cli, "train", "lenet5", "--data", DATA, "--out", mine, "--epochs", 1)
+    assert mine.is_dir() and (mine / MARKER).exists()
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    fail_after_the_claim(monkeypatch, write=lambda run_dir: (parent / "other.txt").write_text("someone else's"))
+    out = parent / "sub" / "run"
+    fails(run_cli, "train", "lenet5", "--data", DATA, "--out", out, "--epochs", 1)
+    assert not (parent / "sub").exists() and (parent / "other.txt").read_text() == "someone else's"
+    fail_after_the_claim(monkeypatch, write=lambda run_dir: (run_dir / "notes.txt").write_text("kept"))
+    out = tmp_path / "made" / "run"
+    fails(run_cli, "train", "lenet5", "--data", DATA, "--out", out, "--epochs", 1)
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "config.toml", "notes.txt"])
+
+
+
 @pytest.mark.parametrize("name", ["config.toml", "metrics.jsonl", "eval.json", "model.safetensors"])
 def test_train_refuses_a_folder_of_the_users_own_files(run_cli, tiny_run, tmp_path, name):
     folder = tmp_path / "mine"

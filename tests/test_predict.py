@@ -203,6 +203,19 @@ def test_top_k_is_capped_at_the_number_of_classes():
     assert [e["prob"] for e in top] == pytest.approx([0.7, 0.2, 0.1])
 
 
+def test_a_top_k_above_the_number_of_classes_is_said_once_and_shows_them_all(run_cli, ckpt, images):
+    root, _ = images
+    result = run_cli("predict", ckpt, root, "--top-k", 100, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.strip() == "--top-k 100: the model has 3 classes; showing all 3"
+    docs = json_lines(result.stdout)
+    assert len(docs) == 3 and all(len(d["top"]) == 3 for d in docs)
+    for given in (["--top-k", 3], []):  # the default 5 on a 3-class model is no request for more
+        result = run_cli("predict", ckpt, root, *given, "--json")
+        assert result.exit_code == 0 and "--top-k" not in result.stderr
+        assert all(len(d["top"]) == 3 for d in json_lines(result.stdout))
+
+
 def test_expand_inputs_keeps_order_and_reads_stdin(tmp_path):
     import io
 

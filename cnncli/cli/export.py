@@ -26,7 +26,9 @@ class Calibration(StrEnum):
 
 CheckpointArg = Annotated[str, typer.Argument(
     help="A cnncli checkpoint (.safetensors) or run directory.")]
-FormatOpt = Annotated[ExportFormat, typer.Option("--format", "-f", help="What to write.")]
+FormatOpt = Annotated[ExportFormat | None, typer.Option(
+    "--format", "-f", help="What to write.",
+    show_default="from --out's suffix (.onnx, .pt, .safetensors, .xml); onnx without --out")]
 OutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="Output file.",
     show_default="next to the checkpoint: model.onnx, model.pt, model.fp16.safetensors, ...")]
@@ -60,7 +62,7 @@ GateDataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="--int8: 
 
 def export(
     checkpoint: CheckpointArg,
-    fmt: FormatOpt = ExportFormat.onnx,
+    fmt: FormatOpt = None,
     out: OutOpt = None,
     opset: OpsetOpt = None,
     half: HalfOpt = False,
@@ -92,7 +94,7 @@ def export(
              "data": data, "data_dir": data_dir}
     options = {k: v for k, v in given.items() if v is not None}
     with forced(force):
-        result = export_checkpoint(checkpoint, fmt.value, out=out, opset=opset, dtype=dtype, verify=verify,
+        result = export_checkpoint(checkpoint, fmt and fmt.value, out=out, opset=opset, dtype=dtype, verify=verify,
                                    int8=int8, int8_options=options or None)
     if json_out:
         output.emit_json(result.to_dict())

@@ -73,7 +73,8 @@ ValFractionOpt = Annotated[float, typer.Option(
     help="Share of the training set held out for validation.")]
 MaxSamplesOpt = Annotated[int | None, typer.Option(
     "--max-samples", rich_help_panel=DATA, callback=_range(1),
-    help="Cap the training set at N images, stratified by class.")]
+    help="Cap the training set (eval, compare: the split scored) at N images, stratified by class; "
+    "N below the number of classes is refused (a class would have none).")]
 StreamOpt = Annotated[bool | None, typer.Option(
     "--stream/--no-stream", rich_help_panel=DATA, show_default="by size",
     help="imagefolder/csv: decode images per batch in worker processes, or load them all in memory "
@@ -116,7 +117,7 @@ EpochsOpt = Annotated[int, typer.Option(
     "--epochs", "-e", callback=_range(1, 10**6), rich_help_panel=OPTIMISATION, help="Epochs to train.")]
 UnfrozenEpochsOpt = Annotated[int, typer.Option(
     "--epochs", "-e", callback=_range(0, 10**6), rich_help_panel=OPTIMISATION,
-    help="Stage 2: epochs with the top blocks unfrozen.")]
+    help="Stage 2: epochs with the top blocks unfrozen (0 skips stage 2, as --unfreeze 0 does).")]
 HeadEpochsOpt = Annotated[int, typer.Option(
     "--head-epochs", rich_help_panel=OPTIMISATION, callback=_range(0, 10**6),
     help="Stage 1: epochs training only the new head on the frozen base.")]

@@ -21,7 +21,9 @@ ModelArg = Annotated[str, typer.Argument(
     "with --pretrained / --weights (ImageNet classes).")]
 InputsArg = Annotated[list[str], typer.Argument(
     help="Image files (PNG, JPEG, WebP) or folders of them; '-' reads paths from stdin, one a line.")]
-TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")]
+TopKOpt = Annotated[int | None, typer.Option(
+    "--top-k", "-k", min=1, show_default="5, or every class of a smaller model",
+    help="How many classes to show per image.")]
 JsonLinesOpt = Annotated[bool, typer.Option(
     "--json", help="One JSON line per image: {path, top: [{class, index, prob}]}.")]
 
@@ -29,7 +31,7 @@ JsonLinesOpt = Annotated[bool, typer.Option(
 def predict(
     model: ModelArg,
     inputs: InputsArg,
-    top_k: TopKOpt = 5,
+    top_k: TopKOpt = None,
     json_out: JsonLinesOpt = False,
     pretrained: RegistryPretrainedOpt = False,
     weights: RegistryWeightsOpt = None,
@@ -47,6 +49,11 @@ def predict(
     paths = expand_inputs(inputs)
     predictor = open_predictor(model, pretrained=pretrained, weights=weights,
                                device=device, threads=threads, tta=tta)
+    classes = len(predictor.class_names)
+    if top_k is not None and top_k > classes:  # asked for more than there are: every class, said once
+        output.note(f"--top-k {top_k}: the model has {output.plural(classes, 'class', 'classes')}; "
+                    f"showing all {classes}")
+    top_k = min(top_k or 5, classes)
     failed, rows = 0, []
     for result in predict_files(predictor, paths, top_k=top_k, batch_size=batch_size):
         if result.error is not None:

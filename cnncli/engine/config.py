@@ -13,7 +13,7 @@ import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from cnncli.errors import InputError
 
@@ -41,6 +41,8 @@ SAMPLERS = ("random", "balanced")
 @dataclass
 class TrainConfig:
     """Every option of `cnncli train` (and the shared part of `cnncli finetune`)."""
+
+    MIN_EPOCHS: ClassVar[int] = 1  # finetune's --epochs (its second stage) may be 0
 
     model: str = ""
     data: str = "fashion-mnist"
@@ -112,7 +114,9 @@ class TrainConfig:
 
 
 def option_types(cls=TrainConfig) -> dict[str, Any]:
-    return get_type_hints(cls)
+    """The options' types (fields only: class constants such as MIN_EPOCHS are no option)."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -209,7 +213,9 @@ def validate(c: TrainConfig) -> None:
 
     if not c.model:
         raise InputError("no model given: name one (see 'cnncli models') or set `model` in the recipe")
-    for name in ("epochs", "batch_size", "eval_batch_size", "max_samples", "threads", "img_size",
+    if c.epochs is not None and c.epochs < c.MIN_EPOCHS:
+        raise InputError(f"--epochs must be {'positive' if c.MIN_EPOCHS else 'at least 0'}, got {c.epochs}")
+    for name in ("batch_size", "eval_batch_size", "max_samples", "threads", "img_size",
                  "step_epochs", "patience", "plateau_patience"):
         positive(name, getattr(c, name))
     if isinstance(c.lr, str):

@@ -77,7 +77,10 @@ def evaluate_checkpoint(
     if subset.ids is None:  # an image is named by its index in the split, before any cap
         subset.ids = [str(i) for i in range(len(subset.labels))]
     if max_samples:
-        subset = _first_per_class(subset, max_samples)
+        from cnncli.engine.sample_cap import check_capped_split
+
+        uncapped, subset = subset.labels, _first_per_class(subset, max_samples)
+        check_capped_split(subset.labels, class_names, max_samples, split, before=uncapped, note=ctx.is_main)
     extra: dict[str, Any] = {}
     if pretrained:
         as_is = _pretrained_as_is(checkpoint, subset, class_names)

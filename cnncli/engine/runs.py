@@ -25,5 +25,7 @@ def claim_run_folder(name: str, command: str, out: str | None = None,
                      root: str = "runs") -> tuple[Path, outputs.RunLock]:
     """The folder of a new run (--out, or a new one under `root` named after the run): created,
     locked and marked as `command`'s."""
-    path = Path(out) if out else outputs.new_run_folder(name, root)
-    return path, outputs.claim_new_run(path, command)
+    if out:
+        return Path(out), outputs.claim_new_run(out, command)
+    path = outputs.new_run_folder(name, root)
+    return path, outputs.claim_new_run(path, command, made_here=True)

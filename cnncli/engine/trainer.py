@@ -138,6 +138,10 @@ class Trainer:
             request_cache(self.data, str(cfg.cache).lower())
         self.class_names = list(self.data.class_names)
         self.num_classes = len(self.class_names)
+        from cnncli.engine.sample_cap import check_capped_split
+
+        check_capped_split(self.data.train.labels, self.class_names, cfg.max_samples, "training",
+                           note=self.dist.is_main)  # no class lost to --max-samples (exit 2), or a note
         from cnncli.data.balance import resolve_class_weights
 
         # --class-weights: one weight per class in the loss (a resumed run keeps those it recorded)
@@ -251,6 +255,10 @@ class Trainer:
 
                 say_split_sizes(self.data)
             return self._fit()
+        except BaseException:
+            if self.run_lock is not None and self.resume_dir is None:  # no result yet: its new folder goes
+                self.run_lock.discard_if_unused()
+            raise
         finally:
             if self.run_lock is not None:
                 self.run_lock.release()
@@ -309,6 +317,7 @@ class Trainer:
             if dist.is_main:
                 run_dir, self.run_lock = claim_run_folder(self.run_name, self.command, cfg.out)
                 atomic_write_text(run_dir / "config.toml", to_toml(resolved_recipe(cfg)))
+                self.run_lock.scratch.add("config.toml")  # the recipe alone is no result
                 if found is not None:
                     write_lr_find(found, run_dir, title=f"{cfg.model} on {cfg.data}: learning-rate range test")
             # rank 0 may have picked runs/<name>-N: every rank needs that same path
