@@ -105,7 +105,17 @@ def stop_and_resume(run_cli, tmp_path):
     from cnncli import output
 
     def go(train_args: list, signum: int = signal.SIGTERM) -> Stopped:
-        args = [str(a) for a in train_args]
+        import torch
+
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        # as in the fresh process: an earlier in-process --deterministic run leaves it on
+        torch.use_deterministic_algorithms(False)
+        try:
+            return stop_and_resume_runs([str(a) for a in train_args], signum)
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
+
+    def stop_and_resume_runs(args: list[str], signum: int) -> Stopped:
         straight, out = tmp_path / "straight", tmp_path / "interrupted"
         result = run_cli("train", *args, "--out", straight)
         output.set_quiet(False)
