@@ -176,7 +176,7 @@ def test_killed_at_random_moments_then_resumed_ends_with_the_uninterrupted_weigh
         check_every_file_is_complete(out)
         leftovers += len(list(out.glob(".*.tmp")))
     proc.wait(timeout=TIMEOUT)
-    done = run_cli(*resume_cmd(out)[3:])  # the last resume, to the end, in this process
+    done = run_cli("train", "--resume", out, "--threads", "1", "--quiet")  # the last one, to the end, here
     assert done.exit_code == 0, done.output
     assert len(interrupted) >= 3, f"the run finished after only {interrupted}"
     check_every_file_is_complete(out)
