@@ -7,13 +7,19 @@
 - `tiny_run`: ONE small real training run per session (lenet5, 1 epoch on 64 generated images
   of 2 classes, TINY_RUN_DATA). Tests read it and must not change it; a test that changes a
   run takes `tiny_run_copy`, its own copy.
+- `stop_and_resume`: the exact-resume scaffolding (a reference run, a real `python -m cnncli`
+  process stopped by a signal after its first epoch, then `--resume`) that the resume tests share.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -74,6 +80,66 @@ def tiny_run(tmp_path_factory, run_cli) -> Path:
 def tiny_run_copy(tiny_run, tmp_path) -> Path:
     """A copy of `tiny_run` that the test may change."""
     return Path(shutil.copytree(tiny_run, tmp_path / tiny_run.name))
+
+
+@dataclass
+class Stopped:
+    """What `stop_and_resume` leaves: the reference run, the stopped-then-resumed run, and how the
+    stopped process ended (its exit code and stderr)."""
+
+    straight: Path
+    out: Path
+    returncode: int
+    stderr: str
+
+
+@pytest.fixture
+def stop_and_resume(run_cli, tmp_path):
+    """`stop_and_resume(train_args, signum)`: `train_args` (a `train` command line without --out)
+    1. runs uninterrupted in this process (tmp_path/"straight"): the reference;
+    2. runs in a real `python -m cnncli` process (tmp_path/"interrupted") that gets `signum` as
+       soon as its first epoch is on disk (metrics.jsonl written: it then plots, and stops after
+       a step of epoch 2 - a mid-epoch state);
+    3. that folder is `train --resume`d in this process, to the end.
+    The test compares straight and out (bit for bit) and checks the stopped process's exit."""
+    from cnncli import output
+
+    def go(train_args: list, signum: int = signal.SIGTERM) -> Stopped:
+        import torch
+
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        # as in the fresh process: an earlier in-process --deterministic run leaves it on
+        torch.use_deterministic_algorithms(False)
+        try:
+            return stop_and_resume_runs([str(a) for a in train_args], signum)
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
+
+    def stop_and_resume_runs(args: list[str], signum: int) -> Stopped:
+        straight, out = tmp_path / "straight", tmp_path / "interrupted"
+        result = run_cli("train", *args, "--out", straight)
+        output.set_quiet(False)
+        assert result.exit_code == 0, result.output
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", *args, "--out", str(out)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            metrics, deadline = out / "metrics.jsonl", time.monotonic() + 600
+            while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None:
+                assert time.monotonic() < deadline, "no epoch finished in 600 s"
+                time.sleep(0.02)
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        resumed = run_cli("train", "--resume", out, "--threads", "1", "--quiet")
+        output.set_quiet(False)
+        assert resumed.exit_code == 0, resumed.output
+        return Stopped(straight, out, proc.returncode, err.decode())
+
+    return go
 
 
 @pytest.fixture

@@ -1,16 +1,20 @@
 """DistributedDataParallel under torchrun: 2 CPU processes on loopback (gloo), tiny synthetic data.
 
-Three launches share one configuration (LeNet-5, no dropout, no augmentation, an even number
-of training images and a global batch split evenly over the 2 ranks). With that, a 2-rank
+Two launches share one configuration (LeNet-5, no dropout, no augmentation, float32 (--amp off:
+bf16 autocast rounds beyond what the comparisons allow), an even number of training images and
+a global batch split evenly over the 2 ranks). With that, a 2-rank
 step sees exactly the images of the single-process step (rank r takes every 2nd image of
 the same global batch) and DDP averages the two half-batch gradients into the full-batch
 one, so a distributed run must end where a single-process run ends, up to float rounding.
 
+- `torchrun -m cnncli train ...`, stopped by Ctrl-C (SIGINT to the launcher) during
+  training;
 - a helper run through the library: the ranks' parameters after every epoch (all-gathered)
   are identical, `cnncli eval` under torchrun gives what it gives in one process, and a run
-  whose second phase freezes all but the classifier (as finetune does) trains;
-- `torchrun -m cnncli train ...`, stopped by Ctrl-C (SIGINT to the launcher) during
-  training, then `--resume`d under torchrun: it ends with the uninterrupted run's weights;
+  whose second phase freezes all but the classifier (as finetune does) trains; then, in the
+  same launch, the CLI's `train --resume` of the stopped run (cnncli.cli.main, what `-m cnncli`
+  calls): it ends with the uninterrupted run's weights. One launch fewer: each costs two
+  Python starts with torch on a 2-core machine;
 - the distributed checkpoint is an ordinary one: `cnncli eval` loads it in one process and
   matches the run's own test figure; single-process training reaches the same accuracy;
 - `cnncli eval NAME --pretrained` under torchrun gives the one-process figures.
@@ -34,21 +38,23 @@ pytestmark = pytest.mark.slow
 
 DATA = "synthetic:n=640,size=32"  # 576 train (even), 64 val, 128 test; LeNet-5's own size
 EPOCHS = 4
-OPTIONS = {"model": "lenet5", "data": DATA, "epochs": EPOCHS, "batch_size": 64, "seed": 3, "lr": 0.003}
+OPTIONS = {"model": "lenet5", "data": DATA, "epochs": EPOCHS, "batch_size": 64, "seed": 3, "lr": 0.003,
+           "amp": "off"}
 CLI_OPTIONS = ["lenet5", "--data", DATA, "--epochs", str(EPOCHS), "--batch-size", "64", "--seed", "3",
-               "--lr", "0.003"]
+               "--lr", "0.003", "--amp", "off"]
 TIMEOUT = 420  # seconds per launch; a loaded 2-core machine needs well under a minute
 
 WORKER = textwrap.dedent('''
-    """Run under torchrun: train through the library, recording how far the ranks' weights drift."""
+    """Run under torchrun: train through the library, recording how far the ranks' weights drift;
+    then the command line's `train --resume` of the stopped run (its JSON document on stdout)."""
     import json, sys
     import torch
     import torch.distributed as dist
-    from cnncli.engine import distributed, trainer as trainer_module
+    from cnncli.engine import trainer as trainer_module
     from cnncli.engine.config import build_config
     from cnncli.engine.eval_run import evaluate_checkpoint
 
-    out_file, options = sys.argv[1], json.loads(sys.argv[2])
+    out_file, options, resume = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     drift = []  # max |rank r - rank 0| over all parameters, at every evaluation
 
     def checked_evaluate(model, *args, **kwargs):
@@ -84,7 +90,10 @@ WORKER = textwrap.dedent('''
             json.dump({"world_size": dist.get_world_size(), "drift": drift, "result": result.to_dict(),
                        "eval": {"top1": evaluated["top1"], "loss": evaluated["loss"], "n": evaluated["n"]},
                        "phased_epochs": phased.epochs}, f)
-    distributed.shutdown()  # every rank together, as the CLI does after a command
+    from cnncli.cli import main
+
+    sys.argv = ["cnncli", "train", "--resume", resume, "--json"]
+    main()  # as `-m cnncli` does; it ends the process group on every rank together and exits
 ''')
 
 
@@ -120,16 +129,12 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The three distributed launches and the single-process run, done once for all tests."""
+    """The two distributed launches and the single-process run, done once for all tests."""
     root = tmp_path_factory.mktemp("ddp")
     worker = root / "ddp_worker.py"
     worker.write_text(WORKER)
 
-    # 1. the library under torchrun, uninterrupted
-    run_ok(torchrun(str(worker), str(root / "worker.json"),
-                    json.dumps({**OPTIONS, "out": str(root / "uninterrupted")})), root)
-
-    # 2. the CLI under torchrun, stopped with Ctrl-C once the first epoch is on disk
+    # 1. the CLI under torchrun, stopped with Ctrl-C once the first epoch is on disk
     interrupted = root / "interrupted"
     proc = subprocess.Popen(torchrun("-m", "cnncli", "train", *CLI_OPTIONS, "-o", str(interrupted), "--json"),
                             cwd=root, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -144,10 +149,12 @@ def runs(tmp_path_factory):
     _, _, doc = load_train_state(interrupted / "train_state.safetensors")
     stopped_at = doc["train_state"]
 
-    # 3. resumed under torchrun (its options come from the run's config.toml)
-    resumed = run_ok(torchrun("-m", "cnncli", "train", "--resume", str(interrupted), "--json"), root)
+    # 2. the library under torchrun, uninterrupted; then, in the same launch, the stopped run
+    #    resumed by the CLI (its options come from the run's config.toml)
+    resumed = run_ok(torchrun(str(worker), str(root / "worker.json"),
+                              json.dumps({**OPTIONS, "out": str(root / "uninterrupted")}), str(interrupted)), root)
 
-    # 4. one process, in this one, same options
+    # 3. one process, in this one, same options
     from cnncli.engine.config import build_config
     from cnncli.engine.trainer import Trainer
 

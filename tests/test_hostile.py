@@ -1,13 +1,16 @@
 """Hostile inputs across the subcommands: exit 1 or 2, one line on stderr, no traceback, no
 file under the test folder changed, memory bounded (each case in a subprocess under an
-address-space limit, with a small memory budget so the cost checks are what refuses)."""
+address-space limit, with a small memory budget so the cost checks are what refuses).
+
+Each subprocess case is its own process, forked from one server process that imported torch and
+the CLI once (a fresh interpreter per case cost a Python start each: most of the module's time)."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
-import resource
 import stat
 import subprocess
 import sys
@@ -19,8 +22,67 @@ ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 6 << 30  # torch's import alone maps a few GiB of address space
 
 
-def _limit():
-    resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
+TIMEOUT = 120  # seconds per case
+
+FORK_SERVER = """
+import atexit, json, os, resource, signal, sys, traceback
+import torch  # noqa: F401  what most commands load: imported once, before any fork
+import cnncli.cli
+
+limit, timeout = int(sys.argv[1]), int(sys.argv[2])
+for line in sys.stdin:  # one case a line: {"args", "cwd", "stderr"}; the reply: {"rc"}
+    case = json.loads(line)
+    pid = os.fork()
+    if pid == 0:  # the case: `python -m cnncli ARGS` under the address-space limit
+        code = 1
+        try:
+            signal.alarm(timeout)  # a case that hangs dies of SIGALRM: rc -14
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            os.chdir(case["cwd"])
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            os.dup2(os.open(case["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+            sys.argv = ["cnncli", *case["args"]]
+            try:
+                cnncli.cli.main()
+                code = 0
+            except SystemExit as e:  # what the interpreter does with it
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def forked_cli(tmp_path_factory):
+    """`forked_cli(args, cwd)` -> (exit code, stderr) of `python -m cnncli ARGS` in its own process
+    (forked from FORK_SERVER) under the address-space limit, with a small memory budget."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CNNCLI_MEMORY_BUDGET": "1G", "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-c", FORK_SERVER, str(LIMIT), str(TIMEOUT)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    folder = tmp_path_factory.mktemp("hostile-stderr")  # outside the folder the cases must not change
+    count = itertools.count()
+
+    def run(args: list[str], cwd: Path) -> tuple[int, str]:
+        stderr = folder / f"{next(count)}.txt"
+        server.stdin.write(json.dumps({"args": args, "cwd": str(cwd), "stderr": str(stderr)}) + "\n")
+        server.stdin.flush()
+        reply = server.stdout.readline()
+        assert reply, f"the fork server ended ({server.poll()})"
+        return json.loads(reply)["rc"], stderr.read_text()
+
+    yield run
+    server.stdin.close()
+    server.wait(timeout=TIMEOUT)
 
 
 def _snapshot(root: Path) -> dict[str, tuple]:
@@ -99,17 +161,15 @@ def world(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_hostile_input_is_refused_in_one_line(world, case):
+def test_hostile_input_is_refused_in_one_line(world, forked_cli, case):
     tmp, files = world
     before = _snapshot(tmp)
     args = case.format(tmp=tmp, **files).split()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CNNCLI_MEMORY_BUDGET": "1G", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cnncli", *args], capture_output=True, text=True,
-                          env=env, cwd=tmp, preexec_fn=_limit, timeout=120)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode in (1, 2), (case, proc.returncode, proc.stderr[-500:])
-    assert len(lines) == 1, (case, proc.stderr[-800:])
-    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, (case, proc.stderr)
+    returncode, stderr = forked_cli(args, tmp)
+    lines = stderr.strip().splitlines()
+    assert returncode in (1, 2), (case, returncode, stderr[-500:])
+    assert len(lines) == 1, (case, stderr[-800:])
+    assert "Traceback" not in stderr and "internal error" not in stderr, (case, stderr)
     assert _snapshot(tmp) == before, case
 
 

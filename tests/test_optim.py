@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,7 +28,6 @@ from cnncli.engine.step import EpochMeter, Schedule, TrainStep
 from cnncli.errors import InputError
 
 DATA = "synthetic:n=192,n_test=64,classes=4,size=28"
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CNNCLI_DEBUG": ""}
 
 
 def _net(seed: int = 0) -> torch.nn.Module:
@@ -344,31 +338,18 @@ def test_a_bf16_run_records_the_float32_test_figures_that_eval_gives(run_cli, tm
 
 
 # ------------------------------------------------------------------------------ resume
-def _cmd(out: Path) -> list[str]:
-    return [sys.executable, "-m", "cnncli", "train", "lenet5", "--data", DATA, "--epochs", "3",
-            "--batch-size", "16", "--seed", "3", "--threads", "1", "--quiet", "--out", str(out),
-            # lion at a rate this high stalls: the plateau drops the lr after the resumed epoch 2
-            "--optimizer", "lion", "--lr", "0.1", "--schedule", "plateau", "--plateau-patience", "1",
-            "--plateau-factor", "0.5", "--class-weights", "auto", "--sampler", "balanced"]
+RESUMED_ARGS = ["lenet5", "--data", DATA, "--epochs", "3", "--batch-size", "16", "--seed", "3", "--threads", "1",
+                "--quiet",
+                # lion at a rate this high stalls: the plateau drops the lr after the resumed epoch 2
+                "--optimizer", "lion", "--lr", "0.1", "--schedule", "plateau", "--plateau-patience", "1",
+                "--plateau-factor", "0.5", "--class-weights", "auto", "--sampler", "balanced"]
 
 
 @pytest.mark.slow
-def test_sigterm_then_resume_with_lion_plateau_weights_and_balanced_sampling_ends_bit_identical(tmp_path):
-    straight = tmp_path / "straight"
-    subprocess.run(_cmd(straight), env=ENV, check=True, capture_output=True, timeout=600)
-    out = tmp_path / "interrupted"
-    proc = subprocess.Popen(_cmd(out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 600
-    while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)  # inside epoch 2: a mid-epoch state
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode in (0, 143), err.decode()
-    resumed = subprocess.run([sys.executable, "-m", "cnncli", "train", "--resume", str(out), "--threads", "1",
-                              "--quiet"], env=ENV, capture_output=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr.decode()
+def test_sigterm_then_resume_with_lion_plateau_weights_and_balanced_sampling_ends_bit_identical(stop_and_resume):
+    run = stop_and_resume(RESUMED_ARGS, signal.SIGTERM)  # inside epoch 2: a mid-epoch state
+    straight, out = run.straight, run.out
+    assert run.returncode in (0, 143), run.stderr
     for name in ("model.safetensors", "last.safetensors"):
         a, _ = load_checkpoint(straight / name)
         b, _ = load_checkpoint(out / name)
@@ -378,4 +359,4 @@ def test_sigterm_then_resume_with_lion_plateau_weights_and_balanced_sampling_end
     assert all(torch.equal(sa["state"][i][k], sb["state"][i][k]) for i in sa["state"] for k in sa["state"][i]
                if torch.is_tensor(sa["state"][i][k]))
     rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
-    assert [r["lr"] for r in rows] == [json.loads(line)["lr"] for line in metrics.read_text().splitlines()]
+    assert [r["lr"] for r in rows] == [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]

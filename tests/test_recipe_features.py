@@ -5,11 +5,7 @@ the weights' moving average, gradient accumulation, their bad inputs, and resume
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +20,6 @@ from cnncli.engine.state import load_train_state
 from cnncli.errors import InputError
 
 DATA = "synthetic:n=192,n_test=64,classes=4,size=28"
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CNNCLI_DEBUG": ""}
 FEATURES = ["--augment", "flip,randaugment=9:2", "--mixup", "0.4", "--cutmix", "1.0", "--ema", "0.9",
             "--accum-steps", "2"]
 
@@ -155,30 +150,18 @@ def test_ema_run_reports_both_figures_and_its_model_is_the_average(run_cli, tmp_
 
 
 # ------------------------------------------------------------------------------ resume with everything on
-def _cmd(out: Path, epochs: int = 3) -> list[str]:
-    return [sys.executable, "-m", "cnncli", "train", "lenet5", "--data", DATA, "--epochs", str(epochs),
-            "--batch-size", "16", "--seed", "3", "--threads", "1", "--quiet", "--out", str(out), *FEATURES]
+RESUMED_ARGS = ["lenet5", "--data", DATA, "--epochs", "3", "--batch-size", "16", "--seed", "3", "--threads", "1",
+                "--quiet", *FEATURES]
 
 
 @pytest.mark.slow
-def test_sigterm_then_resume_with_mixup_ema_randaugment_ends_bit_identical(tmp_path):
-    straight = tmp_path / "straight"
-    subprocess.run(_cmd(straight), env=ENV, check=True, capture_output=True, timeout=600)
-    out = tmp_path / "interrupted"
-    proc = subprocess.Popen(_cmd(out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 600
-    while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)  # inside epoch 2: a mid-epoch state, at an accumulation boundary
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode in (0, 143), err.decode()
-    if proc.returncode == 143:
-        assert "interrupted by SIGTERM" in err.decode()
-    resumed = subprocess.run([sys.executable, "-m", "cnncli", "train", "--resume", str(out), "--threads", "1",
-                              "--quiet"], env=ENV, capture_output=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr.decode()
+def test_sigterm_then_resume_with_mixup_ema_randaugment_ends_bit_identical(stop_and_resume):
+    # inside epoch 2: a mid-epoch state, at an accumulation boundary
+    run = stop_and_resume(RESUMED_ARGS, signal.SIGTERM)
+    straight, out = run.straight, run.out
+    assert run.returncode in (0, 143), run.stderr
+    if run.returncode == 143:
+        assert "interrupted by SIGTERM" in run.stderr
     for name in ("model.safetensors", "last.safetensors"):
         a, _ = load_checkpoint(straight / name)
         b, _ = load_checkpoint(out / name)

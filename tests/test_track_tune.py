@@ -70,7 +70,10 @@ def test_a_missing_logger_name_is_a_usage_error(run_cli, tmp_path):
 
 def test_two_tune_processes_share_one_sqlite_study(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "cnncli", *TUNE, "--trials", "4", "--out", str(tmp_path / "s"),
+    # a trial of 1 epoch on 100 images (TUNE: 2 on 200): what is shared is the study, not the training
+    assert TUNE[4:8] == ["--max-samples", "200", "--epochs", "2"]
+    tune = [*TUNE[:4], "--max-samples", "100", "--epochs", "1", *TUNE[8:]]
+    args = [sys.executable, "-m", "cnncli", *tune, "--trials", "4", "--out", str(tmp_path / "s"),
             "--study", "shared", "--log", "none", "--pruner", "none"]
     procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for _ in range(2)]
