@@ -6,8 +6,11 @@ as `cnncli train --recipe` does, and after each epoch also evaluates the run's m
 the 10,000 test images. That extra evaluation is measurement, not training: its time is
 taken out of the wall clock reported. The clock starts before the data is loaded and stops
 after the run's own final test (its best-validation checkpoint): that is `wall_seconds`.
-Targets (issue 15, on 2 cores of the AVX2 machine): test top-1 >= 94.5% within 600 s
-(stretch 95.0%), and >= 93% within 300 s.
+Targets (issue 15): test top-1 >= 94.5% (stretch 95.0%) within 10 minutes on 2 cores of the
+slower (AVX2) machine, which the issue puts at about 4 minutes on the AVX-512 one, and >= 93%
+within half of that. The budget is therefore the CPU's: 600 s without AVX-512, 240 s with it
+(`--budget S` overrides); the summary says which, and which precision the run trained in
+(`amp = "auto"` is bf16 on a CPU with native bf16, float32 elsewhere; `--set amp=off` times float32).
 
     python bench/time_to_accuracy.py                               # the best recipe
     python bench/time_to_accuracy.py recipes/fashion_mnist_typical_cnn.toml --set epochs=2
@@ -37,9 +40,15 @@ from benchlib import cpu_flags, emit, machine
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = REPO / "recipes" / "fashion_mnist_best.toml"
 TARGETS = (0.93, 0.945, 0.95)
-BUDGET_SECONDS = 600  # 94.5% (stretch 95%) within this
+BUDGET_SECONDS = {"avx2": 600, "avx512": 240}  # 94.5% (stretch 95%) within this, by the CPU's class
 HALF_TARGET = 0.93  # ... and 93% within half of it
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -59,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
                         metavar="KEY=VALUE", help="override a recipe option (repeatable), e.g. epochs=2")
     parser.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
+    parser.add_argument("--tta", default="none", choices=["none", "flip", "multicrop"],
+                        help="also score the run's saved model with test-time augmentation, as "
+                             "`cnncli eval RUN --tta MODE` does (its seconds count in the wall clock)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds for the 94.5%% target (default: 600 on an AVX2 CPU, 240 with AVX-512)")
     args = parser.parse_args(argv)
     if not Path(args.recipe).is_file():
         sys.exit(f"recipe not found: {args.recipe} (pass the recipe to time as the first argument)")
@@ -105,7 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         overrides = dict(args.overrides)
         overrides.setdefault("out", args.out or str(Path(tmp) / "run"))
         cfg = build_config(args.recipe, overrides)
-        result = TimedTrainer(cfg, quiet=True).fit()
+        trainer = TimedTrainer(cfg, quiet=True)
+        result = trainer.fit()
+        precision = trainer.precision.name
+        tta_top1 = None
+        if args.tta != "none":
+            from cnncli.engine.eval_run import evaluate_checkpoint
+
+            tta_top1 = evaluate_checkpoint(str(Path(overrides["out"])), data=cfg.data, tta=args.tta,
+                                           threads=torch_threads())["top1"]
         total = time.perf_counter() - start - overhead
 
     def first_reaching(key: str, target: float):
@@ -116,20 +138,26 @@ def main(argv: list[str] | None = None) -> int:
 
     reached = {f"seconds_to_{label(t)}": first_reaching("test_top1", t) for t in TARGETS}
     val_reached = {f"val_seconds_to_{label(t)}": first_reaching("val_top1", t) for t in TARGETS}
-    final = result.test.top1 if result.test else None
+    plain = result.test.top1 if result.test else None
+    final = tta_top1 if tta_top1 is not None else plain  # the figure the targets are judged on
     flags = cpu_flags()
     import torch
 
     half = reached[f"seconds_to_{label(HALF_TARGET)}"]
+    cpu_class = "avx512" if "avx512f" in flags else "avx2"
+    budget = args.budget if args.budget is not None else BUDGET_SECONDS[cpu_class]
+    basis = "--budget" if args.budget is not None else f"issue 15's budget for an {cpu_class.upper()} CPU"
     emit(bench="time_to_accuracy", kind="summary", recipe=str(args.recipe), model=cfg.model, epochs=result.epochs,
          overrides={k: v for k, v in args.overrides}, wall_seconds=round(total, 1), final_test_top1=final,
+         tta=args.tta, plain_final_test_top1=plain,
          best_epoch_test_top1=max((e["test_top1"] for e in epochs), default=None),
          raw_final_test_top1=result.extra.get("raw_test_top1") if result.extra else None, **reached, **val_reached,
-         target=f"final test top-1 >= 0.945 within {BUDGET_SECONDS} s (stretch 0.95), "
-                f">= {HALF_TARGET} within {BUDGET_SECONDS // 2} s (per-epoch test figure)",
-         target_met=final is not None and final >= 0.945 and total <= BUDGET_SECONDS,
-         stretch_met=final is not None and final >= 0.95 and total <= BUDGET_SECONDS,
-         half_target_met=half is not None and half <= BUDGET_SECONDS / 2,
+         precision=precision,
+         target=f"final test top-1 >= 0.945 within {budget:g} s (stretch 0.95), "
+                f">= {HALF_TARGET} within {budget / 2:g} s (per-epoch test figure); budget: {basis}",
+         target_met=final is not None and final >= 0.945 and total <= budget,
+         stretch_met=final is not None and final >= 0.95 and total <= budget,
+         half_target_met=half is not None and half <= budget / 2,
          cpu=info["cpu"], cpu_flags=[f for f in SIMD_FLAGS if f in flags], cores=info["cores"],
          threads=torch.get_num_threads(), load_average_end=[round(v, 2) for v in os.getloadavg()])
     return 0
