@@ -12,12 +12,24 @@ its own process:
 - `peak_rss_mb`: the peak memory of the process and its workers together (the sum of their
   proportional set sizes, sampled from /proc every 0.1 s).
 
-One JSON line per measurement, then a `summary` line per size with the medians and the ratios
-(cnncli / baseline; above 1 is better for speed, below 1 for memory). With `--cache disk`
-cnncli also runs with its store (the first run builds it; later ones read it).
+Both sides train in the same precision (`--precision fp32|bf16|both`; by default both where the
+CPU has AVX512-BF16/AMX, which cnncli's `--amp auto` picks there, else fp32): cnncli with
+`--amp off` or `--amp bf16`, the plain loop in float32 or under the same
+`torch.autocast("cpu", bfloat16)`. The cnncli process stops
+after its last measured step, as the plain loop does (the same work: start-up and `--steps`
+training steps; its validation and test passes are not part of the figures).
+
+`--cache`: cnncli also trains two epochs of `--steps` steps with `--cache disk` in a fresh cache
+folder: the first epoch's start includes building the store (`first_step_s`), the second
+epoch reads it (`epoch2_images_per_s`, the goal's figure).
+
+One JSON line per measurement, then a `summary` line per size with the medians, the ratios
+(cnncli / baseline; above 1 is better for speed, below 1 for memory) and each goal of issue 12
+with PASS or FAIL; with several sizes a last `summary` line checks that memory stays flat.
 
     python bench/photo_pipeline.py [--photos 3000 30000] [--model timm/resnet18] [--img-size 224]
                                    [--batch-size 32] [--workers N] [--steps 20] [--repeats 2] [--cache]
+                                   [--precision auto|fp32|bf16|both]
 """
 
 from __future__ import annotations
@@ -146,18 +158,28 @@ def run_child(args: list[str], timeout: float) -> dict:
 
 
 # ------------------------------------------------------------------------------ the two sides (child mode)
-def _steps_timer(steps: int, batch: int, t0: float):
+class _Measured(BaseException):
+    """Raised from the step hook once the measured steps ran: the cnncli run stops there."""
+
+
+def _steps_timer(steps: int, batch: int, t0: float, epochs: int = 1):
     marks: list[float] = []
 
     def mark():
         marks.append(time.time())
+        if len(marks) >= steps * epochs:
+            raise _Measured
+
+    def rate(ms: list[float]):
+        return round((len(ms) - 1) * batch / (ms[-1] - ms[0]), 1) if len(ms) > 1 else None
 
     def result() -> dict:
         if not marks:
             return {"error": "no training step ran"}
-        rate = (len(marks) - 1) * batch / (marks[-1] - marks[0]) if len(marks) > 1 else None
-        return {"first_step_s": round(marks[0] - t0, 2), "steps": len(marks),
-                "train_images_per_s": round(rate, 1) if rate else None}
+        out = {"first_step_s": round(marks[0] - t0, 2), "steps": len(marks), "train_images_per_s": rate(marks[:steps])}
+        if epochs > 1:  # the second epoch's steps alone (between the epochs: validation, checkpoints)
+            out["epoch2_images_per_s"] = rate(marks[steps:2 * steps])
+        return out
 
     return mark, result
 
@@ -166,7 +188,8 @@ def child_cnncli_train(a, t0: float) -> dict:
     """`cnncli train` itself (the CLI), with a hook that times each training step."""
     from cnncli.engine import step as step_module
 
-    mark, result = _steps_timer(a.steps, a.batch_size, t0)
+    epochs = 2 if a.cache else 1
+    mark, result = _steps_timer(a.steps, a.batch_size, t0, epochs)
     original = step_module.TrainStep.__call__
 
     def timed(self, *args, **kwargs):
@@ -179,13 +202,16 @@ def child_cnncli_train(a, t0: float) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["train", a.model, "--data", f"imagefolder:{a.folder}", "--stream", "--img-size", str(a.img_size),
-                "--epochs", "1", "--max-samples", str(a.steps * a.batch_size), "--val-fraction", "0.01",
+                "--epochs", str(epochs), "--max-samples", str(a.steps * a.batch_size), "--val-fraction", "0.01",
                 "--batch-size", str(a.batch_size), "--workers", str(a.workers), "--threads", str(a.threads),
-                "--out", str(Path(tmp) / "run"), "--quiet"]
-        if a.cache:
+                "--amp", "bf16" if a.precision == "bf16" else "off", "--out", str(Path(tmp) / "run"), "--quiet"]
+        if a.cache:  # a fresh cache folder: the first epoch builds the store, the second reads it
+            os.environ["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")
             argv += ["--cache", "disk"]
         try:
             app(argv, standalone_mode=False)
+        except _Measured:
+            pass
         except SystemExit as e:  # pragma: no cover
             if e.code:
                 raise
@@ -219,12 +245,17 @@ def child_baseline_train(a, t0: float) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     mark, result = _steps_timer(a.steps, a.batch_size, t0)
     model.train()
-    for x, y in _baseline_loader(a):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        mark()
+    bf16 = a.precision == "bf16"
+    try:
+        for x, y in _baseline_loader(a):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            mark()
+    except _Measured:
+        pass
     return result()
 
 
@@ -258,9 +289,49 @@ CHILDREN = {"cnncli-train": child_cnncli_train, "baseline-train": child_baseline
 
 
 # ------------------------------------------------------------------------------ the bench
+GOALS = "issue 12: speed >= 1.0x the baseline (training, loader), >= 1.5x from the second epoch with --cache disk; " \
+    "peak memory <= 1.2x the baseline and within 10% when the folder grows; first step within 5 s"
+
+
+def _sides(a) -> list[tuple[str, str, list[str]]]:
+    """(name, child, extra arguments) of every measurement of one folder size."""
+    out = []
+    for p in a.precisions:
+        out += [(f"cnncli-train-{p}", "cnncli-train", ["--precision", p]),
+                (f"baseline-train-{p}", "baseline-train", ["--precision", p])]
+        if a.cache:
+            out.append((f"cnncli-train-cache-{p}", "cnncli-train", ["--precision", p, "--cache"]))
+    return out + [("cnncli-loader", "cnncli-loader", []), ("baseline-loader", "baseline-loader", [])]
+
+
+def _ratio(o, t):
+    return round(o / t, 2) if o and t else None
+
+
+def _goal(value, limit: float, above: bool) -> dict:
+    ok = value is not None and (value >= limit if above else value <= limit)
+    return {"value": value, "goal": f"{'>=' if above else '<='} {limit:g}", "result": "PASS" if ok else "FAIL"}
+
+
+def _goals(summary: dict, a) -> dict:
+    """Each goal of issue 12 that one folder size measures, with PASS or FAIL."""
+    goals = {"loader_speed": _goal(_ratio(summary["cnncli-loader"]["loader_images_per_s"],
+                                          summary["baseline-loader"]["loader_images_per_s"]), 1.0, True)}
+    for p in a.precisions:
+        ours, theirs = summary[f"cnncli-train-{p}"], summary[f"baseline-train-{p}"]
+        goals[f"train_speed_{p}"] = _goal(_ratio(ours["train_images_per_s"], theirs["train_images_per_s"]), 1.0, True)
+        goals[f"memory_{p}"] = _goal(_ratio(ours["peak_rss_mb"], theirs["peak_rss_mb"]), 1.2, False)
+        goals[f"first_step_s_{p}"] = _goal(ours["first_step_s"], 5.0, False)
+        if a.cache:
+            cached = summary[f"cnncli-train-cache-{p}"]
+            goals[f"cache_epoch2_speed_{p}"] = _goal(_ratio(cached["epoch2_images_per_s"],
+                                                            theirs["train_images_per_s"]), 1.5, True)
+    return goals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=int, nargs="+", default=[3000], help="folder sizes to measure")
+    parser.add_argument("--photos", type=int, nargs="+", default=[3000, 30000], help="folder sizes to measure")
     parser.add_argument("--model", default="timm/resnet18")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -268,7 +339,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
     parser.add_argument("--steps", type=int, default=20, help="training steps (and loader batches) measured")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--cache", action="store_true", help="also measure cnncli with --cache disk")
+    parser.add_argument("--cache", action="store_true", help="also measure cnncli with --cache disk (two epochs)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="auto",
+                        help="what both sides train in (both: each side twice; auto: both where the CPU has "
+                             "native bf16, else fp32)")
     parser.add_argument("--folder-root", type=Path, default=None, help="where the generated photos are kept")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -279,6 +353,9 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     a.workers = cores if a.workers is None else a.workers
     a.threads = cores if a.threads is None else a.threads
+    if a.precision == "auto":
+        a.precision = "both" if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()) else "fp32"
+    a.precisions = ["fp32", "bf16"] if a.precision == "both" else [a.precision]
 
     if a.child:
         result = CHILDREN[a.child](a, a.t0)
@@ -292,35 +369,34 @@ def main() -> None:
          or sorted(flags)[:40], cores=info["cores"], usable_cores=cores)
     common = ["--model", a.model, "--img-size", str(a.img_size), "--batch-size", str(a.batch_size),
               "--workers", str(a.workers), "--threads", str(a.threads), "--steps", str(a.steps)]
+    peaks: dict[int, dict[str, float | None]] = {}
     for n in a.photos:
         started = time.time()
         folder = photo_folder(n, a.folder_root)
         emit(bench="photo_pipeline", kind="folder", photos=n, path=str(folder),
              bytes=sum(p.stat().st_size for p in folder.rglob("*.jpg")), made_s=round(time.time() - started, 1))
-        sides = ["cnncli-train", "baseline-train", "cnncli-loader", "baseline-loader"]
-        if a.cache:
-            sides.insert(1, "cnncli-train-cache")
-        results: dict[str, list[dict]] = {s: [] for s in sides}
+        sides = _sides(a)
+        results: dict[str, list[dict]] = {name: [] for name, _, _ in sides}
         for r in range(a.repeats):
-            for side in (sides if r % 2 == 0 else list(reversed(sides))):  # alternate which goes first
-                child = side.removesuffix("-cache")
-                extra = ["--cache"] if side.endswith("-cache") else []
+            for name, child, extra in (sides if r % 2 == 0 else list(reversed(sides))):  # alternate the order
                 res = run_child(["--child", child, "--folder", str(folder), *common, *extra], a.timeout)
-                results[side].append(res)
-                emit(bench="photo_pipeline", kind="run", photos=n, side=side, repeat=r, **res)
-        summary = {side: {k: _median([x.get(k) for x in runs])
-                          for k in ("first_step_s", "train_images_per_s", "loader_images_per_s", "peak_rss_mb")}
-                   for side, runs in results.items()}
-        ratios = {}
-        for metric, ours, theirs in (("train_images_per_s", "cnncli-train", "baseline-train"),
-                                     ("peak_rss_mb", "cnncli-train", "baseline-train"),
-                                     ("first_step_s", "cnncli-train", "baseline-train"),
-                                     ("loader_images_per_s", "cnncli-loader", "baseline-loader")):
-            o, t = summary[ours][metric], summary[theirs][metric]
-            ratios[metric] = round(o / t, 2) if o and t else None
+                results[name].append(res)
+                emit(bench="photo_pipeline", kind="run", photos=n, side=name, repeat=r, **res)
+        keys = ("first_step_s", "train_images_per_s", "epoch2_images_per_s", "loader_images_per_s", "peak_rss_mb")
+        summary = {name: {k: _median([x.get(k) for x in runs]) for k in keys if any(k in x for x in runs)}
+                   for name, runs in results.items()}
+        for name in summary:
+            summary[name].setdefault("peak_rss_mb", None)
+        peaks[n] = {p: summary[f"cnncli-train-{p}"]["peak_rss_mb"] for p in a.precisions}
         emit(bench="photo_pipeline", kind="summary", photos=n, model=a.model, img_size=a.img_size,
              batch_size=a.batch_size, workers=a.workers, steps=a.steps, repeats=a.repeats,
-             medians=summary, cnncli_over_baseline=ratios, load_average=[round(v, 2) for v in os.getloadavg()])
+             precisions=a.precisions, medians=summary, goals=_goals(summary, a), goals_from=GOALS,
+             load_average=[round(v, 2) for v in os.getloadavg()])
+    if len(peaks) > 1:  # memory flat in the folder's size: the largest folder's peak over the smallest's
+        small, large = min(peaks), max(peaks)
+        emit(bench="photo_pipeline", kind="summary", photos=[small, large],
+             goals={f"memory_flat_{p}": _goal(_ratio(peaks[large][p], peaks[small][p]), 1.1, False)
+                    for p in a.precisions})
 
 
 def _median(values):

@@ -107,7 +107,9 @@ def test_both_kinds_train_and_evaluate_through_the_same_commands(tmp_path, run_c
         assert evaluated.exit_code == 0, evaluated.stderr
         assert json.loads(evaluated.stdout)["n"] == 6
     run = tmp_path / "stream"
-    assert read_meta(run / "model.safetensors")["data_pipeline"]["kind"] == "stream"
+    pipeline = read_meta(run / "model.safetensors")["data_pipeline"]
+    assert pipeline["kind"] == "stream"
+    assert pipeline["eval_batch_size"] == 4  # eval batches of photos: never more than a training step's
     every = run_cli("eval", run, "--data", data, "--split", "all", "--json")
     assert every.exit_code == 0, every.stderr
     assert json.loads(every.stdout)["n"] == 24
@@ -266,9 +268,9 @@ def test_max_samples_decodes_only_the_images_it_uses(tmp_path, run_cli, monkeypa
     decoded = []
     original = FileSource.load
 
-    def counting(self, i):
+    def counting(self, i, *args):
         decoded.append(self.ids[i])
-        return original(self, i)
+        return original(self, i, *args)
 
     monkeypatch.setattr(FileSource, "load", counting)
     result = run_cli(*TRAIN[:2], "--data", f"imagefolder:{tmp_path / 'f'}", "--stream", "--workers", "0",
@@ -343,3 +345,97 @@ def test_finetune_streams_a_folder_and_does_not_cache_random_crops(tmp_path, run
     meta = read_meta(out / "model.safetensors")
     assert meta["data_pipeline"]["kind"] == "stream" and meta["input_size"] == [1, 32, 32]
     assert meta["mean"] == read_meta(tiny_run / "model.safetensors")["mean"]  # the backbone's, not measured
+
+
+# ---------------------------------------------------------------- what the pipeline costs
+def _counting_opens(monkeypatch) -> list[str]:
+    import builtins
+    import io
+
+    opened: list[str] = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    def counting_os_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting_open)
+    monkeypatch.setattr(os, "open", counting_os_open)
+    return opened
+
+
+def test_indexing_a_folder_opens_none_of_its_files(tmp_path, monkeypatch):
+    """A streamed folder is a directory scan: no file is opened before training asks for it;
+    when the kind is chosen by size, only the priced sample of headers is read."""
+    from cnncli.data import folders
+
+    for k in range(300):
+        folder = tmp_path / "f" / f"c{k % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{k:04d}.jpg").write_bytes(b"")  # never read, so never decoded
+    name = f"imagefolder:{tmp_path / 'f'}"
+    opened = _counting_opens(monkeypatch)
+    splits = load_dataset(name, val_fraction=0.1, stream=True)
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 300
+    assert [p for p in opened if str(tmp_path) in p] == []
+    monkeypatch.setattr(folders, "MEMORY_BUDGET", -1)  # priced (a sample of headers), then streamed
+    assert load_dataset(name, val_fraction=0.1, stream=None).streaming
+    assert 0 < len([p for p in opened if str(tmp_path) in p]) <= folders.HEADER_SAMPLE
+
+
+def test_one_splits_workers_run_at_a_time_and_batches_do_not_change(tmp_path):
+    """A val or test pass shuts the idle training workers down (and the other way round), so
+    the process tree holds `workers` workers at most; a training pass after them, in new
+    workers, gives the batches it gave before."""
+    import multiprocessing
+
+    make_photos(tmp_path / "f", {"": 8})
+    splits = load_dataset(f"imagefolder:{tmp_path / 'f'}", val_fraction=0.2, stream=True)
+    splits.configure((3, 32, 32), workers=1)
+    order = torch.arange(len(splits.train))
+    first = _batches(splits.train, order)
+    assert len(multiprocessing.active_children()) == 1
+    for split in (splits.val, splits.test, splits.val.subset(torch.tensor([0, 1]))):
+        assert sum(len(p) for p, _ in split.eval_batches(4)) == len(split)
+        assert len(multiprocessing.active_children()) == 1
+    again = _batches(splits.train, order)
+    assert len(multiprocessing.active_children()) == 1
+    assert len(first) == len(again) and all(a[:2] == b[:2] and torch.equal(a[2], b[2]) for a, b in zip(first, again))
+    splits.train.close()
+    assert multiprocessing.active_children() == []
+
+
+def _reachable_objects(root) -> int:
+    """Python objects reachable from `root` (classes, modules and functions not followed)."""
+    import gc
+    import types
+
+    seen, stack = set(), [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)):
+            continue
+        seen.add(id(obj))
+        stack.extend(gc.get_referents(obj))
+    return len(seen)
+
+
+def test_the_source_a_worker_reads_holds_no_object_per_file():
+    """Forked workers write the reference count of every object they read, which copies its
+    page into the worker: a split's paths live in one packed buffer, so what a worker holds
+    does not grow with the number of files."""
+    from cnncli.data.stream import SubsetSource
+
+    counts = []
+    for n in (100, 10_000):
+        paths = [f"/photos/class_{k % 10}/{k:06d}.jpg" for k in range(n)]
+        source = SubsetSource(FileSource(paths, [k % 10 for k in range(n)], [str(c) for c in range(10)]),
+                              torch.arange(0, n, 2))
+        assert source.ids[1] == paths[2] and len(source.ids) == n // 2 and list(source.ids)[-1] == paths[-2]
+        counts.append(_reachable_objects(source))
+    assert counts[0] == counts[1], counts

@@ -105,6 +105,7 @@ class StreamingSplits:
     def __init__(self, train: StreamSplit, val: StreamSplit, test: StreamSplit, class_names: list[str],
                  info: dict[str, Any]):
         self.train, self.val, self.test = train, val, test
+        train.workers = val.workers = test.workers = train.workers  # one split's workers at a time
         self.class_names = list(class_names)
         self.info = info
         self._stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None

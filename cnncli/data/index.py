@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,59 @@ class ImageIndex:
         for label, split in zip(self.labels, self.splits):
             counts[split][label] += 1
         return counts
+
+
+class PathTable(Sequence[str]):
+    """Strings packed in one buffer (UTF-8 bytes and an int64 array of offsets): `table[i]` is a
+    new str. A list of a million paths is a million objects whose reference counts a forked
+    DataLoader worker writes as it reads them (copying their pages, once per worker); this is
+    two objects, read-only."""
+
+    def __init__(self, strings: Sequence[str]):
+        import numpy as np
+
+        encoded = [str(s).encode("utf-8", "surrogateescape") for s in strings]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
+        self._data = b"".join(encoded)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        i = int(i) + n if int(i) < 0 else int(i)
+        if not 0 <= i < n:
+            raise IndexError(f"path index {i} out of range ({n})")
+        return self._data[int(self._offsets[i]):int(self._offsets[i + 1])].decode("utf-8", "surrogateescape")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PathTable({len(self)} paths, {len(self._data):,} bytes)"
+
+
+class PickedPaths(Sequence[str]):
+    """`paths[positions[i]]` for each i, computed when read (a subset's ids, no list of its own)."""
+
+    def __init__(self, paths: Sequence[str], positions):
+        self.paths, self.positions = paths, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.paths[int(self.positions[i])]
+
+    __eq__ = PathTable.__eq__
+    __hash__ = None  # type: ignore[assignment]
 
 
 def is_index_source(name: str) -> bool:

@@ -64,6 +64,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from cnncli.data.index import PathTable, PickedPaths
 from cnncli.errors import InputError, RuntimeFailure
 
 DEFAULT_CROP_PCT = 0.875
@@ -183,16 +184,16 @@ class FileSource:
     """Image files with labels (an `index.ImageIndex` split): `load(i)` decodes file i."""
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int] | torch.Tensor, class_names: Sequence[str]):
-        self.ids = [str(p) for p in paths]
+        self.ids = paths if isinstance(paths, PathTable) else PathTable(paths)  # no object per file
         self.labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
         self.class_names = list(class_names)
-        self.min_side: int | None = None  # set by the split for eval transforms (JPEG draft)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load(self, i: int) -> torch.Tensor:
-        return decode_photo(self.ids[i], self.min_side)
+    def load(self, i: int, min_side: int | None = None) -> torch.Tensor:
+        """File i decoded; `min_side`: see decode_photo (the eval transform's, via load_sample)."""
+        return decode_photo(self.ids[i], min_side)
 
     def declared_size(self, i: int) -> tuple[int, int] | None:
         size = declared_size(self.ids[i])
@@ -209,7 +210,7 @@ class SubsetSource:
         self.base = base
         self.class_names = list(base.class_names)
         self.labels = source.labels[pos]  # the view's labels (a relabelled view keeps its own)
-        self.ids = [base.ids[i] for i in self.positions.tolist()]
+        self.ids = PickedPaths(base.ids, self.positions)  # read from the base's table when asked
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -220,6 +221,17 @@ class SubsetSource:
     def declared_size(self, i: int):
         fn = getattr(self.base, "declared_size", None)
         return fn(int(self.positions[i])) if fn else None
+
+
+def load_sample(source, i: int, min_side: int | None = None) -> torch.Tensor:
+    """Sample i of `source`; a file a FileSource names decoded at the JPEG scale `min_side` allows.
+
+    The scale is the caller's (the eval transform's), not a setting of the source: the splits of
+    one folder share their FileSource, and a training pass decodes at full resolution whatever
+    an eval pass did before it, in this process or in workers forked after it."""
+    while isinstance(source, SubsetSource):
+        source, i = source.base, int(source.positions[i])
+    return source.load(i, min_side) if isinstance(source, FileSource) else source.load(i)
 
 
 # ------------------------------------------------------------------ transforms
@@ -307,7 +319,7 @@ class _Samples(torch.utils.data.Dataset):
     def __getitem__(self, job: tuple[int, int]):
         i, seed = job
         try:
-            image = self.source.load(i)
+            image = load_sample(self.source, i, self.transform.min_side())
         except BadImage as e:
             return i, None, str(e)
         except InputError as e:
@@ -342,10 +354,6 @@ class _Loader:
 
     def __init__(self, source, cfg: StreamConfig):
         self.transform = PhotoTransform(cfg)
-        if isinstance(source, FileSource):
-            source.min_side = self.transform.min_side()
-        elif isinstance(source, SubsetSource) and isinstance(source.base, FileSource):
-            source.base.min_side = self.transform.min_side()
         self.plan = _Plan()
         workers = cfg.resolved_workers()
         kwargs: dict[str, Any] = {}
@@ -358,6 +366,31 @@ class _Loader:
     def run(self, batches: list[list[tuple[int, int]]]):
         self.plan.batches = batches
         return iter(self.loader)
+
+    def stop(self) -> None:
+        """Shut the persistent workers down now (the next `run` starts new ones)."""
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None
+
+
+class Workers:
+    """The splits of one dataset share this: one loader's workers run at a time.
+
+    Every loader (train and eval transform, per split) keeps its workers between passes, but a
+    pass on another one shuts them down first: val and test passes do not add their workers to
+    the idle training ones (each worker holds a copy-on-write share of the main process that
+    grows as the main process writes), so the process tree holds `workers` workers at most.
+    """
+
+    def __init__(self):
+        self.active: _Loader | None = None
+
+    def switch_to(self, loader: _Loader) -> None:
+        if self.active is not None and self.active is not loader:
+            self.active.stop()
+        self.active = loader
 
 
 # ------------------------------------------------------------------ the split
@@ -394,7 +427,7 @@ class LazyImages:
         out = []
         for i in positions:
             try:
-                out.append(transform.apply(self.split.src.load(i), 0))
+                out.append(transform.apply(load_sample(self.split.src, i, transform.min_side()), 0))
             except (BadImage, InputError) as e:
                 raise BadImageFailure(str(e)) from None
         cfg = self.split.config
@@ -413,6 +446,7 @@ class StreamSplit:
         self.config = config or StreamConfig()
         self.skipped: list[str] = []  # what --skip-bad-images dropped (one line each)
         self._loaders: dict[bool, _Loader] = {}
+        self.workers = Workers()  # StreamingSplits gives its splits one (see Workers)
 
     # -- what ImageData has
     @property
@@ -449,7 +483,11 @@ class StreamSplit:
         return len(self.src)
 
     def subset(self, index: torch.Tensor) -> StreamSplit:
-        return StreamSplit(SubsetSource(self.src, index), self.name, self.source, self.config)
+        return self._shares(StreamSplit(SubsetSource(self.src, index), self.name, self.source, self.config))
+
+    def _shares(self, split: StreamSplit) -> StreamSplit:
+        split.workers = self.workers  # a part used in place of this split runs its workers in turn
+        return split
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
@@ -461,7 +499,7 @@ class StreamSplit:
         out = []
         for i in range(len(self)):
             try:
-                out.append(transform.apply(self.src.load(i), 0))
+                out.append(transform.apply(load_sample(self.src, i, transform.min_side()), 0))
             except (BadImage, InputError):
                 continue
         if not out:
@@ -476,11 +514,14 @@ class StreamSplit:
         self.config = config
 
     def close(self) -> None:
-        self._loaders.clear()  # DataLoader shuts its workers down when collected
+        for loader in self._loaders.values():
+            loader.stop()
+        self._loaders.clear()
 
     def _loader(self, train: bool) -> _Loader:
         if train not in self._loaders:
             self._loaders[train] = _Loader(self.src, replace(self.config, train=train))
+        self.workers.switch_to(self._loaders[train])
         return self._loaders[train]
 
     def _check(self, bad: list[str]) -> None:
@@ -533,4 +574,4 @@ def concat_splits(parts: list[StreamSplit]) -> StreamSplit:
     if len(bases) != 1 or not all(isinstance(p.src, SubsetSource) for p in parts):
         raise ValueError("concat_splits joins subsets of one source")
     positions = torch.cat([p.src.positions for p in parts])
-    return StreamSplit(SubsetSource(first.src.base, positions), first.name, first.source, first.config)
+    return first._shares(StreamSplit(SubsetSource(first.src.base, positions), first.name, first.source, first.config))

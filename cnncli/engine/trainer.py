@@ -183,7 +183,11 @@ class Trainer:
         self.phases = phases or [Phase("train", cfg.epochs)]
         self.extra_meta = dict(extra_meta or {})
         self.extra_meta["precision"] = self.precision.name
+        # a streaming split's eval batches are decoded in workers at the network's size: never more
+        # images in one than a training step takes (the default 512 is for small in-memory images)
+        self.eval_batch_size = min(cfg.eval_batch_size, cfg.batch_size) if self.streaming else cfg.eval_batch_size
         if self.streaming:
+            self.stream_record["eval_batch_size"] = self.eval_batch_size
             self.extra_meta["data_pipeline"] = self.stream_record
         self.extra_meta["device"] = str(self.device)  # the device actually used (--device auto resolved)
         if self.class_weights is not None:
@@ -499,7 +503,7 @@ class Trainer:
         model = model if model is not None else self.model
         distributed.broadcast_module(model, buffers_only=True)
         return evaluate(model, val.images, val.labels, self.prepare, self.num_classes, self.class_names,
-                        self.cfg.eval_batch_size, self.device, amp=self.amp_dtype)
+                        self.eval_batch_size, self.device, amp=self.amp_dtype)
 
     @property
     def amp_dtype(self):
@@ -520,7 +524,7 @@ class Trainer:
         if self.ema is not None:  # the trained weights as they ended, beside their average's figure
             distributed.broadcast_module(model)
             self.raw_test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes,
-                                     self.class_names, self.cfg.eval_batch_size, self.device, amp=False)
+                                     self.class_names, self.eval_batch_size, self.device, amp=False)
         if self.dist.is_main and best.exists():
             state_dict, doc = load_checkpoint(best)
             load_state_strict(model, state_dict, best)
@@ -528,7 +532,7 @@ class Trainer:
         with announced(f"scoring the best weights on the test split ({len(split.labels):,} images)",
                        enabled=self.dist.is_main):
             test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes, self.class_names,
-                            self.cfg.eval_batch_size, self.device, amp=False)
+                            self.eval_batch_size, self.device, amp=False)
         skipped = self.skips.sync() if self.skips is not None else {}  # every rank: with the test split's
         if doc is not None:
             doc = doc.replace(**skipped) if skipped else doc

@@ -147,7 +147,7 @@ def _stream_split_class():
             return shard_order(groups, epoch, seed, rank, world)
 
         def subset(self, index):
-            return ShardStreamSplit(SubsetSource(self.src, index), self.name, self.source, self.config)
+            return self._shares(ShardStreamSplit(SubsetSource(self.src, index), self.name, self.source, self.config))
 
     return ShardStreamSplit
 
