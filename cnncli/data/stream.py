@@ -146,13 +146,13 @@ def decode_photo_data(data: bytes, path: str | Path, min_side: int | None = None
                     w, h = image.size
                     scale = max(1.0, min(w, h) / min_side)
                     image.draft("RGB" if image.mode != "L" else "L", (math.ceil(w / scale), math.ceil(h / scale)))
-                image = ImageOps.exif_transpose(image)
+                ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
                 if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                     array = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
                 elif image.mode in ("1", "L", "LA", "La"):
-                    array = np.array(image.convert("L"))
+                    array = np.asarray(image if image.mode == "L" else image.convert("L"))
                 else:
-                    array = np.array(image.convert("RGB"))
+                    array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except BadImage:
         raise
     except Exception as e:  # noqa: BLE001 - corrupt data surfaces as OSError, SyntaxError, ValueError...
@@ -160,8 +160,10 @@ def decode_photo_data(data: bytes, path: str | Path, min_side: int | None = None
         raise BadImage(str(path), f"cannot decode the image: {reason}") from None
     if array.size == 0:
         raise BadImage(str(path), f"unsupported image layout {array.shape}")
-    tensor = torch.from_numpy(array)
-    return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+    tensor = torch.from_numpy(array.copy() if not array.flags.writeable else array)
+    # (C, H, W) over the decoder's (H, W, C) pixels, not copied: torch resizes uint8 channels-last
+    # images on its fast path (PhotoTransform.apply returns contiguous samples)
+    return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
 
 
 def declared_size(path: str | Path) -> tuple[int, int, int] | None:
@@ -287,7 +289,7 @@ class PhotoTransform:
 
                 image = F.rgb_to_grayscale(image)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator the ops draw from, alone
             out = self.ops(image)
         return out.contiguous()
 
