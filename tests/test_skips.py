@@ -4,29 +4,14 @@ those of the run's every epoch, in the state, the checkpoints, the result and th
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from test_stream import _StopAt  # the one SIGTERM-at-a-step callback (tests/ is on sys.path)
 
 from cnncli.checkpoint import read_meta
-from cnncli.track.base import Logger
-
-
-class _StopAt(Logger):
-    """SIGTERM to this process at one step (the trainer saves its state there and stops)."""
-
-    wants_steps = True
-
-    def __init__(self, step: int):
-        self.at = step
-
-    def on_step(self, step, scalars):
-        if step == self.at:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def make_folder(root: Path) -> Path:
