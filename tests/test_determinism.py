@@ -44,8 +44,9 @@ def runs(runner, tmp_path_factory):
         for name, seed in (("here", 5), ("other_seed", 6)):
             result = runner.invoke(app, args(root / name, seed))
             assert result.exit_code == 0, result.stderr
+            # --deterministic is torch-global: the trainer gives the caller's setting back
+            assert torch.are_deterministic_algorithms_enabled() == was_deterministic
     finally:
-        # the trainer switches PyTorch to deterministic algorithms for the process: not for other tests
         torch.use_deterministic_algorithms(was_deterministic)
         output.set_quiet(False)
     _, err = fresh.communicate(timeout=600)

@@ -263,3 +263,18 @@ def test_eval_pretrained_under_torchrun_matches_one_process(tmp_path):
     assert there["confusion"] == here["confusion"] and there["predicted_other"] == here["predicted_other"]
     assert there["top1"] == here["top1"] and there["top5"] == here["top5"]
     assert there["loss"] == pytest.approx(here["loss"], rel=1e-5)
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(run_cli, tmp_path, monkeypatch):
+    """Three processes cannot share --batch-size 64 evenly: refused in one line (exit 2) before the
+    data is loaded or a folder made, with the nearest batches that split, not shrunk to 63."""
+    from cnncli.engine import distributed
+
+    monkeypatch.setattr(distributed, "init_distributed",
+                        lambda device="auto": distributed.DistContext(rank=0, world_size=3))
+    out = tmp_path / "run"
+    result = run_cli("train", "lenet5", "--data", "synthetic:40", "--batch-size", "64", "--out", out)
+    assert result.exit_code == 2
+    assert "--batch-size 64 does not split over 3 processes; use a multiple of 3 (63 or 66)" in result.stderr
+    assert not out.exists()
+    assert distributed.local_batch_size(64, 2) == 32 and distributed.local_batch_size(7, 1) == 7

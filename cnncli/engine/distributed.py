@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cnncli.errors import InputError
+
 
 @dataclass
 class DistContext:
@@ -56,6 +58,18 @@ def init_distributed(device_name: str = "auto") -> DistContext:
         atexit.register(shutdown, synchronize=False)
     _context = DistContext(rank=rank, world_size=world, local_rank=local_rank if use_cuda else None)
     return _context
+
+
+def local_batch_size(batch_size: int, world_size: int) -> int:
+    """Each process's share of the global `--batch-size`; a batch that does not split evenly over
+    the processes is refused (InputError, exit 2) rather than shrunk without a word: the global
+    batch is what the learning rate was chosen for, and what a one-process run would train on."""
+    if world_size > 1 and batch_size % world_size:
+        below = batch_size - batch_size % world_size
+        near = [b for b in (below, below + world_size) if b >= world_size]
+        raise InputError(f"--batch-size {batch_size} does not split over {world_size} processes; "
+                         f"use a multiple of {world_size} ({' or '.join(map(str, near))})")
+    return max(1, batch_size // max(1, world_size))
 
 
 def context() -> DistContext:

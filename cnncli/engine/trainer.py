@@ -107,12 +107,15 @@ class Trainer:
         self.resume_dir = Path(resume) if resume else None
         self.quiet = quiet
         self.dist = distributed.init_distributed(cfg.device)
+        distributed.local_batch_size(cfg.batch_size, self.dist.world_size)  # refused before any work
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         from cnncli.engine.amp import resolve_precision
 
         # what --amp resolves to on this device; printed (unless off) and recorded in the run
         self.precision = resolve_precision(cfg.amp, self.device)
         set_threads(cfg.threads)
+        # --deterministic is torch-global: the caller's setting comes back when fit() ends
+        self._deterministic_before = torch.are_deterministic_algorithms_enabled()
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)
@@ -266,6 +269,7 @@ class Trainer:
         finally:
             if self.run_lock is not None:
                 self.run_lock.release()
+            torch.use_deterministic_algorithms(self._deterministic_before)
 
     def _fit(self) -> RunResult:
         progress = self._open_run()
@@ -305,7 +309,7 @@ class Trainer:
     def _open_run(self) -> Progress:
         """The run directory (new, or the one resumed), the batch geometry, where the run is."""
         cfg, dist = self.cfg, self.dist
-        self.local_batch = max(1, cfg.batch_size // dist.world_size)
+        self.local_batch = distributed.local_batch_size(cfg.batch_size, dist.world_size)
         per_rank = len(self.data.train.labels) // dist.world_size
         self.steps_per_epoch = max(1, math.ceil(per_rank / self.local_batch))
         progress = None
