@@ -136,6 +136,15 @@ def test_torchscript_round_trip(run_cli, which, hand_ckpt, timm_ckpt, tmp_path):
 
 # ---------------------------------------------------------------------------- safetensors
 
+def test_half_alone_writes_half_precision_safetensors(run_cli, hand_ckpt):
+    """`export run --half` (no --format, no --out): half precision exists only as safetensors."""
+    result = run_cli("export", hand_ckpt, "--half", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["path"] == str(ex.default_output_path(hand_ckpt, "safetensors", "float16"))
+    assert read_meta(ex.default_output_path(hand_ckpt, "safetensors", "float16"))["dtype"] == "float16"
+
+
 @pytest.mark.parametrize("which", ["hand", "timm"])
 @pytest.mark.parametrize("flag,dtype,st_dtype", [(None, "float32", "F32"), ("--half", "float16", "F16"),
                                                  ("--bf16", "bfloat16", "BF16")])

@@ -33,8 +33,8 @@ OutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="Output file.",
     show_default="next to the checkpoint: model.onnx, model.pt, model.fp16.safetensors, ...")]
 OpsetOpt = Annotated[int | None, typer.Option("--opset", help="ONNX opset.", show_default="18")]
-HalfOpt = Annotated[bool, typer.Option("--half", help="safetensors only: store the weights as float16.")]
-Bf16Opt = Annotated[bool, typer.Option("--bf16", help="safetensors only: store the weights as bfloat16.")]
+HalfOpt = Annotated[bool, typer.Option("--half", help="safetensors only (the format without -f/--out): store the weights as float16.")]
+Bf16Opt = Annotated[bool, typer.Option("--bf16", help="safetensors only (the format without -f/--out): store the weights as bfloat16.")]
 VerifyOpt = Annotated[bool | None, typer.Option(
     "--verify/--no-verify", show_default="on where the runtime is installed",
     help="Run the exported file and compare with PyTorch (max abs diff <= 1e-4 in fp32, or "

@@ -158,6 +158,8 @@ def export_checkpoint(
     from cnncli.engine.open import locate_network, open_network
     from cnncli.output import note
 
+    if fmt is None and out is None and dtype != "float32":  # `export run --half`: only safetensors stores it
+        fmt = "safetensors"
     fmt = resolve_format(fmt, out)
     if fmt not in FORMATS:
         raise InputError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
