@@ -136,11 +136,14 @@ class ImageStore:
 
 
 class _Decode:
-    """Map-style dataset for the build: sample i decoded and scaled, as a uint8 tensor (None
-    when it does not decode: that entry stays empty, as a header that could not be read)."""
+    """Map-style dataset for the build: sample i decoded, scaled and written into the store by
+    the worker that decoded it (`sink(offset, image)`); what comes back to the building process
+    is (i, None) when it does not decode (that entry stays empty, as a header that could not be
+    read), (i, shape) when it decoded to another size than its header said, else (i, True): no
+    pixels cross between processes, and the writes run in the workers, in parallel."""
 
-    def __init__(self, fetch: Callable[[int], object], n: int, table):
-        self.fetch, self.n, self.table = fetch, n, table
+    def __init__(self, fetch: Callable[[int], object], n: int, table, sink):
+        self.fetch, self.n, self.table, self.sink = fetch, n, table, sink
 
     def __len__(self) -> int:
         return self.n
@@ -150,7 +153,7 @@ class _Decode:
 
         from cnncli.data.stream import BadImage
 
-        _, c, h, w = (int(v) for v in self.table[i])
+        off, c, h, w = (int(v) for v in self.table[i])
         if h == 0:
             return i, None
         try:
@@ -166,7 +169,48 @@ class _Decode:
                 image = rgb_to_grayscale(image)
         if tuple(image.shape[1:]) != (h, w):
             image = resize(image, [h, w], antialias=True)
-        return i, image.contiguous()
+        if tuple(image.shape) != (c, h, w):
+            return i, tuple(image.shape)
+        self.sink(off, image.contiguous())
+        return i, True
+
+
+class _FileSink:
+    """Writes an image's bytes at its offset of the store's file (`os.pwrite`: no memory map,
+    so the pages written are the page cache's, not resident memory of the writing process)."""
+
+    def __init__(self, path: Path):
+        self.path, self._fd, self._pid = path, None, None
+
+    def __call__(self, offset: int, image) -> None:
+        if self._fd is None or self._pid != os.getpid():  # each worker opens the file itself
+            self._fd, self._pid = os.open(self.path, os.O_WRONLY), os.getpid()
+        data = memoryview(image.numpy()).cast("B")
+        while data:
+            written = os.pwrite(self._fd, data, offset)
+            data, offset = data[written:], offset + written
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+    def __getstate__(self):
+        return {"path": self.path, "_fd": None, "_pid": None}
+
+
+class _TensorSink:
+    """Writes into a flat uint8 tensor in shared memory (--cache ram): the workers' writes are
+    the building process's pixels."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __call__(self, offset: int, image) -> None:
+        self.target[offset:offset + image.numel()] = image.reshape(-1)
+
+    def close(self) -> None:
+        pass
 
 
 def _plan(headers: Callable[[int], tuple[int, int, int] | None], n: int, side: int, channels: int | None):
@@ -189,28 +233,48 @@ def _plan(headers: Callable[[int], tuple[int, int, int] | None], n: int, side: i
     return table, offset
 
 
+class _ScaledFetch:
+    """`fetch(i)` for the build: a JPEG file decodes at the smallest DCT scale that still gives the
+    store's shorter side (PIL draft mode, as the streaming eval pass decodes), not at full size
+    and then resized down: a 900 px photo cached at 256 px costs about a quarter of the decode."""
+
+    def __init__(self, source, side: int):
+        self.source, self.side = source, side
+
+    def __call__(self, i: int):
+        from cnncli.data.stream import load_sample
+
+        return load_sample(self.source, i, self.side)
+
+
 def _as_is(item):
     return item
 
 
-def _fill(target, fetch, ids, table, workers: int, progress: Callable | None) -> list[int]:
-    """Decode every sample into `target`; the samples that did not decode (their entries emptied)."""
+BUILD_CHUNK = 16  # images per task of a build worker
+
+
+def _fill(sink, fetch, ids, table, workers: int, progress: Callable | None) -> list[int]:
+    """Decode every sample into the store through `sink`; the samples that did not decode (their
+    entries emptied)."""
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(_Decode(fetch, len(ids), table), batch_size=None, shuffle=False,
+    # indices go to the workers in chunks: one queue round trip per image cost more than its decode
+    loader = DataLoader(_Decode(fetch, len(ids), table, sink), batch_size=BUILD_CHUNK, shuffle=False,
                         num_workers=workers, collate_fn=_as_is)
     failed = []
-    for n, (i, image) in enumerate(loader, start=1):
-        off, c, h, w = (int(v) for v in table[i])
-        if image is None:
-            table[i, 2:] = 0
-            failed.append(i)
-        elif tuple(image.shape) != (c, h, w):
-            raise RuntimeFailure(f"--cache: {ids[i]} decoded to {tuple(image.shape)}, its header said {(c, h, w)}")
-        else:
-            target[off:off + c * h * w] = image.reshape(-1)
-        if progress is not None:
-            progress(n, len(ids))
+    try:
+        for n, (i, status) in enumerate((item for chunk in loader for item in chunk), start=1):
+            if status is None:
+                table[i, 2:] = 0
+                failed.append(i)
+            elif status is not True:
+                _, c, h, w = (int(v) for v in table[i])
+                raise RuntimeFailure(f"--cache: {ids[i]} decoded to {status}, its header said {(c, h, w)}")
+            if progress is not None:
+                progress(n, len(ids))
+    finally:
+        sink.close()
     return failed
 
 
@@ -339,7 +403,7 @@ def open_store(
         table, total = _plan(_headers(source), len(paths), side, channels)
         cost.check(f"--cache ram: {len(paths):,} images with the shorter side at most {side} px need", total)
         data = torch.empty(total, dtype=torch.uint8).share_memory_()
-        _fill(data, source.load, paths, table, workers, progress)
+        _fill(_TensorSink(data), _ScaledFetch(source, side), paths, table, workers, progress)
         return ImageStore(table, total, data=data)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -380,10 +444,9 @@ def _build_disk(source, paths, side, channels, where, content, workers, progress
         import numpy as np
 
         tmp.mkdir(parents=True)
-        mm = np.memmap(tmp / "data.u8", dtype=np.uint8, mode="w+", shape=(max(total, 1),))
-        _fill(torch.from_numpy(mm), source.load, paths, table, workers, progress)
-        mm.flush()
-        del mm
+        with open(tmp / "data.u8", "wb") as f:  # its full size (sparse), then written in place by the workers
+            f.truncate(max(total, 1))
+        _fill(_FileSink(tmp / "data.u8"), _ScaledFetch(source, side), paths, table, workers, progress)
         meta = {"version": FORMAT_VERSION, "key": content, "side": side, "images": len(paths),
                 "bytes": total, "first": os.path.abspath(paths[0]), "label": label, "complete": True}
         np.save(tmp / "table.npy", table.numpy(), allow_pickle=False)
