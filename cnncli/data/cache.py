@@ -257,6 +257,7 @@ BUILD_CHUNK = 16  # images per task of a build worker
 def _fill(sink, fetch, ids, table, workers: int, progress: Callable | None) -> list[int]:
     """Decode every sample into the store through `sink`; the samples that did not decode (their
     entries emptied)."""
+    import torchvision.transforms.v2.functional  # noqa: F401 - imported once here, not in every forked worker
     from torch.utils.data import DataLoader
 
     # indices go to the workers in chunks: one queue round trip per image cost more than its decode
@@ -422,7 +423,6 @@ def open_store(
 
 def _build_disk(source, paths, side, channels, where, content, workers, progress, label) -> ImageStore:
     """Decode the store of `source` into a temporary folder and rename it (the lock held)."""
-    import torch
 
     from cnncli import cost
 
