@@ -233,3 +233,34 @@ def test_train_with_cache_disk_reads_the_store_on_the_second_run_and_rebuilds_af
     third = run_cli(*args, "--out", tmp_path / "c")
     assert third.exit_code == 0 and "decoding" in third.stderr
     assert len([p for p in cache.store_root().iterdir() if not p.name.endswith(".lock")]) == 3  # replaced
+
+
+def test_the_first_step_waits_for_the_training_store_only(run_cli, tmp_path, monkeypatch):
+    """val's and test's stores are built when their first pass starts, not before the first
+    training step; the run's record names each one once it is built."""
+    from cnncli.engine import step as step_module
+
+    folder = tmp_path / "photos"
+    for name in ("cat", "dog"):
+        write_jpegs(folder / name, n=10)
+    seen = []
+    original = step_module.TrainStep.__call__
+
+    def counting(self, *args, **kwargs):
+        if not seen:
+            seen.append(sorted(p.name.split("-")[0] for p in cache.store_root().iterdir()
+                               if not p.name.startswith(".")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(step_module.TrainStep, "__call__", counting)
+    result = run_cli("train", "lenet5", "--data", f"imagefolder:{folder}", "--epochs", "1", "--threads", "1",
+                     "--workers", "0", "--img-size", "32", "--batch-size", "4", "--cache", "disk",
+                     "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert len(seen[0]) == 1  # the train store alone
+    assert "decoding 2 val images once" in result.stderr and "decoding 4 test images once" in result.stderr
+    assert len([p for p in cache.store_root().iterdir() if not p.name.startswith(".")]) == 3
+    from cnncli.checkpoint import read_meta
+
+    record = read_meta(tmp_path / "run" / "model.safetensors")["data_source"]["cache"]["splits"]
+    assert record["train"]["images"] == 14 and record["val"]["hit"] is False and record["val"]["images"] == 2

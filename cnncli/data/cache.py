@@ -548,7 +548,9 @@ def _files_behind(source) -> list[str] | None:
 def cache_splits(data, cfg) -> None:
     """Give each split of a StreamingSplits (data/folders.py) a store at the training resolution:
     the shorter side the eval transform resizes to (size / crop_pct), which RandomResizedCrop
-    also crops from. Records what happened in `data.info["cache"]`."""
+    also crops from. The training split's store is built (or opened) now; val's and test's when
+    their first pass starts (StreamSplit.ready), so the first training step waits for the
+    training images only. Records what happened in `data.info["cache"]`."""
     import math
 
     from cnncli import output
@@ -572,11 +574,18 @@ def cache_splits(data, cfg) -> None:
             output.note(f"--cache disk: another process is building the {name} store (it holds {lock}); "
                         "waiting for it")
 
-        store = open_store(split.src, side, mode, workers=cfg.resolved_workers(), progress=progress,
-                           label=label, channels=int(cfg.channels), files=files, waiting=waiting)
-        if store.hit:
-            output.note(f"--cache {mode}: {len(store):,} {name} images read from {store.path}")
-        split.src = CachedSource(split.src, store)
-        record["splits"][name] = {"images": len(store), "bytes": store.nbytes, "hit": store.hit,
-                                  "path": str(store.path) if store.path else None}
+        def build(split=split, name=name, files=files, label=label, progress=progress, waiting=waiting):
+            store = open_store(split.src, side, mode, workers=cfg.resolved_workers(), progress=progress,
+                               label=label, channels=int(cfg.channels), files=files, waiting=waiting)
+            if store.hit:
+                output.note(f"--cache {mode}: {len(store):,} {name} images read from {store.path}")
+            record["splits"][name] = {"images": len(store), "bytes": store.nbytes, "hit": store.hit,
+                                      "path": str(store.path) if store.path else None}
+            return CachedSource(split.src, store)
+
+        if name == "train":
+            split.src = build()
+        else:  # val and test are built when their first pass starts: not before the first training step
+            record["splits"][name] = {"images": len(split), "built": False}
+            split.pending_source = build
     data.info["cache"] = record

@@ -57,7 +57,7 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -389,7 +389,7 @@ class Workers:
     def __init__(self):
         self.active: _Loader | None = None
 
-    def switch_to(self, loader: _Loader) -> None:
+    def switch_to(self, loader: _Loader | None) -> None:
         if self.active is not None and self.active is not loader:
             self.active.stop()
         self.active = loader
@@ -449,6 +449,9 @@ class StreamSplit:
         self.skipped: list[str] = []  # what --skip-bad-images dropped (one line each)
         self._loaders: dict[bool, _Loader] = {}
         self.workers = Workers()  # StreamingSplits gives its splits one (see Workers)
+        # `--cache` of a split not needed yet (val, test): the source with a store, built in this
+        # process when the split's first pass starts (data/cache.py, cache_splits)
+        self.pending_source: Callable[[], Any] | None = None
 
     # -- what ImageData has
     @property
@@ -484,7 +487,14 @@ class StreamSplit:
     def __len__(self) -> int:
         return len(self.src)
 
+    def ready(self) -> None:
+        """Build what a pass needs first (a deferred `--cache` store), in this process."""
+        if self.pending_source is not None:
+            make, self.pending_source = self.pending_source, None
+            self.src = make()
+
     def subset(self, index: torch.Tensor) -> StreamSplit:
+        self.ready()
         return self._shares(StreamSplit(SubsetSource(self.src, index), self.name, self.source, self.config))
 
     def _shares(self, split: StreamSplit) -> StreamSplit:
@@ -521,6 +531,9 @@ class StreamSplit:
         self._loaders.clear()
 
     def _loader(self, train: bool) -> _Loader:
+        if self.pending_source is not None:
+            self.workers.switch_to(None)  # the idle workers of another split stop before the build
+            self.ready()
         if train not in self._loaders:
             self._loaders[train] = _Loader(self.src, replace(self.config, train=train))
         self.workers.switch_to(self._loaders[train])
