@@ -264,3 +264,14 @@ def test_the_first_step_waits_for_the_training_store_only(run_cli, tmp_path, mon
 
     record = read_meta(tmp_path / "run" / "model.safetensors")["data_source"]["cache"]["splits"]
     assert record["train"]["images"] == 14 and record["val"]["hit"] is False and record["val"]["images"] == 2
+
+
+def test_stores_built_by_workers_hold_the_same_pixels_as_one_built_in_process(tmp_path):
+    """The build's workers write their images into the store themselves (a file for disk, shared
+    memory for ram): both hold, pixel for pixel, what a build without workers holds."""
+    paths = write_jpegs(tmp_path / "photos", n=8)
+    alone = cache.open_store(paths, side=24, mode="ram", workers=0)
+    ram = cache.open_store(paths, side=24, mode="ram", workers=2)
+    disk = cache.open_store(paths, side=24, mode="disk", workers=2)
+    assert all(torch.equal(alone[i], ram[i]) and torch.equal(alone[i], disk[i]) for i in range(8))
+    assert min(alone[i].shape[1:].numel() for i in range(8)) > 0 and alone[0].float().mean() > 0
