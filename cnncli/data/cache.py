@@ -151,7 +151,7 @@ class _Decode:
     def __getitem__(self, i: int):
         from torchvision.transforms.v2.functional import resize
 
-        from cnncli.data.stream import BadImage
+        from cnncli.data.photo_decode import BadImage
 
         off, c, h, w = (int(v) for v in self.table[i])
         if h == 0:
@@ -334,7 +334,7 @@ class _PathSource:
 
     def load(self, i: int):
         if self.decode is None:
-            from cnncli.data.stream import decode_photo
+            from cnncli.data.photo_decode import decode_photo
 
             return decode_photo(self.ids[i])
         return self.decode(self.ids[i])
@@ -513,7 +513,7 @@ class CachedSource:
         return len(self.ids)
 
     def load(self, i: int):
-        from cnncli.data.stream import BadImage
+        from cnncli.data.photo_decode import BadImage
 
         try:
             return self.store[i]

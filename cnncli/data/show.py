@@ -73,7 +73,7 @@ class Photo:
         self._decode, self.name = decode, name  # decode(min_side or None) -> uint8 (C, H, W)
 
     def load(self, min_side: int | None = None):
-        from cnncli.data.stream import BadImage
+        from cnncli.data.photo_decode import BadImage
 
         try:
             return self._decode(min_side)
@@ -93,7 +93,7 @@ class Photo:
 
 
 def _file_photo(path: str) -> Photo:
-    from cnncli.data.stream import decode_photo
+    from cnncli.data.photo_decode import decode_photo
 
     return Photo(lambda min_side: decode_photo(path, min_side), str(path))
 

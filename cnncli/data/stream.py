@@ -41,7 +41,7 @@ its own generator seeded by `sample_seed(seed, epoch, step, position)`, never fr
 RNG state, so the result does not depend on the number of workers or on which worker ran it.
 `eval_batches(batch_size, index)` yields (positions, x) with the eval transform.
 
-## The decoder
+## The decoder (data/photo_decode.py)
 PIL (Pillow), on purpose: torchvision 0.29 deprecates its image decoding (torchvision.io) in
 favour of TorchCodec, which is not installed here and is built for video; Pillow is already a
 dependency (torchvision needs it), decodes PNG/JPEG/WebP without crashing on corrupt PNG data
@@ -53,11 +53,9 @@ memory.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -66,17 +64,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from cnncli.data.index import PathTable, PickedPaths
+from cnncli.data.photo_decode import BadImage, declared_size, decode_photo, decode_photo_data  # noqa: F401 - re-exported
 from cnncli.errors import InputError, RuntimeFailure
 
 DEFAULT_CROP_PCT = 0.875
-
-
-class BadImage(Exception):
-    """A sample that cannot be read or decoded: `id` names it, `reason` says why (one line)."""
-
-    def __init__(self, id: str, reason: str):
-        super().__init__(f"{id}: {reason}")
-        self.id, self.reason = id, reason
 
 
 class BadImageFailure(RuntimeFailure):
@@ -107,79 +98,6 @@ def usable_cores() -> int:
 def sample_seed(seed: int, epoch: int, step: int, position: int) -> int:
     """The seed of one sample's random transform: a function of where it is in the run only."""
     return (((seed * 1_000_003 + epoch) * 100_003 + step) * 10_007 + position) % (2**63 - 1)
-
-
-# ------------------------------------------------------------------ decoding
-def decode_photo(path: str | Path, min_side: int | None = None) -> torch.Tensor:
-    """One image file as uint8 (C, H, W), C 1 (gray) or 3 (colour), EXIF orientation applied.
-
-    The header's pixel count is checked before any pixel is decoded (transforms.MAX_IMAGE_PIXELS).
-    `min_side`: the smallest shorter side the caller needs; a JPEG then decodes at the smallest
-    DCT scale (1/2, 1/4, 1/8) that still gives it (PIL draft mode). Raises BadImage.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BadImage(str(path), f"cannot read: {e.strerror or e}") from None
-    return decode_photo_data(data, path, min_side)
-
-
-def decode_photo_data(data: bytes, path: str | Path, min_side: int | None = None) -> torch.Tensor:
-    """`decode_photo` of bytes already read (a tar shard's member); `path` names them."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    from cnncli.data.transforms import _check_pixel_count
-
-    path = Path(path)
-    if not data:
-        raise BadImage(str(path), "empty file, not an image")
-    try:
-        _check_pixel_count(path, data)
-    except InputError as e:
-        raise BadImage(str(path), str(e).removeprefix(f"{path}: ")) from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if min_side and image.format == "JPEG":
-                    w, h = image.size
-                    scale = max(1.0, min(w, h) / min_side)
-                    image.draft("RGB" if image.mode != "L" else "L", (math.ceil(w / scale), math.ceil(h / scale)))
-                ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
-                if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    array = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
-                elif image.mode in ("1", "L", "LA", "La"):
-                    array = np.asarray(image if image.mode == "L" else image.convert("L"))
-                else:
-                    array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    except BadImage:
-        raise
-    except Exception as e:  # noqa: BLE001 - corrupt data surfaces as OSError, SyntaxError, ValueError...
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise BadImage(str(path), f"cannot decode the image: {reason}") from None
-    if array.size == 0:
-        raise BadImage(str(path), f"unsupported image layout {array.shape}")
-    tensor = torch.from_numpy(array.copy() if not array.flags.writeable else array)
-    # (C, H, W) over the decoder's (H, W, C) pixels, not copied: torch resizes uint8 channels-last
-    # images on its fast path (PhotoTransform.apply returns contiguous samples)
-    return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
-
-
-def declared_size(path: str | Path) -> tuple[int, int, int] | None:
-    """(channels, height, width) from an image's header (nothing decoded), or None if unreadable."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                w, h = image.size
-                channels = 1 if image.mode in ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I") else 3
-                return channels, h, w
-    except Exception:  # noqa: BLE001 - any unreadable header: unknown size
-        return None
 
 
 # ------------------------------------------------------------------ sources

@@ -110,7 +110,7 @@ class TarSource:
         return f.read(int(self.sizes[i]))
 
     def load(self, i: int):
-        from cnncli.data.stream import BadImage, decode_photo_data
+        from cnncli.data.photo_decode import BadImage, decode_photo_data
 
         try:
             data = self.read(i)
