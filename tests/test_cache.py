@@ -275,3 +275,29 @@ def test_stores_built_by_workers_hold_the_same_pixels_as_one_built_in_process(tm
     disk = cache.open_store(paths, side=24, mode="disk", workers=2)
     assert all(torch.equal(alone[i], ram[i]) and torch.equal(alone[i], disk[i]) for i in range(8))
     assert min(alone[i].shape[1:].numel() for i in range(8)) > 0 and alone[0].float().mean() > 0
+
+
+def test_val_and_test_stores_that_would_not_fit_are_refused_before_training(run_cli, tmp_path, monkeypatch):
+    """Their build waits for their first pass, but whether they fit is said up front (exit 2,
+    one line), before any store is built or any step is trained."""
+    import collections
+
+    folder = tmp_path / "photos"
+    for name in ("cat", "dog"):
+        write_jpegs(folder / name, n=10)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 100 << 20))
+    result = run_cli("train", "lenet5", "--data", f"imagefolder:{folder}", "--epochs", "1", "--threads", "1",
+                     "--workers", "0", "--img-size", "32", "--cache", "disk", "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "--cache disk: the val and test images need about" in result.stderr and "Traceback" not in result.stderr
+    assert not cache.store_root().exists() or not any(p.is_dir() for p in cache.store_root().iterdir())
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_store_size_estimate_from_a_sample_of_headers_is_close(tmp_path):
+    paths = write_jpegs(tmp_path / "photos", n=12)
+    source = cache._PathSource(paths, None)
+    exact = cache.open_store(paths, side=24, mode="ram").nbytes
+    assert cache.estimated_store_bytes(source, 24) == pytest.approx(exact, rel=0.01)
+    assert 0.5 * exact < cache.estimated_store_bytes(source, 24, sample=3) < 2 * exact

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import warnings
@@ -551,13 +552,12 @@ def cache_splits(data, cfg) -> None:
     also crops from. The training split's store is built (or opened) now; val's and test's when
     their first pass starts (StreamSplit.ready), so the first training step waits for the
     training images only. Records what happened in `data.info["cache"]`."""
-    import math
-
     from cnncli import output
 
     mode = data.cache
     side = max(int(cfg.size), int(math.floor(cfg.size / cfg.crop_pct)))
     record = {"mode": mode, "side": side, "splits": {}}
+    deferred, build_train = [], None
     for name in ("train", "val", "test"):
         split = getattr(data, name)
         if len(split) == 0 or isinstance(split.src, CachedSource):
@@ -584,8 +584,59 @@ def cache_splits(data, cfg) -> None:
             return CachedSource(split.src, store)
 
         if name == "train":
-            split.src = build()
+            build_train = build
         else:  # val and test are built when their first pass starts: not before the first training step
             record["splits"][name] = {"images": len(split), "built": False}
             split.pending_source = build
+            if not (mode == "disk" and _store_exists(split.src, side, label, int(cfg.channels), files)):
+                deferred.append(split)
+    # ... but whether they will fit is said now, not after the training: their size estimated
+    # from a sample of headers (each build checks its exact size again before it allocates)
+    need = sum(estimated_store_bytes(split.src, side, int(cfg.channels)) for split in deferred)
+    if need:
+        check_room(mode, need, f"--cache {mode}: the val and test images need about")
+    if build_train is not None:
+        data.train.src = build_train()
     data.info["cache"] = record
+
+
+def _store_exists(source, side: int, label: str, channels: int, files) -> bool:
+    where, content = cache_key(list(source.ids), side, label, channels, files)
+    return (store_root() / f"{where}-{content}").is_dir()
+
+
+ESTIMATE_SAMPLE = 64  # headers read to estimate the size of a store not built yet
+
+
+def estimated_store_bytes(source, side: int, channels: int | None = None, sample: int = ESTIMATE_SAMPLE) -> int:
+    """The bytes of `source`'s store at `side`, from the headers of an evenly spread sample."""
+    n = len(source.ids)
+    if n == 0:
+        return 0
+    header = _headers(source)
+    m = min(n, sample)
+    picks = sorted({round(k * (n - 1) / max(1, m - 1)) for k in range(m)})
+    sizes = [h for h in (header(i) for i in picks) if h is not None]
+    if not sizes:
+        return 0
+    per = [(channels or c) * math.prod(scaled_size(hh, ww, side)) for c, hh, ww in sizes]
+    return int(sum(per) / len(per) * n)
+
+
+def check_room(mode: str, total: int, what: str) -> None:
+    """InputError (exit 2) when `total` bytes do not fit: the memory budget (ram) or the free
+    space of the cache folder, less 256 MB (disk)."""
+    from cnncli import cost
+
+    if mode == "ram":
+        cost.check(what, total)
+        return
+    root = store_root()
+    probe = root if root.exists() else next((p for p in root.parents if p.exists()), root)
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError as e:
+        raise RuntimeFailure(f"--cache disk: cannot use {root}: {e.strerror or e}") from None
+    if total > free - (256 << 20):
+        raise InputError(f"{what} {cost.human(total)} on disk; {root} has {cost.human(free)} free "
+                         "(use --cache ram, or free space)")
