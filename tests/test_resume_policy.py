@@ -84,3 +84,48 @@ def test_a_longer_epochs_reopens_a_finished_run_and_is_recorded(run_cli, tiny_ru
     assert state["train_state"]["optimizer_kept"] is True  # a third sitting continues the same optimizer
     # the record now says 2 epochs: fewer is refused, and the run is consistent for the next resume
     _refused(run_cli("train", "--resume", tiny_run_copy, "--epochs", "1"), "--epochs 1 is shorter", "2 epochs")
+
+
+_NET = """[model]
+name = "tiny_file_net"
+description = "{description}"
+input = [1, 28, 28]
+num_classes = 2
+
+[[layers]]
+name = "conv"
+type = "conv"
+filters = 4
+kernel = 3
+
+[[layers]]
+name = "pool"
+type = "global_avgpool"
+
+[[layers]]
+name = "drop"
+type = "dropout"
+rate = {rate}
+
+[[layers]]
+name = "fc"
+type = "dense"
+units = "num_classes"
+"""
+
+
+def test_a_model_file_edited_since_the_run_started_is_refused_on_resume(run_cli, tmp_path):
+    net, run = tmp_path / "net.toml", tmp_path / "run"
+    net.write_text(_NET.format(description="first", rate=0.3))
+    made = run_cli("train", net, "--data", "synthetic:n=64,n_test=16,classes=2,size=28", "--epochs", "1", "--threads", "1", "--out", run, "--quiet")
+    assert made.exit_code == 0, made.stderr
+    # the same shapes, another dropout: the weights would load, the run would train another network
+    net.write_text(_NET.format(description="first", rate=0.1))
+    before = _digests(run)
+    _refused(run_cli("train", "--resume", run, "--epochs", "2", "--quiet"),
+             str(net), "changed since the run started", "layer 'drop' differs", "start a new run")
+    assert _digests(run) == before
+    # put back (a new description is no change): it resumes and trains on
+    net.write_text(_NET.format(description="second", rate=0.3))
+    resumed = run_cli("train", "--resume", run, "--epochs", "2", "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr

@@ -148,6 +148,30 @@ def resumed_options(run_dir: Path, given: dict[str, Any], recipe: str | None, cl
     return {**recorded, **changes}
 
 
+def check_model_file_unchanged(recorded: Any, current: Any, state: Path) -> None:
+    """A run trained from a TOML model file resumes only with that file as it was: the network is
+    built from the file's path again, so an edit (a dropout rate, an activation) that keeps the
+    weights' shapes would change the resumed run silently. Refused in one line naming the first
+    difference; the description is free to change. Runs without a model file pass."""
+    old = recorded.get("model_file") if isinstance(recorded, dict) else None
+    new = current.get("model_file") if isinstance(current, dict) else None
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return
+
+    def parts(doc: dict) -> dict[str, Any]:
+        head = {k: v for k, v in (doc.get("model") or {}).items() if k != "description"}
+        layers = {f"layer '{layer.get('name', i)}'": layer for i, layer in enumerate(doc.get("layers") or [])}
+        rest = {f"[{k}]": v for k, v in doc.items() if k not in ("model", "layers")}
+        return {"[model]": head, **layers, **rest}
+
+    before, now = parts(old), parts(new)
+    for key in (*before, *(k for k in now if k not in before)):
+        if not _same(before.get(key), now.get(key)):
+            what = "is new" if key not in before else "is gone" if key not in now else "differs"
+            raise InputError(f"{current.get('name')} changed since the run started ({key} {what}); put the "
+                             f"file back as {state} recorded it, or start a new run (without --resume)")
+
+
 def resume_entry(recorded: dict[str, Any] | None, cfg, device, after_epoch: int) -> dict[str, Any]:
     """The `resumes` entry of one resume: when, on which device, what changed from the record."""
     entry: dict[str, Any] = {"after_epoch": int(after_epoch), "device": str(device),

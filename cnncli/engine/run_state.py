@@ -13,7 +13,12 @@ import torch
 from cnncli import output
 from cnncli.checkpoint import load_state_strict
 from cnncli.engine.progress import Progress
-from cnncli.engine.resume_policy import check_progress, reopen_finished, resume_entry
+from cnncli.engine.resume_policy import (
+    check_model_file_unchanged,
+    check_progress,
+    reopen_finished,
+    resume_entry,
+)
 from cnncli.engine.state import load_train_state, save_train_state
 from cnncli.fileio import atomic_write_text, remove_stale_temporaries
 
@@ -57,6 +62,7 @@ def load_resume(self, run_dir: Path) -> Progress | None:
         return None
     extras: dict = {}
     model_sd, optim_sd, doc = load_train_state(path, extras)
+    check_model_file_unchanged(doc.get("model"), self.model_spec, path)  # before anything is loaded
     if doc.get("lr_find") and "lr_find" not in self.extra_meta:  # --lr auto's search, kept
         self.extra_meta["lr_find"] = doc.get("lr_find")
     load_state_strict(self.model, model_sd, path)
