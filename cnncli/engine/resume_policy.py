@@ -10,6 +10,7 @@ device, what changed).
 
 config.toml is the run's own record: it is compared with the training state before anything
 else, and a hand edit is refused (the flags above are the way to change a resumed run).
+A run trained from a TOML model file resumes only with that file as its checkpoints recorded it.
 """
 
 from __future__ import annotations
