@@ -101,6 +101,50 @@ def test_bad_recipe_key_is_one_line_exit_2(run_cli, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.fixture
+def scripted_val(monkeypatch):
+    """Validation top-1 of 0.5, 0.9, 0.6 for epochs 1-3 (the run's real figures otherwise): the
+    best epoch is the second, not the last."""
+    import dataclasses
+
+    from cnncli.engine.trainer import Trainer
+
+    real, figures = Trainer._validate, iter([0.5, 0.9, 0.6])
+
+    def validate(self, model=None):
+        result = real(self, model)
+        return result if result is None else dataclasses.replace(result, top1=next(figures))
+
+    monkeypatch.setattr(Trainer, "_validate", validate)
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_best_is_the_best_validation_epoch_and_keep_last_the_final_one(run_cli, tmp_path, scripted_val, keep):
+    out = tmp_path / keep
+    args = ["--keep", "last"] if keep == "last" else []  # best: the default
+    result = run_cli("train", "lenet5", "--data", DATA, "--epochs", 3, "--out", out, "--seed", 3,
+                     "--threads", 1, "--json", "--quiet", *args)
+    assert result.exit_code == 0, result.stderr
+    doc, meta = json.loads(result.stdout), read_meta(out / "model.safetensors")
+    kept, final = _weights(out / "model.safetensors"), _weights(out / "last.safetensors")
+    same = all(torch.equal(kept[k], final[k]) for k in kept)  # no --ema: last.safetensors is epoch 3
+    assert (meta["epoch"], meta["metrics"]["val_top1"], same) == ((2, 0.9, False) if keep == "best" else (3, 0.6, True))
+    assert meta["recipe"]["keep"] == keep and doc["best_val_top1"] == 0.9  # the best figure either way
+    # the run's test figure is the kept weights', as `cnncli eval` scores them
+    evaluated = run_cli("eval", out, "--json", "--threads", 1)
+    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(doc["test_top1"])
+
+
+@pytest.mark.parametrize("args", [["--keep", "worst"], ["--recipe", "r.toml"]])
+def test_a_bad_keep_is_one_line_exit_2(run_cli, tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.toml").write_text(f'model = "lenet5"\ndata = "{DATA}"\nkeep = "first"\n')
+    result = run_cli("train", *(["lenet5"] if args[0] == "--keep" else []), *args, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "keep" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def _weights(path: Path) -> dict:
     from safetensors.torch import load_file
 

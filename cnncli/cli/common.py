@@ -46,6 +46,11 @@ class Sampler(StrEnum):
     balanced = "balanced"
 
 
+class Keep(StrEnum):
+    best = "best"
+    last = "last"
+
+
 def reflow(doc: str | None) -> str | None:
     """A docstring as help text: paragraphs kept, the line breaks inside each one removed.
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cnncli.cli.common import Optimizer, Sampler, Schedule, report_run
+from cnncli.cli.common import Keep, Optimizer, Sampler, Schedule, report_run
 from cnncli.cli.options import (
     AccumStepsOpt,
     AmpOpt,
@@ -31,6 +31,7 @@ from cnncli.cli.options import (
     ExperimentOpt,
     FinetuneImgSizeOpt,
     HeadEpochsOpt,
+    KeepOpt,
     LabelSmoothingOpt,
     LayerDecayOpt,
     LogOpt,
@@ -114,6 +115,7 @@ def finetune(
     label_smoothing: LabelSmoothingOpt = 0.0,
     clip_grad: ClipGradOpt = None,
     patience: PatienceOpt = None,
+    keep: KeepOpt = Keep.best,
     class_weights: ClassWeightsOpt = None,
     sampler: SamplerOpt = Sampler.random,
     augment: AugmentOpt = None,

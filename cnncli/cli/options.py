@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnncli.cli.common import Optimizer, Sampler, Schedule, enum_value, parse_device
+from cnncli.cli.common import Keep, Optimizer, Sampler, Schedule, enum_value, parse_device
 
 
 def _range(low: float | None = None, high: float | None = None, low_open: bool = False,
@@ -192,6 +192,10 @@ ClipGradOpt = Annotated[float | None, typer.Option(
 PatienceOpt = Annotated[int | None, typer.Option(
     "--patience", rich_help_panel=OPTIMISATION, callback=_range(1), show_default="no early stop",
     help="Stop after this many epochs without a better validation top-1.")]
+KeepOpt = Annotated[Keep, typer.Option(
+    "--keep", rich_help_panel=OPTIMISATION,
+    help="The weights the run keeps as model.safetensors and tests: best (the epoch with the highest "
+    "validation top-1) or last (the final epoch's, as Keras without restore_best_weights).")]
 
 # ------------------------------------------------------------------------------ augmentation
 AugmentOpt = Annotated[str | None, typer.Option(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cnncli.cli.common import Optimizer, Sampler, Schedule, report_run
+from cnncli.cli.common import Keep, Optimizer, Sampler, Schedule, report_run
 from cnncli.cli.options import (
     AccumStepsOpt,
     AmpOpt,
@@ -27,6 +27,7 @@ from cnncli.cli.options import (
     EpochsOpt,
     ExperimentOpt,
     ImgSizeOpt,
+    KeepOpt,
     LabelSmoothingOpt,
     LogOpt,
     LrOpt,
@@ -127,6 +128,7 @@ def train(
     label_smoothing: LabelSmoothingOpt = 0.0,
     clip_grad: ClipGradOpt = None,
     patience: PatienceOpt = None,
+    keep: KeepOpt = Keep.best,
     class_weights: ClassWeightsOpt = None,
     sampler: SamplerOpt = Sampler.random,
     augment: AugmentOpt = None,
@@ -152,9 +154,10 @@ def train(
     amp: AmpOpt = "auto",
     compile: CompileOpt = False,
 ) -> None:
-    """Train a network on a dataset; the best weights are evaluated on the test split.
+    """Train a network on a dataset; the kept weights (--keep: the best validation epoch's or the
+    last's) are evaluated on the test split.
 
-    The run directory holds model.safetensors (best weights + everything needed to rebuild
+    The run directory holds model.safetensors (the kept weights + everything needed to rebuild
     the network), last.safetensors, train_state.safetensors (for --resume), config.toml,
     metrics.jsonl and curves.png.
     """

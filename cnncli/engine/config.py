@@ -36,6 +36,7 @@ OPTIMIZER_DEFAULTS = {
 OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
 SCHEDULES = ("cosine", "onecycle", "step", "constant", "plateau")
 SAMPLERS = ("random", "balanced")
+KEEPS = ("best", "last")
 
 
 @dataclass
@@ -69,6 +70,7 @@ class TrainConfig:
     clip_grad: float | None = None
     augment: list[str] = field(default_factory=list)
     patience: int | None = None
+    keep: str = "best"  # the run's model.safetensors: the best-validation epoch's weights, or the last's
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
@@ -269,6 +271,8 @@ def validate(c: TrainConfig) -> None:
                          "it needs a validation split (--val-fraction > 0)")
     if not 0 < c.plateau_factor < 1:
         raise InputError(f"--plateau-factor must be in (0, 1), got {c.plateau_factor}")
+    if c.keep not in KEEPS:
+        raise InputError(f"--keep {c.keep}: choose best (the epoch with the highest validation top-1) or last")
     if c.sampler not in SAMPLERS:
         raise InputError(f"unknown sampler '{c.sampler}'; choose one of {', '.join(SAMPLERS)}")
     if c.class_weights is not None and not c.class_weights.strip():

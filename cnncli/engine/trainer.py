@@ -400,16 +400,19 @@ class Trainer:
         if self.ema is not None:  # both figures: the trained weights' (above) and their average's
             row["ema_val_loss"], row["ema_val_top1"] = (val.loss, val.top1) if val else (None, None)
         progress.history.append(row)
-        # with --ema the run's model is the average: chosen by its validation, saved as it
+        # with --ema the run's model is the average: chosen by its validation, saved as it;
+        # with --keep last every epoch's replaces it, whatever its validation (early stopping still counts)
         best_weights = self.ema.module if self.ema is not None else model
-        if val is None or progress.best_val_top1 is None or val.top1 > progress.best_val_top1:
+        improved = val is None or progress.best_val_top1 is None or val.top1 > progress.best_val_top1
+        if improved:
             progress.best_val_top1 = val.top1 if val else None
             progress.bad_epochs = 0
-            self._write(save_checkpoint, self.best_path, best_weights.state_dict(), self.checkpoint_meta(
-                progress.epoch, {"val_top1": progress.best_val_top1, "val_loss": val.loss if val else None,
-                                 "train_loss": stats["loss"], "train_top1": stats["top1"]}))
         else:
             progress.bad_epochs += 1
+        if improved or cfg.keep == "last":
+            self._write(save_checkpoint, self.best_path, best_weights.state_dict(), self.checkpoint_meta(
+                progress.epoch, {"val_top1": val.top1 if val else None, "val_loss": val.loss if val else None,
+                                 "train_loss": stats["loss"], "train_top1": stats["top1"]}))
         if cfg.patience and progress.bad_epochs >= cfg.patience:
             progress.stopped_early = True
         self._write(save_checkpoint, self.run_dir / "last.safetensors", model.state_dict(),
@@ -515,7 +518,8 @@ class Trainer:
         return self.precision.dtype or False
 
     def _test_best(self) -> EvalResult | None:
-        """The best weights on the test split; the figures join the best checkpoint's document.
+        """The kept weights (model.safetensors: best or last, --keep) on the test split; the figures
+        join that checkpoint's document.
 
         In float32 whatever --amp is: the run's test figures are those `cnncli eval` gives."""
         split, model, best = self.data.test, self.model, self.best_path
@@ -533,7 +537,8 @@ class Trainer:
             state_dict, doc = load_checkpoint(best)
             load_state_strict(model, state_dict, best)
         distributed.broadcast_module(model)
-        with announced(f"scoring the best weights on the test split ({len(split.labels):,} images)",
+        kept = "the last epoch's" if self.cfg.keep == "last" else "the best"
+        with announced(f"scoring {kept} weights on the test split ({len(split.labels):,} images)",
                        enabled=self.dist.is_main):
             test = evaluate(model, split.images, split.labels, self.prepare, self.num_classes, self.class_names,
                             self.eval_batch_size, self.device, amp=False)
