@@ -15,13 +15,15 @@ within half of that. The budget is therefore the CPU's: 600 s without AVX-512, 2
     python bench/time_to_accuracy.py                               # the best recipe
     python bench/time_to_accuracy.py recipes/fashion_mnist_typical_cnn.toml --set epochs=2
     OMP_NUM_THREADS=2 python bench/time_to_accuracy.py --set threads=2
+    OMP_NUM_THREADS=2 python bench/time_to_accuracy.py --set threads=2 --tta flip --baseline
 
 Output: a `machine` line (CPU, its SIMD flags, threads, load), one `epoch` line per epoch
 (wall seconds, train seconds, val and test top-1), then a `summary`: the final test top-1
 (the run's own figure), the whole run's wall seconds, and for each target the first epoch
 end at which it was reached, by the per-epoch **test** figure (`seconds_to_93`, ...) and by
 the per-epoch **validation** figure (`val_seconds_to_93`, ...; validation is what a run may
-select on).
+select on). With `--baseline`, a last `baseline` line: the same recipe as the bare PyTorch loop a
+user would write (bench/recipe_baseline.py), for as many epochs, beside cnncli's figures.
 """
 
 from __future__ import annotations
@@ -71,11 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", default="none", choices=["none", "flip", "multicrop"],
                         help="also score the run's saved model with test-time augmentation, as "
                              "`cnncli eval RUN --tta MODE` does (its seconds count in the wall clock)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="then train the bare PyTorch loop of the best recipe (bench/recipe_baseline.py) "
+                             "for as many epochs, in the same process and threads, and print both")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for the 94.5%% target (default: 600 on an AVX2 CPU, 240 with AVX-512)")
     args = parser.parse_args(argv)
     if not Path(args.recipe).is_file():
         sys.exit(f"recipe not found: {args.recipe} (pass the recipe to time as the first argument)")
+    if args.baseline and (Path(args.recipe).resolve() != DEFAULT_RECIPE
+                          or set(dict(args.overrides)) - {"epochs", "threads", "seed", "keep"}):
+        sys.exit("--baseline is the bare loop of recipes/fashion_mnist_best.toml: only epochs, threads, seed "
+                 "and keep may be overridden beside it")
 
     start = time.perf_counter()  # before torch is imported by anything below
     info = machine("time_to_accuracy")
@@ -160,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
          half_target_met=half is not None and half <= budget / 2,
          cpu=info["cpu"], cpu_flags=[f for f in SIMD_FLAGS if f in flags], cores=info["cores"],
          threads=torch.get_num_threads(), load_average_end=[round(v, 2) for v in os.getloadavg()])
+    if args.baseline:  # the same epochs, threads and seed as the recipe just timed
+        from recipe_baseline import run
+
+        emit(bench="time_to_accuracy", kind="baseline", cnncli_final_test_top1=final, cnncli_tta=args.tta, cnncli_wall_seconds=round(total, 1),
+             **run(epochs=result.epochs, seed=cfg.seed), load_average_end=[round(v, 2) for v in os.getloadavg()])
     return 0
 
 
