@@ -13,6 +13,9 @@ from cnncli.errors import InputError
 
 Pair = tuple[int, int]
 
+# a whitening layer (cnncli.layers.whiten) eigen-decomposes a (C*k*k)^2 matrix: its patches stay small
+MAX_WHITEN_PATCH = 1024
+
 
 def pair(v: int | Sequence[int], what: str = "value") -> Pair:
     """An int or a pair of ints as (height, width)."""

@@ -142,7 +142,9 @@ def test_typical_cnn_file_is_exactly_the_hand_built_typical_cnn():
 # --------------------------------------------------------------------------- shape arithmetic
 
 EVERY_TYPE = [
-    {"type": "conv", "filters": 8, "kernel": [3, 5], "stride": 2, "padding": "same", "batch_norm": True},
+    {"type": "whiten", "kernel": 2, "padding": "valid"},  # 3 channels x 2x2 patches: 24 maps, one smaller
+    {"type": "conv", "filters": 8, "kernel": [3, 5], "stride": 2, "padding": "same", "batch_norm": True,
+     "init": "dirac"},
     {"type": "lrn", "size": 3},
     {"type": "conv", "filters": 8, "kernel": 3, "padding": [1, 2], "groups": 2, "dilation": 2},
     {"type": "maxpool", "kernel": 3, "stride": 2, "padding": "same"},

@@ -210,7 +210,10 @@ class Trainer:
             output.note(f"note: {self.cfg.model} expects {'x'.join(map(str, self.input_size))} input: {adaptation}")
         self.model.to(self.device)
         use_channels_last(self.model, self.device)
+        from cnncli.engine.data_init import fit_trainer_model
         from cnncli.engine.mixup import build_mixer
+
+        fit_trainer_model(self)  # a whitening stem fits itself to the training images (fresh runs)
 
         self.mixer = build_mixer(cfg, self.num_classes)
         self.ema = None

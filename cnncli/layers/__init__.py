@@ -21,7 +21,7 @@ and `out_channels`.
 This module imports torch only (never timm): `cnncli inspect alexnet` must stay fast.
 
 The blocks live in the package's modules, one family each (activations, padding, conv, pool,
-lrn, dense, blocks, network); every name is importable from `cnncli.layers` as before.
+lrn, dense, blocks, network, whiten); every name is importable from `cnncli.layers` as before.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from cnncli.layers.blocks import (  # noqa: F401
 from cnncli.layers.conv import Conv2dSame, ConvLayer, SeparableConv2d  # noqa: F401
 from cnncli.layers.dense import Dense, Dropout, Flatten  # noqa: F401
 from cnncli.layers.lrn import LocalResponseNorm  # noqa: F401
-from cnncli.layers.network import Network, init_conv_relu  # noqa: F401
+from cnncli.layers.network import Network, dirac_init, init_conv_relu  # noqa: F401
 from cnncli.layers.padding import PADDINGS, _check_padding, _is_static_same, _same_pad_arg  # noqa: F401
 from cnncli.layers.pool import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool, _Pool  # noqa: F401
+from cnncli.layers.whiten import WhiteningConv, whitening_filters  # noqa: F401

@@ -75,3 +75,17 @@ def init_conv_relu(module: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+def dirac_init(conv: nn.Conv2d) -> None:
+    """Identity ("dirac") initialisation of a convolution's first min(out, in) filters, the
+    rest left as they are (Jordan 2024, airbench): the layer starts by passing its input on,
+    so a deep plain stack trains like a residual one at first. Grouped convolutions: per group."""
+    if conv.weight.is_meta:
+        return
+    with torch.no_grad():
+        per_group_in = conv.weight.shape[1]
+        out_per_group = conv.out_channels // conv.groups
+        for g in range(conv.groups):
+            w = conv.weight[g * out_per_group:(g + 1) * out_per_group]
+            nn.init.dirac_(w[:min(out_per_group, per_group_in)])

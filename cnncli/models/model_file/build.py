@@ -28,6 +28,8 @@ from cnncli.layers import (
     ResidualUnit,
     SEBlock,
     SeparableConv2d,
+    WhiteningConv,
+    dirac_init,
     make_activation,
 )
 from cnncli.models.info import ModelInfo, count_params
@@ -70,9 +72,14 @@ def make_layer(layer: Layer) -> nn.Module:
     o, t, shape = layer.options, layer.type, layer.in_shape
     act = None if o.get("activation") == "none" else o.get("activation")
     if t == "conv":
-        return ConvLayer(shape[0], o["filters"], _arg(o["kernel"]), _arg(o["stride"]), _arg(o["padding"]),
+        conv = ConvLayer(shape[0], o["filters"], _arg(o["kernel"]), _arg(o["stride"]), _arg(o["padding"]),
                          activation=act, batch_norm=o["batch_norm"], bias=o["bias"], groups=o["groups"],
                          dilation=o["dilation"])
+        if o.get("init") == "dirac":
+            dirac_init(conv.conv)
+        return conv
+    if t == "whiten":
+        return WhiteningConv(shape[0], _arg(o["kernel"]), _arg(o["padding"]), activation=act, eps=o["eps"])
     if t == "separable_conv":
         return SeparableConvLayer(shape[0], o["filters"], _arg(o["kernel"]), _arg(o["stride"]),
                                   _arg(o["padding"]), activation=act, batch_norm=o["batch_norm"],

@@ -21,7 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from cnncli.errors import CnnError, InputError
-from cnncli.geometry import output_size, pair
+from cnncli.geometry import MAX_WHITEN_PATCH, output_size, pair
 from cnncli.models.info import ModelInfo, default_norm, is_model_file
 from cnncli.models.model_file.vocabulary import (
     _EXPECTED,
@@ -162,6 +162,8 @@ def _check_value(kind: str, value: Any, where: str, key: str) -> Any:
             isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value))
     elif kind == "float":
         ok = _is_number(value)
+    elif kind == "positive_float":
+        ok = _is_number(value) and value > 0
     elif kind == "rate":
         ok = _is_number(value) and 0 <= value < 1
     elif kind == "bool":
@@ -178,6 +180,8 @@ def _check_value(kind: str, value: Any, where: str, key: str) -> Any:
         ok = (_is_int(value) and value >= 1) or value == NUM_CLASSES
     elif kind == "str":
         ok = isinstance(value, str)
+    elif kind == "init":
+        ok = value in ("default", "dirac")
     if not ok:
         raise InputError(f"{where}: '{key}' must be {_EXPECTED[kind]}, got {_show(value)}")
     limit = _LIMITS.get(kind)
@@ -249,6 +253,13 @@ def _out_shape(layer: Layer, where: str) -> tuple[int, ...]:
                              f"({c}) and filters ({o['filters']})")
         return (o["filters"], *_spatial(h, w, o["kernel"], o["stride"], o["padding"],
                                         o["dilation"], where))
+    if t == "whiten":
+        kh, kw = pair(o["kernel"])
+        if c * kh * kw > MAX_WHITEN_PATCH:
+            raise InputError(f"{where}: whitening {c}-channel {kh}x{kw} patches means {c * kh * kw:,} values per "
+                             f"patch and {2 * c * kh * kw:,} filters; at most {MAX_WHITEN_PATCH} values "
+                             f"(put it first, on the image, with a small kernel)")
+        return (2 * c * kh * kw, *_spatial(h, w, o["kernel"], 1, o["padding"], 1, where))
     if t == "separable_conv":
         return (o["filters"], *_spatial(h, w, o["kernel"], o["stride"], o["padding"],
                                         o["dilation"], where))

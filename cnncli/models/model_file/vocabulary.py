@@ -26,7 +26,7 @@ _REQUIRED = object()
 class Option:
     """One key of a layer table: its kind of value and its default (or required)."""
 
-    kind: str  # int, pos_int, size, float, rate, bool, padding, pool_padding, activation, units
+    kind: str  # int, pos_int, size, float, rate, bool, padding, pool_padding, activation, units, init
     default: Any = _REQUIRED
 
     @property
@@ -46,6 +46,7 @@ _EXPECTED = {
     "activation": "one of " + ", ".join(f'"{a}"' for a in ACTIVATION_NAMES),
     "units": 'a positive integer or "num_classes"',
     "str": "a string",
+    "init": 'one of "default", "dirac"',
 }
 
 
@@ -77,7 +78,7 @@ LAYER_TYPES: dict[str, LayerType] = {t.name: t for t in [
        filters=Option("pos_int"), kernel=Option("size"), stride=Option("size", 1),
        padding=Option("padding", "valid"), activation=Option("activation", "relu"),
        batch_norm=Option("bool", False), bias=Option("bool", None), groups=Option("pos_int", 1),
-       dilation=Option("pos_int", 1)),
+       dilation=Option("pos_int", 1), init=Option("init", "default")),
     _t("maxpool", "maps", "max pooling",
        kernel=Option("size"), stride=Option("size", None), padding=Option("pool_padding", "valid")),
     _t("avgpool", "maps", "average pooling",
@@ -104,6 +105,9 @@ LAYER_TYPES: dict[str, LayerType] = {t.name: t for t in [
        filters=Option("pos_int"), kernel=Option("size", 3), stride=Option("size", 1),
        padding=Option("padding", "same"), activation=Option("activation", "relu"),
        batch_norm=Option("bool", False), bias=Option("bool", False), dilation=Option("pos_int", 1)),
+    _t("whiten", "maps", "whitening stem: frozen k x k filters fit to the training patches, 2*C*k*k maps",
+       kernel=Option("size", 3), padding=Option("padding", "same"), activation=Option("activation", "relu"),
+       eps=Option("positive_float", 5e-4)),
 ]}
 
 POOLING_TYPES = ("maxpool", "avgpool", "global_avgpool")
