@@ -78,7 +78,9 @@ def _sample_inputs(trainer) -> torch.Tensor:
         if x is not None:
             parts.append(x)
     if not parts:
-        raise RuntimeError("no training image could be read to fit the whitening layer")
+        from cnncli.errors import RuntimeFailure
+
+        raise RuntimeFailure("no training image could be read to fit the whitening layer (every one was skipped)")
     return torch.cat(parts)
 
 

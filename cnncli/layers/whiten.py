@@ -5,8 +5,9 @@ images before the first step and then kept fixed (only its bias learns).
 The patches' second-moment matrix (C*k*k values per patch) has eigenvectors v_i and
 eigenvalues l_i; the filters are v_i / sqrt(l_i + eps) and their negatives (2*C*k*k
 filters), so that after a ReLU each direction passes both signs. The first layer starts
-as the best linear encoding of its patches instead of noise, which lets a short run learn
-faster (bench/README.md, "Issue 15's recipe"). `fit_to_data` does the fit;
+as the best linear encoding of its patches instead of noise (in 10-epoch Fashion-MNIST runs,
+with dirac init after it: ~0.2 points of test top-1 over fashion_narrow at 10% fewer
+multiply-adds; bench/README.md, "Issue 15's recipe"). `fit_to_data` does the fit;
 `cnncli.engine.data_init` calls it for a fresh `train` run (resumed runs and loaded weights
 keep theirs: the filters are part of the state dict like any weight).
 """
