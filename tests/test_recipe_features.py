@@ -150,8 +150,9 @@ def test_ema_run_reports_both_figures_and_its_model_is_the_average(run_cli, tmp_
 
 
 # ------------------------------------------------------------------------------ resume with everything on
+# --keep last as the shipped recipe has it (test_crash_safety resumes the default, --keep best)
 RESUMED_ARGS = ["lenet5", "--data", DATA, "--epochs", "3", "--batch-size", "16", "--seed", "3", "--threads", "1",
-                "--quiet", *FEATURES]
+                "--quiet", "--keep", "last", *FEATURES]
 
 
 @pytest.mark.slow
