@@ -5,9 +5,11 @@ in an nn.Sequential (channels-last), AdamW (no decay on biases and batch-norm we
 OneCycleLR, label smoothing 0.1, per-sample horizontal flips, timm's ModelEmaV3 (0.999, warm-up),
 95% of the training images (as the recipe's val_fraction 0.05; the rest unused), then the test
 top-1 of the average and with flip TTA. `time_to_accuracy.py --baseline` runs it after the
-recipe, in the same process and threads; alone:
+recipe, in the same process, threads and precision (`--amp bf16`: forward and loss under
+`torch.autocast("cpu", torch.bfloat16)`, as cnncli's `--amp auto` trains on a CPU with native
+bf16; evaluation too); alone:
 
-    OMP_NUM_THREADS=2 python bench/recipe_baseline.py --epochs 10
+    OMP_NUM_THREADS=2 python bench/recipe_baseline.py --epochs 10 [--amp bf16]
 
 `--select F` tries selective backprop (Jiang et al. 2019): from epoch `--select-from` on, each
 step scores bs/F images without gradients and trains on the bs with the highest loss (F = 0.5:
@@ -39,7 +41,9 @@ def network():
 
 
 def run(epochs: int = 10, batch_size: int = 64, lr: float = 0.002, seed: int = 0, select: float = 1.0,
-        select_from: int = 2) -> dict:
+        select_from: int = 2, amp: str = "off") -> dict:
+    import contextlib
+
     import torch
     import torch.nn.functional as F
     from timm.utils.model_ema import ModelEmaV3
@@ -54,6 +58,9 @@ def run(epochs: int = 10, batch_size: int = 64, lr: float = 0.002, seed: int = 0
     gen = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(y_all), generator=gen)[: int(len(y_all) * 0.95)]
     x_train, y_train = x_all[keep], y_all[keep]
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
 
     def prepare(x):
         return ((x.float() / 255 - MEAN) / STD).contiguous(memory_format=torch.channels_last)
@@ -73,12 +80,12 @@ def run(epochs: int = 10, batch_size: int = 64, lr: float = 0.002, seed: int = 0
     def top1(model, tta=False):
         model.eval()
         right = 0
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             for i in range(0, len(y_test), 1000):
                 x = prepare(x_test[i:i + 1000])
-                p = model(x).softmax(1)
+                p = model(x).float().softmax(1)
                 if tta:
-                    p = p + model(x.flip(3)).softmax(1)
+                    p = p + model(x.flip(3)).float().softmax(1)
                 right += int((p.argmax(1) == y_test[i:i + 1000]).sum())
         return right / len(y_test)
 
@@ -95,12 +102,13 @@ def run(epochs: int = 10, batch_size: int = 64, lr: float = 0.002, seed: int = 0
             x = prepare(torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x))
             if selecting[epoch]:
                 net.eval()
-                with torch.no_grad():
+                with torch.no_grad(), autocast():
                     losses = F.cross_entropy(net(x), y, reduction="none")
                 net.train()
                 hard = losses.topk(batch_size).indices
                 x, y = x[hard], y[hard]
-            loss = F.cross_entropy(net(x), y, label_smoothing=0.1)
+            with autocast():
+                loss = F.cross_entropy(net(x), y, label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -116,7 +124,7 @@ def run(epochs: int = 10, batch_size: int = 64, lr: float = 0.002, seed: int = 0
              train_images_per_second=round(batch * steps[epoch] / seconds, 1), test_top1=test_top1,
              wall_seconds=round(time.perf_counter() - start - measured, 2))
     final, tta = top1(ema.module), top1(ema.module, tta=True)
-    return {"epochs": epochs, "select": select, "test_top1": final, "flip_tta_test_top1": tta,
+    return {"epochs": epochs, "select": select, "precision": amp, "test_top1": final, "flip_tta_test_top1": tta,
             "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - start - measured, 1)}
 
 
@@ -126,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--select", type=float, default=1.0, help="selective backprop: the fraction trained")
     parser.add_argument("--select-from", type=int, default=2)
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off",
+                        help="bf16: autocast forward and loss (on a CPU without native bf16 it is emulated, ~10x slower)")
     args = parser.parse_args(argv)
     if not 0 < args.select <= 1:
         sys.exit("--select must be in (0, 1]")
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     machine("recipe_baseline")
     emit(bench="recipe_baseline", kind="baseline",
-         **run(args.epochs, seed=args.seed, select=args.select, select_from=args.select_from))
+         **run(args.epochs, seed=args.seed, select=args.select, select_from=args.select_from, amp=args.amp))
     return 0
 
 

@@ -23,7 +23,8 @@ Output: a `machine` line (CPU, its SIMD flags, threads, load), one `epoch` line 
 end at which it was reached, by the per-epoch **test** figure (`seconds_to_93`, ...) and by
 the per-epoch **validation** figure (`val_seconds_to_93`, ...; validation is what a run may
 select on). With `--baseline`, a last `baseline` line: the same recipe as the bare PyTorch loop a
-user would write (bench/recipe_baseline.py), for as many epochs, beside cnncli's figures.
+user would write (bench/recipe_baseline.py), for as many epochs and in the precision cnncli chose
+(bf16 autocast where the run trained in bf16), beside cnncli's figures.
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.recipe).is_file():
         sys.exit(f"recipe not found: {args.recipe} (pass the recipe to time as the first argument)")
     if args.baseline and (Path(args.recipe).resolve() != DEFAULT_RECIPE
-                          or set(dict(args.overrides)) - {"epochs", "threads", "seed", "keep"}):
-        sys.exit("--baseline is the bare loop of recipes/fashion_mnist_best.toml: only epochs, threads, seed "
-                 "and keep may be overridden beside it")
+                          or set(dict(args.overrides)) - {"epochs", "threads", "seed", "keep", "amp"}):
+        sys.exit("--baseline is the bare loop of recipes/fashion_mnist_best.toml: only epochs, threads, seed, "
+                 "keep and amp may be overridden beside it")
 
     start = time.perf_counter()  # before torch is imported by anything below
     info = machine("time_to_accuracy")
@@ -169,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
          half_target_met=half is not None and half <= budget / 2,
          cpu=info["cpu"], cpu_flags=[f for f in SIMD_FLAGS if f in flags], cores=info["cores"],
          threads=torch.get_num_threads(), load_average_end=[round(v, 2) for v in os.getloadavg()])
-    if args.baseline:  # the same epochs, threads and seed as the recipe just timed
+    if args.baseline:  # the same epochs, threads, seed and precision as the recipe just timed
         from recipe_baseline import run
 
         emit(bench="time_to_accuracy", kind="baseline", cnncli_final_test_top1=final, cnncli_tta=args.tta, cnncli_wall_seconds=round(total, 1),
-             **run(epochs=result.epochs, seed=cfg.seed), load_average_end=[round(v, 2) for v in os.getloadavg()])
+             **run(epochs=result.epochs, seed=cfg.seed, amp="bf16" if precision == "bf16" else "off"),
+             load_average_end=[round(v, 2) for v in os.getloadavg()])
     return 0
 
 
