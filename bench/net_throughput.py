@@ -7,6 +7,7 @@ round of each is kept. The figure to read is `ratio` (images/s over the referenc
 first network named): on a quiet machine an epoch costs the reference's quiet seconds / ratio.
 
     python bench/net_throughput.py recipes/models/fashion_fast.toml recipes/models/small_resnet.toml
+    python bench/net_throughput.py recipes/models/fashion_narrow.toml recipes/models/fashion_fast.toml --amp bf16 --batch 64
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--amp", choices=("off", "bf16"), default="off",
+                        help="bf16: forward and loss under CPU bf16 autocast, as `cnncli train --amp bf16` trains")
     args = parser.parse_args(argv)
 
     import torch
@@ -51,11 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.randint(0, 10, (args.batch,))
     best: dict[str, float] = {}
 
+    import contextlib
+
+    def autocast():
+        if args.amp == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def steps(model, opt, n):
         model.train()
         for _ in range(n):
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            with autocast():
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
             opt.step()
 
     for name, (model, opt, _) in nets.items():
@@ -72,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = best[args.models[0]]
     for name, (_, _, params) in nets.items():
         emit(bench="net_throughput", kind="summary", model=name, params=params, threads=args.threads,
-             batch=args.batch, steps=args.steps, best_images_per_second=round(best[name], 1),
+             amp=args.amp, batch=args.batch, steps=args.steps, best_images_per_second=round(best[name], 1),
              ratio=round(best[name] / ref, 3))
     return 0
 
