@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import contextlib
 
+    if args.amp == "bf16":
+        from cnncli.engine.amp import cpu_has_native_bf16
+
+        if not cpu_has_native_bf16():
+            print("net_throughput: --amp bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16): "
+                  "oneDNN emulates it, ~10x slower; these figures do not price a bf16 run", file=sys.stderr)
+
     def autocast():
         if args.amp == "bf16":
             return torch.autocast("cpu", dtype=torch.bfloat16)
