@@ -13,6 +13,7 @@ first network named): on a quiet machine an epoch costs the reference's quiet se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -53,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(args.batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch,))
     best: dict[str, float] = {}
-
-    import contextlib
 
     if args.amp == "bf16":
         from cnncli.engine.amp import cpu_has_native_bf16
