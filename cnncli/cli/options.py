@@ -62,7 +62,8 @@ DEVICE_HELP = "auto picks cuda, then mps, then cpu; cuda:N or N picks a GPU by i
 # ------------------------------------------------------------------------------ data
 DataOpt = Annotated[str, typer.Option(
     "--data", "-d", rich_help_panel=DATA,
-    help="Dataset: fashion-mnist, fashion-mnist-mini, cifar10, imagefolder:PATH, synthetic.")]
+    help="Dataset: fashion-mnist, fashion-mnist-mini, cifar10, synthetic, imagefolder:PATH, csv:FILE, "
+         "wds:SHARDS, or a folder or .csv path.")]
 DataDirOpt = Annotated[str | None, typer.Option(
     "--data-dir", rich_help_panel=DATA, help="Folder holding the dataset files.")]
 DownloadOpt = Annotated[bool, typer.Option(

@@ -318,6 +318,9 @@ def check_dataset(
         raise InputError(f"--min-similarity must be in (0, 1], got {min_similarity}")
     if max_pairs < 0:
         raise InputError(f"--max-pairs must be 0 or more, got {max_pairs}")
+    from cnncli.data.registry import canonical_dataset_name
+
+    name = canonical_dataset_name(name)
     if name.strip().lower().startswith("wds:"):
         raise InputError(f"datasets check reads image files, not shards: check the dataset {name[4:]} was "
                          "packed from (its index.json names it)")

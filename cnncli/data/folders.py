@@ -169,7 +169,11 @@ def _in_memory(ix: ImageIndex, plan: dict[str, torch.Tensor], image_size, info: 
     from cnncli.data.imagefolder import _default_size, _parse_size
     from cnncli.data.transforms import decode_image_file
 
-    decoded = {s: [decode_image_file(ix.paths[i]) for i in pos.tolist()] for s, pos in plan.items()}
+    try:
+        decoded = {s: [decode_image_file(ix.paths[i]) for i in pos.tolist()] for s, pos in plan.items()}
+    except InputError as e:  # one line that says how to find the others and how to go on without them
+        raise InputError(f"{e} (`cnncli datasets check {ix.source}` lists every such file; train, finetune and "
+                         "eval skip them with --skip-bad-images)") from None
     every = [img for imgs in decoded.values() for img in imgs]
     size = _parse_size(image_size) or _default_size([tuple(img.shape[1:]) for img in every])
     channels = 3 if any(img.shape[0] == 3 for img in every) else 1

@@ -214,9 +214,11 @@ def pack_dataset(
 ) -> dict[str, Any]:
     """Write SOURCE as shards into OUT; the index document written (see the module doc)."""
     from cnncli.data.index import is_index_source
+    from cnncli.data.registry import canonical_dataset_name
     from cnncli.fileio import atomic_write_text, ensure_writable_dir
     from cnncli.output import note
 
+    source = canonical_dataset_name(source)
     if not 1 <= shard_size <= MAX_SHARD_SIZE:
         raise InputError(f"--shard-size must be in [1, {MAX_SHARD_SIZE:,}], got {shard_size}")
     if img_size is not None and not 1 <= img_size <= 4096:

@@ -92,9 +92,18 @@ def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
+def canonical_dataset_name(name: str) -> str:
+    """A bare path as its prefixed name (`photos/` -> `imagefolder:photos/`, data/paths.py);
+    registered names and prefixed ones as given."""
+    from cnncli.data.paths import dataset_name
+
+    return dataset_name(name, tuple(ALIASES) + tuple(DATASETS))
+
+
 def parse_dataset_name(name: str) -> tuple[str, str | None, dict[str, str]]:
-    """'imagefolder:PATH' -> ('imagefolder:PATH', 'PATH', {}); 'synthetic:size=32' -> ('synthetic', None, {'size': '32'})."""
-    raw = name.strip()
+    """'imagefolder:PATH' -> ('imagefolder:PATH', 'PATH', {}); 'synthetic:size=32' -> ('synthetic', None, {'size': '32'});
+    a bare folder 'photos/' -> ('imagefolder:PATH', 'photos/', {}) (canonical_dataset_name)."""
+    raw = canonical_dataset_name(name).strip()
     head, sep, rest = raw.partition(":")
     key = head.lower()
     key = ALIASES.get(key, key)
@@ -107,6 +116,12 @@ def parse_dataset_name(name: str) -> tuple[str, str | None, dict[str, str]]:
             raise InputError("csv needs a file: --data csv:FILE (columns path,label[,split])")
         return key, rest, {}
     if key not in DATASETS:
+        from cnncli.data.paths import looks_like_path
+
+        if looks_like_path(raw):
+            what = "not a dataset" if Path(raw).expanduser().exists() else "no such folder or file"
+            raise InputError(f"dataset {raw}: {what} (a folder of <class>/ image folders, a .csv file or a "
+                             "folder of shards)")
         raise UnknownNameError("dataset", head, list(ALIASES) + dataset_names(), hint="or imagefolder:PATH; see 'cnncli datasets'")
     options: dict[str, str] = {}
     if sep:
@@ -311,6 +326,7 @@ def _load_dataset(name, data_dir, download, val_fraction, max_samples, seed, fal
                   stream, **options):
     from cnncli.data.splits import make_splits
 
+    name = canonical_dataset_name(name)
     if name.strip().lower().startswith("wds:"):  # tar shards (data/shards/): always a stream
         from cnncli.data.shards import load_shards
 

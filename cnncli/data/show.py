@@ -125,7 +125,9 @@ def sample_images(
     """(class names, per class a list of samples) of one split: uint8 (C, H, W) tensors, or
     `Photo`s for a folder, CSV or shard source (decoded when drawn or exported)."""
     from cnncli.data.index import index_source, is_index_source
+    from cnncli.data.registry import canonical_dataset_name
 
+    name = canonical_dataset_name(name)
     if split not in SPLIT_CHOICES:
         raise InputError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got '{split}'")
     if not 1 <= per_class <= MAX_PER_CLASS:

@@ -87,6 +87,17 @@ class ImageSource(Protocol):
     def load(self, i: int) -> torch.Tensor: ...
 
 
+def stream_choice(stream: bool | None, cache: str | None, skip_bad_images: bool) -> bool | None:
+    """--stream/--no-stream as given, or True where only the streaming path can do what was asked:
+    --cache (the store is filled from decoded batches) and --skip-bad-images (a batch drops the
+    files that fail; the in-memory path decodes everything up front and stops at the first)."""
+    if stream is None and (cache or skip_bad_images):
+        return True
+    if stream is False and skip_bad_images:
+        raise InputError("--skip-bad-images skips files on the streaming path: drop --no-stream")
+    return stream
+
+
 def usable_cores() -> int:
     """The CPU cores this process may run on (a container's or taskset's limit, not the machine's)."""
     try:

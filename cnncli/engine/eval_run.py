@@ -71,8 +71,9 @@ def evaluate_checkpoint(
         data = data or meta.get("dataset")
         if not data:
             raise InputError(f"{checkpoint} does not record its dataset; pass --data NAME")
-    if skip_bad_images and stream is None:
-        stream = True
+    from cnncli.data.stream import stream_choice
+
+    stream = stream_choice(stream, None, skip_bad_images)
     subset, class_names, stats = _load_split(data, split, data_dir, download, (meta or {}).get("seed", 0), stream)
     if subset.ids is None:  # an image is named by its index in the split, before any cap
         subset.ids = [str(i) for i in range(len(subset.labels))]

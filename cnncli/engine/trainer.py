@@ -32,7 +32,7 @@ from cnncli.checkpoint import (
     versions,
 )
 from cnncli.data.balance import epoch_order
-from cnncli.data.stream import BadImageFailure
+from cnncli.data.stream import BadImageFailure, stream_choice
 from cnncli.data.transforms import adapt_stats
 from cnncli.engine import distributed, run_state
 from cnncli.engine.config import TrainConfig, to_toml
@@ -133,7 +133,7 @@ class Trainer:
             self.data = load_dataset(cfg.data, data_dir=cfg.data_dir, download=cfg.download,
                                      val_fraction=cfg.val_fraction, max_samples=cfg.max_samples,
                                      seed=cfg.seed, fallback_to_embedded=False,
-                                     stream=True if cfg.cache and cfg.stream is None else cfg.stream)
+                                     stream=stream_choice(cfg.stream, cfg.cache, cfg.skip_bad_images))
         self.streaming = bool(getattr(self.data, "streaming", False))
         if cfg.cache:  # the store is built when the network's size is known (StreamingSplits.configure)
             from cnncli.data.cache import request_cache

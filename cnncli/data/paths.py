@@ -1,0 +1,45 @@
+"""A dataset named by its path alone: `--data photos/` as Ultralytics' `data=path` or Keras'
+`image_dataset_from_directory(path)` take it.
+
+`dataset_name(name)` gives the prefixed name the rest of cnncli reads: an existing folder is
+`imagefolder:PATH`, or `wds:PATH` when it holds what `cnncli datasets pack` writes (an
+`index.json` or `train-*.tar` shards); an existing `.csv` file is `csv:FILE`, a `.tar` file
+`wds:FILE`. Every other name comes back unchanged, so a registered name (`fashion-mnist`)
+always means the registered dataset, whatever folders the working directory holds. Only the
+file system's metadata is read. This module imports nothing of cnncli: every door of the data
+package can call it first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+KNOWN_PREFIXES = ("imagefolder:", "csv:", "wds:", "synthetic:")
+
+
+def dataset_name(name: str, registered: tuple[str, ...] = ()) -> str:
+    """`name` with its kind prefixed where it is a bare path to a folder or file (module doc);
+    names in `registered` (lower case) and names already prefixed are returned as given."""
+    raw = name.strip()
+    if not raw or raw.lower() in registered or raw.lower().startswith(KNOWN_PREFIXES):
+        return name
+    path = Path(raw).expanduser()
+    try:
+        if path.is_dir():
+            shards = (path / "index.json").is_file() or any(path.glob("train-*.tar"))
+            return f"{'wds' if shards else 'imagefolder'}:{raw}"
+        if path.is_file():
+            suffix = path.suffix.lower()
+            if suffix == ".csv":
+                return f"csv:{raw}"
+            if suffix == ".tar":
+                return f"wds:{raw}"
+    except OSError:  # a name too long for a path, a folder we may not read: not a path then
+        return name
+    return name
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a name that is no dataset was meant as a path (for the error message)."""
+    raw = name.strip()
+    return "/" in raw or "\\" in raw or raw.startswith((".", "~")) or raw.lower().endswith((".csv", ".tar"))
