@@ -32,6 +32,10 @@ class RuntimeFailure(CnnError):
     exit_code = 1
 
 
+class UnreadableImageError(InputError):
+    """A file of a dataset loaded in memory that does not decode; the message names it (exit 2)."""
+
+
 class UnknownNameError(InputError):
     """A name that is not in a registry; the message suggests the closest ones."""
 

@@ -5,7 +5,8 @@
   when the working directory holds a folder of that name; a path that does not exist is one line,
   exit 2;
 - a small folder (loaded in memory) with a file that does not decode: one line naming it and the
-  way on; `--skip-bad-images` streams by itself and skips it; with `--no-stream` it is a usage error.
+  way on (in train and in export's int8 gate); `--skip-bad-images` streams by itself and skips it;
+  with `--no-stream` it is a usage error.
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ def test_skip_bad_images_on_a_small_folder_streams_by_itself(tmp_path, run_cli):
 
     evaluated = run_cli("eval", tmp_path / "skipped", "--skip-bad-images", "--json")
     assert evaluated.exit_code == 0, evaluated.stderr
+
+    # the int8 gate on the folder in memory: the file is named as the error, not "no test images"
+    gated = run_cli("export", tmp_path / "skipped", "--format", "onnx", "--int8", *data)
+    assert gated.exit_code == 2
+    last = gated.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {bad}: empty file") and "no test images" not in last, gated.stderr
+    assert not (tmp_path / "skipped" / "model.int8.onnx").exists()
 
 
 def test_a_png_path_is_not_a_dataset(tmp_path, run_cli):

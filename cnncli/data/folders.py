@@ -40,7 +40,7 @@ from cnncli.data.stream import (
     SubsetSource,
     declared_size,
 )
-from cnncli.errors import InputError
+from cnncli.errors import InputError, UnreadableImageError
 
 # Decoded bytes (at the files' own sizes) above which a folder streams instead of being loaded
 MEMORY_BUDGET = 512 * 1024 * 1024
@@ -172,8 +172,8 @@ def _in_memory(ix: ImageIndex, plan: dict[str, torch.Tensor], image_size, info: 
     try:
         decoded = {s: [decode_image_file(ix.paths[i]) for i in pos.tolist()] for s, pos in plan.items()}
     except InputError as e:  # one line that says how to find the others and how to go on without them
-        raise InputError(f"{e} (`cnncli datasets check {ix.source}` lists every such file; train, finetune and "
-                         "eval skip them with --skip-bad-images)") from None
+        raise UnreadableImageError(f"{e} (`cnncli datasets check {ix.source}` lists every such file; move them "
+                                   "out, or skip them in train, finetune and eval with --skip-bad-images)") from None
     every = [img for imgs in decoded.values() for img in imgs]
     size = _parse_size(image_size) or _default_size([tuple(img.shape[1:]) for img in every])
     channels = 3 if any(img.shape[0] == 3 for img in every) else 1

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cnncli.errors import InputError, RuntimeFailure
+from cnncli.errors import InputError, RuntimeFailure, UnreadableImageError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIB_IMAGES = 256
@@ -97,6 +97,8 @@ def load_gate_data(meta: dict[str, Any], data: str | None = None, data_dir: str 
     try:
         splits = load_dataset(name, data_dir=data_dir or (None if data else recipe.get("data_dir")),
                               download=False, val_fraction=0.0, max_samples=None, seed=0, stream=stream)
+    except UnreadableImageError:  # the dataset is the right one; a file of it is not
+        raise
     except InputError as e:
         raise InputError(f"no test images for the int8 gate: {e}; {how}") from None
     if splits.test is None or len(splits.test) == 0:
