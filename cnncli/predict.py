@@ -162,7 +162,7 @@ def class_names_for(num_classes: int) -> list[str]:
 # ---------------------------------------------------------------------------- finding the files
 
 def _is_image_name(path: Path) -> bool:
-    from cnncli.deploy.preprocess import IMAGE_EXTENSIONS  # torch-free (transforms' own, mirrored)
+    from cnncli.data.formats import IMAGE_EXTENSIONS  # torch-free, every reader's list
 
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
@@ -185,7 +185,9 @@ def expand_inputs(args: Iterable[str], stdin: TextIO | None = None) -> list[str]
                 found += [os.path.join(root, f) for f in sorted(files)
                           if not f.startswith(".") and _is_image_name(Path(f))]
             if not found:
-                raise InputError(f"no image files (png, jpg, jpeg, webp) in folder {arg}")
+                from cnncli.data.formats import IMAGE_EXTENSIONS
+
+                raise InputError(f"no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder {arg}")
             out += found
         else:
             out.append(arg)

@@ -510,7 +510,7 @@ def test_load_image_files_reports_bad_files_and_prepare_images_stacks(tmp_path):
     images, errors = load_image_files([tmp_path / "a.png", tmp_path / "c.txt", tmp_path / "b.jpg", tmp_path / "gone.png"])
     assert [Path(p).name for p, _ in images] == ["a.png", "b.jpg"]
     assert [Path(p).name for p, _ in errors] == ["c.txt", "gone.png"]
-    assert "not a PNG, JPEG or WebP image" in errors[0][1] and "file not found" in errors[1][1]
+    assert "not a PNG, JPEG, WebP, GIF, BMP, TIFF or PPM image" in errors[0][1] and "file not found" in errors[1][1]
     batch = prepare_images([img for _, img in images], (1, 28, 28), (0.5,), (0.5,))
     assert batch.shape == (2, 1, 28, 28)
     assert torch.allclose(batch, torch.full_like(batch, 128 / 255 * 2 - 1), atol=0.02)

@@ -6,7 +6,9 @@
   exit 2;
 - a small folder (loaded in memory) with a file that does not decode: one line naming it and the
   way on (in train and in export's int8 gate); `--skip-bad-images` streams by itself and skips it;
-  with `--no-stream` it is a usage error.
+  with `--no-stream` it is a usage error;
+- a folder of BMP, TIFF, GIF and PPM files (data/formats.py) loads, in memory and streamed, and
+  predict on a folder lists them.
 """
 
 from __future__ import annotations
@@ -115,6 +117,28 @@ def test_skip_bad_images_on_a_small_folder_streams_by_itself(tmp_path, run_cli):
     last = gated.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {bad}: empty file") and "no test images" not in last, gated.stderr
     assert not (tmp_path / "skipped" / "model.int8.onnx").exists()
+
+
+def test_a_folder_of_bmp_tiff_gif_and_ppm_files_trains_both_ways(tmp_path, run_cli):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("cat", "dog", "owl")):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for k, ext in enumerate(("bmp", "tif", "tiff", "gif", "ppm", "pgm")):
+            a = (rng.random((24 + k, 30, 3)) * 120).astype("uint8")
+            a[..., c] += 120
+            image = Image.fromarray(a)
+            (image.convert("L") if ext == "pgm" else image).save(tmp_path / "photos" / name / f"{k}.{ext}")
+    in_memory = load_dataset(str(tmp_path / "photos"), val_fraction=0.0, stream=False)
+    streamed = load_dataset(str(tmp_path / "photos"), val_fraction=0.0, stream=True)
+    assert len(in_memory.train) + len(in_memory.test) == 18
+    assert in_memory.train.labels.tolist() == streamed.train.labels.tolist()
+    result = run_cli(*TRAIN, "--data", tmp_path / "photos", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.stderr
+    listed = run_cli("predict", tmp_path / "run", tmp_path / "photos" / "cat", "--json")
+    assert listed.exit_code == 0, listed.stderr
+    assert len(listed.stdout.strip().splitlines()) == 6
 
 
 def test_a_png_path_is_not_a_dataset(tmp_path, run_cli):

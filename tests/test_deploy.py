@@ -78,6 +78,18 @@ def photos(tmp_path_factory):
     Image.fromarray(rgba).save(root / "rgba.png")
     Image.fromarray(smooth[..., 0].astype(np.uint16) * 257).save(root / "deep.png")
     Image.fromarray(smooth[:28, :28, 2]).save(root / "exact.png")  # already the data's 28x28
+    # the formats besides PNG, JPEG and WebP (data/formats.py), and JPEG's awkward cases
+    Image.fromarray(smooth).save(root / "rgb.bmp")
+    Image.fromarray(smooth).save(root / "rgb.tif")
+    Image.fromarray(smooth[..., 0].astype(np.uint16) * 257).save(root / "deep.tif")
+    Image.fromarray(smooth).save(root / "rgb.gif")
+    Image.fromarray(smooth[..., 2]).save(root / "gray.pgm")
+    Image.fromarray(smooth).save(root / "rgb.ppm")
+    Image.fromarray(smooth).convert("CMYK").save(root / "cmyk.jpg", quality=92)
+    turned = Image.Exif()
+    turned[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to view
+    Image.fromarray(smooth).save(root / "turned.jpg", quality=92, exif=turned.tobytes())
+    Image.fromarray(smooth).save(root / "turned.tif", exif=turned.tobytes())
     return sorted(root.iterdir())
 
 
@@ -86,6 +98,19 @@ def photos(tmp_path_factory):
 def test_numpy_decoding_equals_the_torch_path_byte_for_byte(photos):
     for path in photos:
         assert np.array_equal(pp.decode_image_array(path), decode_image_file(path).numpy()), path.name
+
+
+def test_every_format_decodes_alike_on_the_streaming_path_and_turned_upright(photos):
+    from cnncli.data.photo_decode import decode_photo
+
+    for path in photos:
+        assert np.array_equal(decode_photo(path).numpy(), decode_image_file(path).numpy()), path.name
+    shapes = {p.name: tuple(decode_image_file(p).shape) for p in photos}
+    assert shapes["rgb.bmp"] == shapes["rgb.tif"] == shapes["rgb.gif"] == shapes["cmyk.jpg"] == (3, 60, 50)
+    assert shapes["deep.tif"] == shapes["gray.pgm"] == (1, 60, 50)
+    assert shapes["turned.jpg"] == shapes["turned.tif"] == (3, 50, 60)  # EXIF orientation 6 applied
+    exact = decode_image_file(next(p for p in photos if p.name == "rgb.bmp")).numpy()
+    assert np.array_equal(exact, decode_image_file(next(p for p in photos if p.name == "rgb.png")).numpy())
 
 
 @pytest.mark.parametrize("input_size, mean, std", [
@@ -113,10 +138,13 @@ def test_numpy_decoder_says_what_is_wrong_in_one_line(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n and nothing else")
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    bmp = tmp_path / "pic.bmp"
-    Image.new("RGB", (4, 4)).save(bmp)
-    for path, words in ((bad, "cannot decode"), (text, "not a PNG, JPEG or WebP"),
-                        (bmp, "not a PNG, JPEG or WebP"), (tmp_path / "gone.png", "not found")):
+    ico = tmp_path / "pic.tif"  # a format Pillow reads but cnncli does not, under a name it does
+    Image.new("RGB", (4, 4)).save(ico, format="ICO")
+    floats = tmp_path / "depth.tif"
+    Image.fromarray(np.ones((4, 4), np.float32)).save(floats)
+    for path, words in ((bad, "cannot decode"), (text, "not a PNG, JPEG, WebP, GIF, BMP, TIFF or PPM image"),
+                        (ico, "not a PNG, JPEG, WebP, GIF, BMP, TIFF or PPM image"), (floats, "32-bit float"),
+                        (tmp_path / "gone.png", "not found")):
         with pytest.raises(Exception) as info:
             pp.decode_image_array(path)
         assert words in str(info.value) and str(path) in str(info.value)

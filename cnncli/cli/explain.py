@@ -23,7 +23,7 @@ class Method(StrEnum):
 
 ModelArg = Annotated[str, typer.Argument(
     help="A cnncli checkpoint or run directory, or a registry name with --pretrained / --weights.")]
-InputsArg = Annotated[list[str], typer.Argument(help="Image files (PNG, JPEG, WebP) or folders of them.")]
+InputsArg = Annotated[list[str], typer.Argument(help="Image files (PNG, JPEG, WebP, GIF, BMP, TIFF, PPM) or folders of them.")]
 MethodOpt = Annotated[Method, typer.Option(
     "--method", "-m", help="The CAM method (pytorch-grad-cam's); scorecam runs one forward pass per "
     "channel of the layer.")]

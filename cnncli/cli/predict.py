@@ -20,7 +20,7 @@ ModelArg = Annotated[str, typer.Argument(
     "OpenVINO .xml, TorchScript .pt; ONNX and OpenVINO run without torch), or a registry name "
     "with --pretrained / --weights (ImageNet classes).")]
 InputsArg = Annotated[list[str], typer.Argument(
-    help="Image files (PNG, JPEG, WebP) or folders of them; '-' reads paths from stdin, one a line.")]
+    help="Image files (PNG, JPEG, WebP, GIF, BMP, TIFF, PPM) or folders of them; '-' reads paths from stdin, one a line.")]
 TopKOpt = Annotated[int | None, typer.Option(
     "--top-k", "-k", min=1, show_default="5, or every class of a smaller model",
     help="How many classes to show per image.")]

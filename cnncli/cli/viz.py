@@ -20,7 +20,7 @@ viz_app = typer.Typer(
 ModelArg = Annotated[str, typer.Argument(
     help="A cnncli checkpoint or run directory, or a registry name "
     "(random weights unless --pretrained / --weights).")]
-ImageArg = Annotated[Path, typer.Argument(help="An image file (PNG, JPEG, WebP).")]
+ImageArg = Annotated[Path, typer.Argument(help="An image file (PNG, JPEG, WebP, GIF, BMP, TIFF, PPM).")]
 FeatureLayerOpt = Annotated[str | None, typer.Option(
     "--layer", "-l", show_default="the first convolution",
     help="Layer name as 'cnncli inspect' shows it, e.g. features.0.")]

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnncli.data.formats import IMAGE_EXTENSIONS  # noqa: F401 - what every reader decodes (data/formats.py)
 from cnncli.errors import InputError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # as cnncli.data.transforms decodes them
 SPLITS = ("train", "val", "test")
 # An index holds a path string per image; beyond this many rows it is refused before it is built.
 MAX_INDEX_ROWS = 20_000_000

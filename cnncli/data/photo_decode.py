@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from cnncli.data.formats import FORMATS, NOT_AN_IMAGE, gray_mode, pixels
 from cnncli.errors import InputError
 
 
@@ -44,8 +45,7 @@ def decode_photo(path: str | Path, min_side: int | None = None) -> torch.Tensor:
 
 def decode_photo_data(data: bytes, path: str | Path, min_side: int | None = None) -> torch.Tensor:
     """`decode_photo` of bytes already read (a tar shard's member); `path` names them."""
-    import numpy as np
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     from cnncli.data.transforms import _check_pixel_count
 
@@ -64,15 +64,15 @@ def decode_photo_data(data: bytes, path: str | Path, min_side: int | None = None
                     w, h = image.size
                     scale = max(1.0, min(w, h) / min_side)
                     image.draft("RGB" if image.mode != "L" else "L", (math.ceil(w / scale), math.ceil(h / scale)))
+                if image.format not in FORMATS:
+                    raise BadImage(str(path), NOT_AN_IMAGE)
                 ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
-                if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    array = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
-                elif image.mode in ("1", "L", "LA", "La"):
-                    array = np.asarray(image if image.mode == "L" else image.convert("L"))
-                else:
-                    array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+                array = pixels(image)  # gray or RGB uint8 (data/formats.py)
     except BadImage:
         raise
+    except UnidentifiedImageError:
+        reason = "cannot decode the image: not a readable PNG" if data.startswith(b"\x89PNG") else NOT_AN_IMAGE
+        raise BadImage(str(path), reason) from None
     except Exception as e:  # noqa: BLE001 - corrupt data surfaces as OSError, SyntaxError, ValueError...
         reason = " ".join(str(e).split()) or type(e).__name__
         raise BadImage(str(path), f"cannot decode the image: {reason}") from None
@@ -93,7 +93,7 @@ def declared_size(path: str | Path) -> tuple[int, int, int] | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 w, h = image.size
-                channels = 1 if image.mode in ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I") else 3
+                channels = 1 if gray_mode(image.mode) else 3
                 return channels, h, w
     except Exception:  # noqa: BLE001 - any unreadable header: unknown size
         return None

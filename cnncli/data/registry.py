@@ -65,7 +65,7 @@ DATASETS: dict[str, DatasetSpec] = {
                     10_000, ("cifar-10-batches-py", "cifar10/cifar-10-batches-py")),
         DatasetSpec("synthetic", "generated oriented bars, learnable; for tests and offline demos", 10,
                     (1, 28, 28), 6_000, 1_200, options=("size", "channels", "classes", "n", "n_test")),
-        DatasetSpec("imagefolder:PATH", "PATH/<class>/*.png|jpg, or PATH/train|val|test/<class>/*",
+        DatasetSpec("imagefolder:PATH", "PATH/<class>/*.png|jpg|webp|gif|bmp|tif|ppm, or PATH/train|val|test/<class>/*",
                     None, None, options=("image_size", "test_fraction")),
         DatasetSpec("csv:FILE", "a CSV with columns path,label[,split] (paths relative to its folder)",
                     None, None, options=("image_size", "test_fraction")),

@@ -45,7 +45,7 @@ RNG state, so the result does not depend on the number of workers or on which wo
 PIL (Pillow), on purpose: torchvision 0.29 deprecates its image decoding (torchvision.io) in
 favour of TorchCodec, which is not installed here and is built for video; Pillow is already a
 dependency (torchvision needs it), decodes PNG/JPEG/WebP without crashing on corrupt PNG data
-(torchvision's decode_png segfaults: see transforms._decode_png), reads the size from a header
+(torchvision's decode_png segfaults: see transforms._decode_pillow), reads the size from a header
 without decoding (the pixel-count bound), and its JPEG `draft` mode decodes at 1/2, 1/4 or 1/8
 scale via the DCT, which makes evaluating on large photos several times cheaper in time and
 memory.

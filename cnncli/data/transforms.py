@@ -18,10 +18,8 @@ from pathlib import Path
 
 import torch
 
+from cnncli.data.formats import FORMATS, IMAGE_EXTENSIONS, NOT_AN_IMAGE, pixels  # noqa: F401 - re-exported
 from cnncli.errors import InputError
-
-# Extensions that torchvision.io.decode_image reads (besides GIF, which we do not take)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 # ITU-R 601-2 luma as torchvision's rgb_to_grayscale weighs it: the conversion colour data goes
 # through on its way to a gray network (_adapt_channels); PIL's "L" (0.299) only meets images
@@ -122,7 +120,7 @@ def needs_adaptation(data_shape: Sequence[int], input_size: Sequence[int]) -> st
 def _decoder_message(error: Exception) -> str:
     text = str(error)
     if "Unsupported image file" in text:
-        return "not a PNG, JPEG or WebP image"
+        return NOT_AN_IMAGE
     match = re.search(r"\.cpp:\d+, (.*)", text)
     return f"cannot decode the image: {(match.group(1) if match else text).strip()}"
 
@@ -152,29 +150,41 @@ def _check_pixel_count(path: Path, data: bytes) -> None:
                          "megapixels at most); resize it first")
 
 
-def _decode_png(path: Path, data: bytes) -> torch.Tensor:
-    """A PNG through Pillow: torchvision 0.29's decode_png crashes the process (SIGSEGV) on a
-    PNG whose compressed data is corrupt (libpng's error jump), where Pillow raises an error."""
-    import numpy as np
-    from PIL import Image
+def _torchvision_reads(data: bytes) -> bool:
+    """JPEG and WebP go through torchvision's decoders (libjpeg-turbo, libwebp); the rest through
+    Pillow (`_decode_pillow`)."""
+    return data.startswith(b"\xff\xd8\xff") or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _decode_pillow(path: Path, data: bytes) -> torch.Tensor:
+    """PNG, GIF, BMP, TIFF, PPM through Pillow (data/formats.py), EXIF orientation applied to
+    all but PNG (as torchvision's decode_image does). PNG is here because torchvision 0.29's
+    decode_png crashes the process (SIGSEGV) on a PNG whose compressed data is corrupt (libpng's
+    error jump), where Pillow raises an error."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
+                if image.format not in FORMATS:
+                    raise InputError(f"{path}: {NOT_AN_IMAGE}")
                 image.load()
-                if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: keep the high byte
-                    array = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
-                elif image.mode in ("1", "L", "LA", "La"):
-                    array = np.array(image.convert("L"))  # a writable copy for torch
-                else:  # RGB, RGBA, palette, 16-bit colour (Pillow gives 8 bits): colour, alpha dropped
-                    array = np.array(image.convert("RGB"))
+                if not data.startswith(_PNG_SIGNATURE):
+                    image = ImageOps.exif_transpose(image)
+                array = pixels(image)
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        if data.startswith(_PNG_SIGNATURE):
+            raise InputError(f"{path}: cannot decode the image: not a readable PNG") from None
+        raise InputError(f"{path}: {NOT_AN_IMAGE}") from None
     except Exception as e:  # noqa: BLE001 - corrupt data surfaces as OSError, SyntaxError, ValueError, zlib.error...
         reason = " ".join(str(e).split()) or type(e).__name__
         raise InputError(f"{path}: cannot decode the image: {reason}") from None
     if array.size == 0:
         raise InputError(f"{path}: unsupported image layout {array.shape}")
-    tensor = torch.from_numpy(array)
+    tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
     return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
@@ -199,8 +209,8 @@ def decode_image_data(data: bytes, path: str | Path) -> torch.Tensor:
     from torchvision.io import decode_image
 
     _check_pixel_count(path, data)
-    if data.startswith(_PNG_SIGNATURE):
-        return _decode_png(path, data)
+    if not _torchvision_reads(data):
+        return _decode_pillow(path, data)
     try:
         with warnings.catch_warnings():
             # torchvision 0.29 announces its decoders move to torchcodec; they work, and the

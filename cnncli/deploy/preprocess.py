@@ -5,9 +5,10 @@ alone costs more. This module mirrors `cnncli.data.transforms` step for step, so
 file gives the probabilities the checkpoint gives (a test holds the two paths within 1e-5 on
 real PNG and JPEG files):
 
-- decoding: PNGs through Pillow as there; other files (JPEG, WebP) through Pillow with the
-  EXIF orientation applied, where the torch path uses torchvision's libjpeg-turbo / libwebp;
-  gray stays one channel, colour is RGB, alpha is dropped, 16-bit keeps the high byte;
+- decoding: PNG, GIF, BMP, TIFF and PPM through Pillow as there; JPEG and WebP through Pillow
+  too, where the torch path uses torchvision's libjpeg-turbo / libwebp; the EXIF orientation
+  applied to all but PNG; the pixels as data/formats.py makes them (gray stays one channel,
+  colour is RGB, alpha is dropped, 16-bit keeps the high byte);
 - uint8 to float32 in [0, 1]; colour to luma (ITU-R 601-2, torchvision's weights) before the
   resize when the network is gray; antialiased bilinear resize (Pillow's resampling on float
   images, the algorithm torchvision's `antialias=True` was ported from); gray repeated to 3
@@ -23,17 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncli.data.formats import FORMATS, IMAGE_EXTENSIONS, NOT_AN_IMAGE, pixels  # noqa: F401 - re-exported
 from cnncli.errors import InputError
 
 # The same bound as cnncli.data.transforms.MAX_IMAGE_PIXELS (a test keeps the two equal;
 # importing it from there would import torch).
 MAX_IMAGE_PIXELS = 100_000_000
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # as cnncli.data.transforms
 _LUMA = (0.2989, 0.587, 0.114)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# What torchvision.io.decode_image reads; Pillow reads more (BMP, TIFF, ...), which the torch
-# path refuses, so this one does too.
-_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "GIF"}
 
 
 def _read(path: Path) -> bytes:
@@ -65,26 +63,21 @@ def decode_image_array(path: str | Path) -> np.ndarray:
                 if width * height > MAX_IMAGE_PIXELS:
                     raise InputError(f"{path}: {width}x{height} pixels is more than cnncli decodes "
                                      f"({MAX_IMAGE_PIXELS // 1_000_000} megapixels at most); resize it first")
-                if fmt not in _FORMATS:
-                    raise InputError(f"{path}: not a PNG, JPEG or WebP image")
+                if fmt not in FORMATS:
+                    raise InputError(f"{path}: {NOT_AN_IMAGE}")
                 image.load()
                 if not data.startswith(_PNG_SIGNATURE):
                     image = ImageOps.exif_transpose(image)  # as decode_image(apply_exif_orientation=True)
-                if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: keep the high byte
-                    array = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
-                elif image.mode in ("1", "L", "LA", "La"):
-                    array = np.asarray(image.convert("L"))
-                else:  # RGB, RGBA, palette, CMYK...: colour, alpha dropped
-                    array = np.asarray(image.convert("RGB"))
+                array = pixels(image)  # gray or RGB uint8 (data/formats.py)
     except InputError:
         raise
     except Image.DecompressionBombError:
         raise InputError(f"{path}: its size is more than cnncli decodes "
                          f"({MAX_IMAGE_PIXELS // 1_000_000} megapixels at most); resize it first") from None
-    except UnidentifiedImageError as e:
+    except UnidentifiedImageError:
         if data.startswith(_PNG_SIGNATURE):  # a PNG that Pillow cannot read: as the torch path says
-            raise InputError(f"{path}: cannot decode the image: {' '.join(str(e).split())}") from None
-        raise InputError(f"{path}: not a PNG, JPEG or WebP image") from None
+            raise InputError(f"{path}: cannot decode the image: not a readable PNG") from None
+        raise InputError(f"{path}: {NOT_AN_IMAGE}") from None
     except Exception as e:  # noqa: BLE001 - corrupt data: OSError, SyntaxError, ValueError, zlib.error...
         reason = " ".join(str(e).split()) or type(e).__name__
         raise InputError(f"{path}: cannot decode the image: {reason}") from None
