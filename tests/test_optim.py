@@ -346,6 +346,20 @@ RESUMED_ARGS = ["lenet5", "--data", DATA, "--epochs", "3", "--batch-size", "16",
 
 
 @pytest.mark.slow
+def test_sigterm_then_resume_with_muon_ends_bit_identical(stop_and_resume):
+    """Muon keeps per-parameter state (momentum, and for the AdamW-handled tensors their moments)
+    that a mid-epoch stop must carry over."""
+    args = ["lenet5", "--data", DATA, "--epochs", "2", "--batch-size", "16", "--seed", "3", "--threads", "1",
+            "--quiet", "--optimizer", "muon"]
+    run = stop_and_resume(args, signal.SIGTERM)
+    assert run.returncode in (0, 143), run.stderr
+    for name in ("model.safetensors", "last.safetensors"):
+        a, _ = load_checkpoint(run.straight / name)
+        b, _ = load_checkpoint(run.out / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.slow
 def test_sigterm_then_resume_with_lion_plateau_weights_and_balanced_sampling_ends_bit_identical(stop_and_resume):
     run = stop_and_resume(RESUMED_ARGS, signal.SIGTERM)  # inside epoch 2: a mid-epoch state
     straight, out = run.straight, run.out

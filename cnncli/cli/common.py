@@ -31,6 +31,7 @@ class Optimizer(StrEnum):
     rmsproptf = "rmsproptf"
     adan = "adan"
     adoptw = "adoptw"
+    muon = "muon"
 
 
 class Schedule(StrEnum):

@@ -133,7 +133,7 @@ BatchSizeOpt = Annotated[int, typer.Option(
     "--batch-size", "-b", rich_help_panel=OPTIMISATION, callback=_range(1, 65536), help="Batch size (global under torchrun).")]
 OptimizerOpt = Annotated[Optimizer, typer.Option(
     "--optimizer", rich_help_panel=OPTIMISATION, metavar="sgd|adamw|lamb|lion|...",
-    help="From timm's factory: also adam, nadamw, radamw, rmsprop, rmsproptf, adan, adoptw; no decay on biases and norms.")]
+    help="From timm's factory: also adam, nadamw, radamw, rmsprop, rmsproptf, adan, adoptw, muon; no decay on biases and norms.")]
 def _lr_value(text: str):
     """--lr: a number in (0, 10], or 'auto' (the learning-rate range test picks it)."""
     if str(text).strip().lower() == "auto":
