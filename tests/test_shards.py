@@ -275,3 +275,38 @@ def test_datasets_check_on_shards_is_one_line_pointing_to_the_source(run_cli, tm
     write_shards(tmp_path / "s", shards=1, per_shard=2)
     result = run_cli("datasets", "check", f"wds:{tmp_path / 's'}")
     assert result.exit_code == 2 and "packed from" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_read_neither_moves_nor_trusts_the_shared_file_offset(tmp_path):
+    """DataLoader workers forked after the parent opened a shard share its file offset: a read must
+    be positional (one worker's seek between another's seek and read gave it the wrong bytes)."""
+    import os
+
+    from cnncli.data.shards import TarSource
+
+    path = write_shards(tmp_path, shards=1, per_shard=3)[0]
+    source = TarSource([str(path)], [str(c) for c in range(4)])
+    with tarfile.open(path) as tar:
+        want = [tar.extractfile(f"s{n:05d}.png").read() for n in range(3)]
+    assert source.read(0) == want[0]  # opens the shard, as the parent does before forking workers
+    fd = source._files[0].fileno()
+    os.lseek(fd, 5, os.SEEK_SET)  # where another process's seek may have left the shared offset
+    assert [source.read(i) for i in (2, 1)] == [want[2], want[1]]
+    assert os.lseek(fd, 0, os.SEEK_CUR) == 5  # untouched: no other reader is disturbed either
+
+
+def test_packed_bmp_tiff_gif_train_through_two_workers(run_cli, tmp_path):
+    """pack writes the formats shards do not carry as PNG; 2 workers decode every sample right."""
+    root = write_photos(tmp_path / "photos", per_class=6)
+    for c, name in enumerate(("cat", "dog", "owl")):
+        for k, ext in enumerate(("bmp", "tif", "gif")):
+            Image.new("RGB", (36, 28), (60 * c, 90, 40 * k)).save(root / name / f"x{k}.{ext}")
+    assert run_cli("datasets", "pack", root, tmp_path / "shards", "--shard-size", "8").exit_code == 0
+    members = collections.Counter(
+        m.rsplit(".", 1)[1] for p in sorted((tmp_path / "shards").glob("*.tar")) for m in tarfile.open(p).getnames())
+    assert set(members) == {"jpg", "png", "cls", "id.txt"} or set(members) == {"jpg", "png", "cls", "txt"}, members
+    assert members["jpg"] + members["png"] == 27
+    result = run_cli("train", "lenet5", "--data", tmp_path / "shards", "--epochs", "2", "--threads", "1",
+                     "--workers", "2", "--batch-size", "4", "--out", tmp_path / "run")  # the size from the headers: read in this process, before the workers fork
+    assert result.exit_code == 0, result.stderr
+    assert "skipped" not in result.stderr

@@ -142,12 +142,20 @@ def _resize(image, side: int):
 
 
 def _file_samples(paths: list[str], img_size: int | None) -> Iterator[tuple[dict[str, bytes], int, str]]:
-    """(members, channels, id) per image file: the file's bytes, or scaled and re-encoded."""
+    """(members, channels, id) per image file: the file's bytes, or scaled and re-encoded. A
+    format shards do not carry (GIF, BMP, TIFF, PPM: what webdataset's decoders and ours read is
+    IMAGE_KEYS) is decoded and written as PNG, losslessly, at its size or scaled."""
+    from cnncli.data.shards.source import IMAGE_KEYS
     from cnncli.data.transforms import decode_image_file
 
     for path in paths:
         ext = Path(path).suffix.lower().lstrip(".")
         ext = "jpg" if ext == "jpeg" else ext
+        if ext not in IMAGE_KEYS:
+            image = decode_image_file(path)
+            image = image if img_size is None else _resize(image, img_size)
+            yield {"png": _encode(image, "png")}, int(image.shape[0]), path
+            continue
         if img_size is None:
             try:
                 data = Path(path).read_bytes()
@@ -164,9 +172,11 @@ def _header_channels(path: str) -> int:
     """1 for a gray file, 3 otherwise, from the header alone (the reader makes all alike)."""
     from PIL import Image
 
+    from cnncli.data.formats import gray_mode
+
     try:
         with Image.open(path) as image:
-            return 1 if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L") else 3
+            return 1 if gray_mode(image.mode) else 3
     except Exception:  # noqa: BLE001 - unreadable here: the reader names it when it decodes
         return 3
 

@@ -106,8 +106,14 @@ class TarSource:
         f = self._files.get(g)
         if f is None:
             f = self._files[g] = open(self.shards[g], "rb")  # noqa: SIM115 - kept open for the next samples
-        f.seek(int(self.offsets[i]))
-        return f.read(int(self.sizes[i]))
+        # pread, not seek + read: DataLoader workers forked after this process opened a shard share
+        # its file offset, and one worker's seek between another's seek and read gave it the
+        # wrong bytes ("cannot decode the image" on sound samples, at random)
+        size = int(self.sizes[i])
+        data = os.pread(f.fileno(), size, int(self.offsets[i]))
+        if len(data) != size:
+            raise OSError(f"the shard ends {size - len(data)} bytes early (changed since it was indexed?)")
+        return data
 
     def load(self, i: int):
         from cnncli.data.photo_decode import BadImage, decode_photo_data
