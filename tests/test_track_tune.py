@@ -121,3 +121,23 @@ def test_a_bad_space_is_one_line_exit_2(run_cli, tmp_path, space, message):
 def test_an_unknown_metric_is_exit_2(run_cli, tmp_path):
     result = run_cli(*TUNE, "--trials", "1", "--metric", "val_top9", "--out", tmp_path / "s")
     assert result.exit_code == 2 and "unknown metric" in result.stderr
+
+
+def test_tune_on_a_photo_folder_passes_img_size_and_cache_to_every_trial(run_cli, tmp_path):
+    """A practitioner tunes on their own photos at a small size, each image decoded once for all trials."""
+    import tomllib
+
+    from test_stream import make_photos
+
+    make_photos(tmp_path / "photos", {"": 6})
+    space = tmp_path / "space.toml"
+    space.write_text("lr = {low = 1e-3, high = 1e-2, log = true}\n")
+    result = run_cli("tune", "timm/resnet18", "--data", tmp_path / "photos", "--img-size", "40", "--cache", "disk",
+                     "--epochs", "1", "--trials", "2", "--space", space, "--threads", "1", "--quiet",
+                     "--log", "none", "--out", tmp_path / "s", "--json")
+    assert result.exit_code == 0, result.stderr
+    for n in (0, 1):
+        config = tomllib.loads((tmp_path / "s" / f"trial-{n}" / "config.toml").read_text())
+        assert config["img_size"] == 40 and config["cache"] == "disk", config
+    best = tomllib.loads((tmp_path / "s" / "best.toml").read_text())
+    assert best["img_size"] == 40

@@ -9,11 +9,13 @@ from typing import Annotated
 import typer
 
 from cnncli.cli.options import (
+    CacheOpt,
     DataDirOpt,
     DataOpt,
     DeviceOpt,
     EpochsOpt,
     ExperimentOpt,
+    ImgSizeOpt,
     JsonOpt,
     LogOpt,
     MaxSamplesOpt,
@@ -81,6 +83,8 @@ def tune(
     stream: StreamOpt = None,
     workers: WorkersOpt = None,
     skip_bad_images: SkipBadImagesOpt = False,
+    img_size: ImgSizeOpt = None,
+    cache: CacheOpt = None,
 ) -> None:
     """Search hyperparameters with Optuna (TPE): each trial is a real run in runs/<study>/trial-<n>/.
 
