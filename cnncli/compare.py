@@ -108,7 +108,9 @@ def compare_runs(a: str, b: str, data: str | None = None, split: str = "test", d
         raise InputError(f"--split must be one of {', '.join(SPLITS)}; got '{split}'")
     pa = open_predictor(a, device=device, threads=threads)
     pb = open_predictor(b, device=device, threads=threads)
-    data = data or pa.meta.get("dataset") or pb.meta.get("dataset")
+    from cnncli.data.paths import recorded_dataset
+
+    data = data or recorded_dataset(pa.meta) or recorded_dataset(pb.meta)
     if not data:
         raise InputError(f"neither {a} nor {b} records its dataset; pass --data NAME")
     names_a, names_b = pa.class_names, pb.class_names

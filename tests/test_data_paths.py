@@ -7,6 +7,7 @@
 - a small folder (loaded in memory) with a file that does not decode: one line naming it and the
   way on (in train and in export's int8 gate); `--skip-bad-images` streams by itself and skips it;
   with `--no-stream` it is a usage error;
+- a run on a relative folder records its absolute path too: eval from another folder finds it;
 - a folder of BMP, TIFF, GIF and PPM files (data/formats.py) loads, in memory and streamed, and
   predict on a folder lists them.
 """
@@ -145,3 +146,28 @@ def test_a_png_path_is_not_a_dataset(tmp_path, run_cli):
     Image.new("RGB", (8, 8)).save(tmp_path / "one.png")
     result = run_cli(*TRAIN, "--data", tmp_path / "one.png", "--out", tmp_path / "run")
     assert result.exit_code == 2 and f"dataset {tmp_path / 'one.png'}: not a dataset (" in result.stderr
+
+
+def test_a_run_on_a_relative_folder_evaluates_from_another_folder(tmp_path, run_cli, monkeypatch):
+    """The run records the name as given and the absolute path beside it; eval, compare and
+    export's gates take the absolute one when the name as given does not exist from where they run."""
+    import json
+
+    from cnncli.data.paths import recorded_dataset
+
+    make_photos(tmp_path / "work" / "photos", {"": 4})
+    monkeypatch.chdir(tmp_path / "work")
+    trained = run_cli(*TRAIN, "--data", "photos", "--out", tmp_path / "run")
+    assert trained.exit_code == 0, trained.stderr
+    meta = read_meta(tmp_path / "run" / "model.safetensors")
+    assert meta["dataset"] == "photos"
+    assert meta["data_source"]["absolute"] == f"imagefolder:{(tmp_path / 'work' / 'photos').resolve()}"
+    assert recorded_dataset(meta) == "photos"  # it exists from here: as given
+    here = json.loads(run_cli("eval", tmp_path / "run", "--json").stdout)
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert recorded_dataset(meta) == meta["data_source"]["absolute"]
+    there = run_cli("eval", tmp_path / "run", "--json")
+    assert there.exit_code == 0, there.stderr
+    assert json.loads(there.stdout)["top1"] == here["top1"]

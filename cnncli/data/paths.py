@@ -43,3 +43,33 @@ def looks_like_path(name: str) -> bool:
     """Whether a name that is no dataset was meant as a path (for the error message)."""
     raw = name.strip()
     return "/" in raw or "\\" in raw or raw.startswith((".", "~")) or raw.lower().endswith((".csv", ".tar"))
+
+
+def absolute_name(name: str) -> str | None:
+    """`imagefolder:photos` -> `imagefolder:/abs/photos` (also csv:, wds:) when that path exists
+    here; None for other names and for patterns. A run records it beside the name as given, so
+    that a later command in another folder still finds the data (`recorded_dataset`)."""
+    head, sep, rest = name.strip().partition(":")
+    if not sep or head.lower() not in ("imagefolder", "csv", "wds") or not rest:
+        return None
+    path = Path(rest).expanduser()
+    try:
+        return f"{head.lower()}:{path.resolve()}" if path.exists() else None
+    except OSError:
+        return None
+
+
+def recorded_dataset(meta) -> str | None:
+    """The dataset a run records: its name as given, or, where that is a relative path that does
+    not exist from here, the absolute one recorded with it (`absolute_name`)."""
+    name = meta.get("dataset") if hasattr(meta, "get") else None
+    source = (meta.get("data_source") or {}) if hasattr(meta, "get") else {}
+    absolute = source.get("absolute") if isinstance(source, dict) else None
+    if not name or not absolute or absolute == name:
+        return name
+    rest = dataset_name(str(name)).partition(":")[2]
+    try:
+        here = bool(rest) and Path(rest).expanduser().exists()
+    except OSError:
+        here = False
+    return name if here else absolute

@@ -331,12 +331,21 @@ def _load_dataset(name, data_dir, download, val_fraction, max_samples, seed, fal
         from cnncli.data.shards import load_shards
 
         _check_options("wds", options, ())
+        from cnncli.data.paths import absolute_name
+
+        info = {"requested": name, "embedded": False}
+        if absolute_name(name):
+            info["absolute"] = absolute_name(name)
         return load_shards(name, val_fraction=val_fraction, max_samples=max_samples, seed=seed,
-                           hold_out_test=hold_out_test, info={"requested": name, "embedded": False})
+                           hold_out_test=hold_out_test, info=info)
     key, path_arg, name_options = parse_dataset_name(name)
     options = {**name_options, **options}
     spec = DATASETS[key]
     info: dict[str, Any] = {"requested": name, "embedded": False}
+    from cnncli.data.paths import absolute_name
+
+    if absolute_name(name):  # a folder or file: where it is, for later commands run elsewhere
+        info["absolute"] = absolute_name(name)
 
     if key in ("fashion-mnist", "cifar10"):
         _check_options(key, options, spec.options)

@@ -84,7 +84,9 @@ def load_gate_data(meta: dict[str, Any], data: str | None = None, data_dir: str 
     from cnncli.data import load_dataset
 
     recipe = meta.get("recipe") or {}
-    name = data or meta.get("dataset")
+    from cnncli.data.paths import recorded_dataset
+
+    name = data or recorded_dataset(meta)
     how = ("pass --data with a dataset of the same classes (fashion-mnist, imagefolder:DIR with "
            "train/ and test/ folders, ...)")
     if not name:

@@ -68,7 +68,9 @@ def evaluate_checkpoint(
     elif kind != "name" and kind != "model-file":
         opened = open_network(checkpoint, weights=weights, device=str(dev))
         model, meta = opened.module, opened.document
-        data = data or meta.get("dataset")
+        from cnncli.data.paths import recorded_dataset
+
+        data = data or recorded_dataset(meta)
         if not data:
             raise InputError(f"{checkpoint} does not record its dataset; pass --data NAME")
     from cnncli.data.stream import stream_choice

@@ -71,7 +71,9 @@ def synthetic_images(n: int, c: int, h: int, w: int, seed: int = 0):
 
 def _real_images(meta: dict[str, Any], n: int):
     """Up to n test images of the checkpoint's dataset if it loads offline, else (None, None)."""
-    dataset = meta.get("dataset")
+    from cnncli.data.paths import recorded_dataset
+
+    dataset = recorded_dataset(meta)
     if not dataset:
         return None, None
     recipe = meta.get("recipe") or {}
