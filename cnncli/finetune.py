@@ -368,7 +368,9 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
         if crop_pct:  # a streaming dataset's eval crop (engine/stream_feed.py)
             extra["crop_pct"] = crop_pct
     base_name = spec["name"] if spec else cfg.model
-    data_name = cfg.data.split(":")[0]
+    from cnncli.data.paths import dataset_label
+
+    data_name = dataset_label(cfg.data)
     run_name = cfg.name or f"{Path(base_name).stem if base_name.endswith('.toml') else base_name.replace('/', '_')}-ft-{data_name}"
     trainer = Trainer(cfg, resume=resume, model=model, extra_meta=extra, input_size=input_size, mean=mean,
                       std=std, quiet=quiet, run_name=run_name, model_spec=spec, command="finetune")

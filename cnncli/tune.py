@@ -46,7 +46,9 @@ class TuneRequest:
 
 def study_name(model: str, data: str) -> str:
     stem = Path(model).stem if model.endswith(".toml") else model.replace("/", "_")
-    raw = f"tune-{stem}-{data.split(':')[0]}"
+    from cnncli.data.paths import dataset_label
+
+    raw = f"tune-{stem}-{dataset_label(data)}"
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
 
 

@@ -171,3 +171,19 @@ def test_a_run_on_a_relative_folder_evaluates_from_another_folder(tmp_path, run_
     there = run_cli("eval", tmp_path / "run", "--json")
     assert there.exit_code == 0, there.stderr
     assert json.loads(there.stdout)["top1"] == here["top1"]
+
+
+def test_default_run_and_study_names_carry_the_folders_name(tmp_path, run_cli, monkeypatch):
+    from cnncli.data.paths import dataset_label
+    from cnncli.tune import study_name
+
+    make_photos(tmp_path / "my photos", {"": 4})
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    monkeypatch.chdir(tmp_path)
+    assert dataset_label("my photos") == dataset_label(f"imagefolder:{tmp_path / 'my photos'}/") == "my photos"
+    assert dataset_label("labels.csv") == "labels" and dataset_label("synthetic:size=32") == "synthetic"
+    assert dataset_label("wds:shards/train-{000000..000009}.tar") == "wds"  # a pattern: its kind
+    assert study_name("timm/resnet18", "my photos") == "tune-timm_resnet18-my_photos"
+    result = run_cli(*TRAIN, "--data", "my photos")  # no --out: runs/<model>-<folder>
+    assert result.exit_code == 0, result.stderr
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["lenet5-my_photos"]

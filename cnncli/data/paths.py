@@ -73,3 +73,17 @@ def recorded_dataset(meta) -> str | None:
     except OSError:
         here = False
     return name if here else absolute
+
+
+def dataset_label(name: str) -> str:
+    """A short name for default run and study folders: a folder's or file's own name
+    (`photos/`, `imagefolder:~/data/photos` -> `photos`, `csv:labels.csv` -> `labels`), else the
+    name before any options (`synthetic:size=32` -> `synthetic`)."""
+    canonical = dataset_name(name)
+    head, sep, rest = canonical.strip().partition(":")
+    if sep and head.lower() in ("imagefolder", "csv", "wds") and rest:
+        path = Path(rest.rstrip("/\\") or rest)
+        stem = path.stem if head.lower() == "csv" or path.suffix.lower() == ".tar" else path.name
+        if stem and not any(c in stem for c in "{}|*?"):
+            return stem
+    return head

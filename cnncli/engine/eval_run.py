@@ -111,7 +111,9 @@ def evaluate_checkpoint(
         model_name = meta["model"]["name"]
 
     # a folder or CSV: which layout was understood, once the data fits (an error stays one line)
-    if ctx.is_main and data.partition(":")[0].lower() in ("imagefolder", "csv"):
+    from cnncli.data.registry import canonical_dataset_name
+
+    if ctx.is_main and canonical_dataset_name(data).partition(":")[0].lower() in ("imagefolder", "csv"):
         from cnncli.data.registry import say_split_sizes
 
         say_split_sizes(stats)

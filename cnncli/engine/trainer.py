@@ -32,6 +32,7 @@ from cnncli.checkpoint import (
     versions,
 )
 from cnncli.data.balance import epoch_order
+from cnncli.data.paths import dataset_label
 from cnncli.data.stream import BadImageFailure, stream_choice
 from cnncli.data.transforms import adapt_stats
 from cnncli.engine import distributed, run_state
@@ -197,7 +198,7 @@ class Trainer:
             self.extra_meta["class_weights"] = dict(zip(self.class_names, self.class_weights))
         if not hasattr(self, "weights_source"):
             self.weights_source = self.extra_meta.get("weights_source")
-        self.run_name = run_name or cfg.name or f"{Path(cfg.model).stem if cfg.model.endswith('.toml') else cfg.model.replace('/', '_')}-{cfg.data.split(':')[0]}"
+        self.run_name = run_name or cfg.name or f"{Path(cfg.model).stem if cfg.model.endswith('.toml') else cfg.model.replace('/', '_')}-{dataset_label(cfg.data)}"
 
         from cnncli.data.augment import parse_augment
         from cnncli.data.transforms import needs_adaptation, prepare_batch
