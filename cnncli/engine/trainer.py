@@ -55,9 +55,7 @@ from cnncli.engine.evaluate import EvalResult, evaluate
 from cnncli.engine.optim import Plateau, build_optimizer, describe_optimizer, match_layouts
 from cnncli.engine.progress import Progress
 from cnncli.engine.report import RunResult
-from cnncli.engine.resume_policy import (
-    resolved_recipe,
-)
+from cnncli.engine.resume_policy import resolved_recipe
 from cnncli.engine.runs import check_run_folder, claim_run_folder
 from cnncli.engine.step import (
     EpochMeter,
