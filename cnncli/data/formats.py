@@ -3,9 +3,9 @@
 One list for every reader: the in-memory and predict path (data/transforms.py: JPEG and WebP
 through torchvision, the rest through Pillow), the streaming path (data/photo_decode.py) and the
 torch-free predict path of exported models (deploy/preprocess.py), so a folder means the same
-files to all of them. The formats are those torchvision's ImageFolder, Keras and Ultralytics read
-from a photo folder: PNG, JPEG, WebP, GIF (its first frame), BMP, TIFF (its first page) and
-PPM/PGM. The pixels: gray stays one channel (16-bit gray keeps its high byte), everything else
+files to all of them. The formats are what torchvision's ImageFolder, Keras and Ultralytics read
+from a photo folder between them: PNG, JPEG, WebP, GIF (its first frame), BMP, TIFF (its first
+page) and PPM/PGM. The pixels: gray stays one channel (16-bit gray keeps its high byte), everything else
 becomes RGB (alpha dropped, palettes and CMYK converted); 32-bit float images are refused.
 Torch-free and Pillow-free at import.
 """

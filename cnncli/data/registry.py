@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnncli.data.paths import absolute_name, dataset_name, looks_like_path
 from cnncli.errors import InputError, RuntimeFailure, UnknownNameError
 
 FASHION_CLASSES = [
@@ -95,8 +96,6 @@ def dataset_names() -> list[str]:
 def canonical_dataset_name(name: str) -> str:
     """A bare path as its prefixed name (`photos/` -> `imagefolder:photos/`, data/paths.py);
     registered names and prefixed ones as given."""
-    from cnncli.data.paths import dataset_name
-
     return dataset_name(name, tuple(ALIASES) + tuple(DATASETS))
 
 
@@ -116,8 +115,6 @@ def parse_dataset_name(name: str) -> tuple[str, str | None, dict[str, str]]:
             raise InputError("csv needs a file: --data csv:FILE (columns path,label[,split])")
         return key, rest, {}
     if key not in DATASETS:
-        from cnncli.data.paths import looks_like_path
-
         if looks_like_path(raw):
             what = "not a dataset" if Path(raw).expanduser().exists() else "no such folder or file"
             raise InputError(f"dataset {raw}: {what} (a folder of <class>/ image folders, a .csv file or a "
@@ -322,6 +319,16 @@ def say_split_sizes(splits) -> None:
          f"{len(splits.test):,} test images, {len(splits.class_names)} classes ({kind})")
 
 
+def _info(name: str) -> dict[str, Any]:
+    """What a run records of where its data came from; a folder's or file's absolute path too,
+    for later commands run elsewhere (data.paths.recorded_dataset)."""
+    info: dict[str, Any] = {"requested": name, "embedded": False}
+    absolute = absolute_name(name)
+    if absolute:
+        info["absolute"] = absolute
+    return info
+
+
 def _load_dataset(name, data_dir, download, val_fraction, max_samples, seed, fallback_to_embedded, hold_out_test,
                   stream, **options):
     from cnncli.data.splits import make_splits
@@ -331,21 +338,12 @@ def _load_dataset(name, data_dir, download, val_fraction, max_samples, seed, fal
         from cnncli.data.shards import load_shards
 
         _check_options("wds", options, ())
-        from cnncli.data.paths import absolute_name
-
-        info = {"requested": name, "embedded": False}
-        if absolute_name(name):
-            info["absolute"] = absolute_name(name)
         return load_shards(name, val_fraction=val_fraction, max_samples=max_samples, seed=seed,
-                           hold_out_test=hold_out_test, info=info)
+                           hold_out_test=hold_out_test, info=_info(name))
     key, path_arg, name_options = parse_dataset_name(name)
     options = {**name_options, **options}
     spec = DATASETS[key]
-    info: dict[str, Any] = {"requested": name, "embedded": False}
-    from cnncli.data.paths import absolute_name
-
-    if absolute_name(name):  # a folder or file: where it is, for later commands run elsewhere
-        info["absolute"] = absolute_name(name)
+    info = _info(name)
 
     if key in ("fashion-mnist", "cifar10"):
         _check_options(key, options, spec.options)
