@@ -87,8 +87,11 @@ class RuntimePredictor(Predictor):
         return softmax(self.forward(batch))
 
     def decode(self, path: str):
-        from cnncli.deploy.preprocess import decode_image_array
+        from cnncli.deploy.preprocess import decode_image_array, photo_array_for_network
 
+        pipeline = self.meta.get("data_pipeline") if hasattr(self.meta, "get") else None
+        if isinstance(pipeline, Mapping) and pipeline.get("kind") == "stream":  # as Predictor.decode
+            return photo_array_for_network(path, self.meta["input_size"], pipeline.get("crop_pct"))
         return decode_image_array(path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_stream import TRAIN, make_photos
 
@@ -146,3 +147,55 @@ def test_tune_trials_stream_a_folder(tmp_path, run_cli, monkeypatch):
                      "--trials", "1", "--epochs", "1", "--threads", "1", "--out", tmp_path / "study", "--json")
     assert result.exit_code == 0, result.stderr
     assert shapes and set(shapes) == {(1, 32, 32)}
+
+
+def _framed_photos(folder: Path) -> list[Path]:
+    """Wide, tall and square photos whose centre differs from their borders (a squash and a centre
+    crop see different images), JPEG large enough for a DCT-scaled decode, gray, and EXIF-turned."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    made = []
+    for name, (h, w) in {"wide.jpg": (250, 400), "tall.png": (300, 120), "square.jpg": (97, 97),
+                         "gray.jpg": (333, 500), "turned.png": (90, 150)}.items():
+        a = (rng.random((h, w, 3)) * 60).astype(np.uint8)
+        a[h // 4: 3 * h // 4, w // 4: 3 * w // 4, 0] += 180  # a red centre
+        a[:, : w // 5, 2] += 180  # blue borders
+        a[:, -w // 5:, 1] += 180
+        image = Image.fromarray(a).convert("L") if name.startswith("gray") else Image.fromarray(a)
+        exif = Image.Exif()
+        exif[0x0112] = 6 if name.startswith("turned") else 1
+        image.save(folder / name, quality=90, exif=exif.tobytes())
+        made.append(folder / name)
+    return made
+
+
+@pytest.mark.parametrize("input_size, crop_pct", [((3, 24, 24), 0.875), ((1, 32, 32), 0.875), ((3, 64, 64), 1.0)])
+def test_the_numpy_mirror_of_the_streaming_eval_transform_agrees_pixel_for_pixel(tmp_path, input_size, crop_pct):
+    from cnncli.data.stream import DEFAULT_CROP_PCT, photo_for_network
+    from cnncli.deploy import preprocess as pp
+
+    assert pp.DEFAULT_CROP_PCT == DEFAULT_CROP_PCT
+    for path in _framed_photos(tmp_path):
+        want = photo_for_network(path, input_size, crop_pct).numpy()
+        got = pp.photo_array_for_network(path, input_size, crop_pct)
+        assert got.shape == want.shape == (input_size[0], input_size[1], input_size[1]) and got.dtype == np.uint8
+        diff = np.abs(got.astype(int) - want.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.25, path.name  # Pillow's and torch's rounding
+
+
+def test_a_streamed_run_predicts_the_same_from_its_onnx_file(tmp_path, run_cli):
+    """The ONNX file carries the run's pipeline: its torch-free predict crops as the run does."""
+    from cnncli import export as ex
+
+    out, _ = _stream_run(tmp_path, run_cli)
+    onnx_file = ex.export_checkpoint(out, "onnx", out=tmp_path / "m.onnx", exporter="torchscript").path
+    photos = _framed_photos(tmp_path / "framed")
+    runs = [run_cli("predict", where, *photos, "--json", "-k", 3) for where in (out, onnx_file)]
+    assert all(r.exit_code == 0 for r in runs), [r.stderr for r in runs]
+    want, got = ([json.loads(line) for line in r.stdout.splitlines()] for r in runs)
+    for a, b in zip(want, got):
+        pa = {e["index"]: e["prob"] for e in a["top"]}
+        pb = {e["index"]: e["prob"] for e in b["top"]}
+        assert max(abs(pa[i] - pb[i]) for i in pa) < 2e-3, a["path"]

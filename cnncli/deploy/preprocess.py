@@ -13,11 +13,20 @@ real PNG and JPEG files):
   resize when the network is gray; antialiased bilinear resize (Pillow's resampling on float
   images, the algorithm torchvision's `antialias=True` was ported from); gray repeated to 3
   channels after it; then (x - mean) / std with the same adaptation of the statistics.
+
+A run trained on a streaming dataset (its metadata's `data_pipeline.kind` is "stream") prepares
+files with that pipeline's eval transform instead (data/stream.py `PhotoTransform`, data/
+photo_decode.py): `photo_array_for_network` mirrors it: JPEG decoded at the smallest DCT scale
+that keeps the shorter side, the EXIF orientation applied to every format, colour to gray as
+uint8 first where the network is gray, the shorter side resized to size / crop_pct (uint8,
+antialiased bilinear), the centre size x size crop. Pixels agree with the torch path within one
+grey level (Pillow's and torch's fixed-point rounding).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +39,7 @@ from cnncli.errors import InputError
 # The same bound as cnncli.data.transforms.MAX_IMAGE_PIXELS (a test keeps the two equal;
 # importing it from there would import torch).
 MAX_IMAGE_PIXELS = 100_000_000
+DEFAULT_CROP_PCT = 0.875  # cnncli.data.stream.DEFAULT_CROP_PCT (a test keeps the two equal)
 _LUMA = (0.2989, 0.587, 0.114)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -48,8 +58,11 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def decode_image_array(path: str | Path) -> np.ndarray:
-    """One image file as uint8 (C, H, W), C 1 (gray) or 3 (colour); InputError naming the file."""
+def decode_image_array(path: str | Path, min_side: int | None = None) -> np.ndarray:
+    """One image file as uint8 (C, H, W), C 1 (gray) or 3 (colour); InputError naming the file.
+
+    `min_side` given: as the streaming pipeline decodes (data/photo_decode.py): a JPEG at the
+    smallest DCT scale whose shorter side is still at least `min_side`, EXIF on every format."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -65,8 +78,11 @@ def decode_image_array(path: str | Path) -> np.ndarray:
                                      f"({MAX_IMAGE_PIXELS // 1_000_000} megapixels at most); resize it first")
                 if fmt not in FORMATS:
                     raise InputError(f"{path}: {NOT_AN_IMAGE}")
+                if min_side and fmt == "JPEG":  # photo_decode's draft: the same scale, the same pixels
+                    scale = max(1.0, min(width, height) / min_side)
+                    image.draft("RGB" if image.mode != "L" else "L", (math.ceil(width / scale), math.ceil(height / scale)))
                 image.load()
-                if not data.startswith(_PNG_SIGNATURE):
+                if min_side or not data.startswith(_PNG_SIGNATURE):
                     image = ImageOps.exif_transpose(image)  # as decode_image(apply_exif_orientation=True)
                 array = pixels(image)  # gray or RGB uint8 (data/formats.py)
     except InputError:
@@ -126,6 +142,36 @@ def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
         plane = Image.fromarray(np.ascontiguousarray(x[c], dtype=np.float32))
         out[c] = np.asarray(plane.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     return out
+
+
+def _gray_uint8(image: np.ndarray) -> np.ndarray:
+    """torchvision's rgb_to_grayscale on uint8 (C, H, W): 601-2 luma in float32, truncated."""
+    x = image.astype(np.float32)
+    return np.trunc(_to_luma(x)).astype(np.uint8)
+
+
+def photo_array_for_network(path: str | Path, input_size: Sequence[int], crop_pct: float | None = None) -> np.ndarray:
+    """One file through a streaming run's eval transform: uint8 (C, size, size); InputError.
+
+    The shorter side to max(size, floor(size / crop_pct)), the longer in proportion (torchvision's
+    Resize(int)), then the centre crop (torchvision's CenterCrop offsets)."""
+    from PIL import Image
+
+    channels, size = int(input_size[0]), int(input_size[1])
+    resize_to = max(size, int(math.floor(size / float(crop_pct or DEFAULT_CROP_PCT))))
+    image = decode_image_array(path, min_side=resize_to)
+    if image.shape[0] != channels:
+        image = np.repeat(image, channels, axis=0) if image.shape[0] == 1 else _gray_uint8(image)
+    _, h, w = image.shape
+    short, long = (h, w) if h <= w else (w, h)
+    new_long = int(resize_to * long / short)
+    nh, nw = (resize_to, new_long) if h <= w else (new_long, resize_to)
+    if (nh, nw) != (h, w):
+        planes = image[0] if channels == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))
+        resized = np.asarray(Image.fromarray(planes).resize((nw, nh), Image.Resampling.BILINEAR))
+        image = resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1)
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    return np.ascontiguousarray(image[:, top:top + size, left:left + size])
 
 
 def prepare_array(image: np.ndarray, input_size: Sequence[int], mean: Sequence[float],
