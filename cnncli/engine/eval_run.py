@@ -76,6 +76,11 @@ def evaluate_checkpoint(
     from cnncli.data.stream import stream_choice
 
     stream = stream_choice(stream, None, skip_bad_images)
+    if pretrained and stream is None:
+        from cnncli.data.registry import canonical_dataset_name
+
+        if canonical_dataset_name(data).partition(":")[0].lower() in ("imagefolder", "csv"):
+            stream = True  # photos through the weights' own eval transform (shorter side, centre crop), as timm validates
     subset, class_names, stats = _load_split(data, split, data_dir, download, (meta or {}).get("seed", 0), stream)
     if subset.ids is None:  # an image is named by its index in the split, before any cap
         subset.ids = [str(i) for i in range(len(subset.labels))]
