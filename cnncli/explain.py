@@ -9,7 +9,10 @@ it cnncli's names and guarantees:
   is still a spatial map of at least 2x2 before global pooling, a NAME must be a row with a
   spatial output, and the receptive field `inspect` reports for that row is the one drawn
   around the map's peak;
-* the map comes back at the input image's own height x width, float32 in [0, 1];
+* the map comes back at the input image's own height x width, float32 in [0, 1]; a network
+  that sees only a centre crop of a photo (a run trained on a streamed folder, a pretrained
+  network: their eval transform) is given that crop, as `predict` gives it, and its map is zero
+  outside it (`seen`: the crop's box in image pixels, drawn on the overlay);
 * everything that can be refused (layer, target class, unreadable image) is refused before a
   file is written.
 """
@@ -196,6 +199,7 @@ class CamResult:
     receptive_field: list[int] | None  # in network-input pixels
     box: list[float] | None  # [x0, y0, x1, y1] in image pixels: the receptive field of the peak
     extras: dict[str, Any] = field(default_factory=dict)
+    seen: list[int] | None = None  # [x0, y0, x1, y1]: the centre crop the network saw (None: all of it)
 
 
 class Explainer:
@@ -216,12 +220,21 @@ class Explainer:
         self.input_size = [int(v) for v in meta["input_size"]]
         self.layer = resolve_layer(model, self.input_size, layer)
         self.class_names = list(meta.get("class_names") or [])
+        pipeline = meta.get("data_pipeline") if hasattr(meta, "get") else None
+        self.crop_pct = None  # the centre crop of a streaming eval transform (data/stream.py), if any
+        if isinstance(pipeline, dict) and pipeline.get("kind") == "stream":
+            from cnncli.data.stream import DEFAULT_CROP_PCT
+
+            self.crop_pct = float(pipeline.get("crop_pct") or DEFAULT_CROP_PCT)
         self.cam = getattr(grad_cam, METHODS[method])(model=model, target_layers=[self.layer.module])
         if method == "scorecam":
             self.cam.batch_size = 32
 
-    def explain(self, image, target: int | None = None) -> CamResult:
-        """The map of one uint8 (C, H, W) image, for `target` (None: the predicted class)."""
+    def explain(self, image, target: int | None = None, network_image=None) -> CamResult:
+        """The map of one uint8 (C, H, W) image, for `target` (None: the predicted class).
+
+        `network_image`: what the network is given, where the caller has it (`explain_files`: the
+        file through predict's decoder); else the image through the eval transform."""
         import numpy as np
         import torch
         import torch.nn.functional as F
@@ -229,8 +242,16 @@ class Explainer:
 
         from cnncli.data.transforms import prepare_images
 
-        batch = prepare_images([image], self.input_size, self.meta["mean"], self.meta["std"],
-                               device=_device_of(self.model))
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        seen = self.seen_box(h, w)
+        x0, y0, x1, y1 = seen or (0, 0, w, h)
+        if network_image is None and seen is not None:  # resized, then cropped: predict's pixels
+            from cnncli.data.stream import PhotoTransform, StreamConfig
+
+            size, channels = int(self.input_size[1]), int(self.input_size[0])
+            network_image = PhotoTransform(StreamConfig(size=size, channels=channels, crop_pct=self.crop_pct)).apply(image, 0)
+        batch = prepare_images([image if network_image is None else network_image], self.input_size,
+                               self.meta["mean"], self.meta["std"], device=_device_of(self.model))
         targets = None if target is None else [ClassifierOutputTarget(int(target))]
         # ScoreCAM draws a tqdm bar per image on stderr: noise in a command's output
         quiet = contextlib.redirect_stderr(io.StringIO()) if self.method == "scorecam" else contextlib.nullcontext()
@@ -243,14 +264,32 @@ class Explainer:
         top = int(probs.argmax())
         index = top if target is None else int(target)
         cam_in = torch.from_numpy(np.ascontiguousarray(maps[0], dtype=np.float32))
-        h, w = int(image.shape[-2]), int(image.shape[-1])
-        cam = F.interpolate(cam_in[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        cam = cam.clamp_(0.0, 1.0).numpy().astype(np.float32)
+        part = F.interpolate(cam_in[None, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0, 0]
+        cam = np.zeros((h, w), dtype=np.float32)
+        cam[y0:y1, x0:x1] = part.clamp_(0.0, 1.0).numpy()
+        box = self._peak_box(cam_in.numpy(), y1 - y0, x1 - x0)
+        if box is not None:
+            box = [round(box[0] + x0, 2), round(box[1] + y0, 2), round(box[2] + x0, 2), round(box[3] + y0, 2)]
         return CamResult(cam=cam, index=index, class_name=self._name(index), prob=float(probs[index]),
                          predicted={"class": self._name(top), "index": top, "prob": float(probs[top])},
                          layer=self.layer.name, method=self.method,
-                         receptive_field=self.layer.receptive_field,
-                         box=self._peak_box(cam_in.numpy(), h, w))
+                         receptive_field=self.layer.receptive_field, box=box, seen=seen)
+
+    def seen_box(self, h: int, w: int) -> list[int] | None:
+        """[x0, y0, x1, y1] of an h x w image that the eval transform's centre crop keeps: the
+        shorter side resized to size / crop_pct, size x size in the middle (torchvision's Resize(int)
+        and CenterCrop), in the image's own pixels; None where the network sees the whole image."""
+        if self.crop_pct is None:
+            return None
+        import math
+
+        size = int(self.input_size[1])
+        resize_to = max(size, int(math.floor(size / self.crop_pct)))
+        nh, nw = (resize_to, int(resize_to * w / h)) if h <= w else (int(resize_to * h / w), resize_to)
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+        y0, x0 = round(top * h / nh), round(left * w / nw)
+        y1, x1 = max(y0 + 1, round((top + size) * h / nh)), max(x0 + 1, round((left + size) * w / nw))
+        return [x0, y0, min(w, x1), min(h, y1)]
 
     def _name(self, index: int) -> str:
         return self.class_names[index] if index < len(self.class_names) else str(index)
@@ -319,7 +358,7 @@ class Explained:
         r = self.result
         return {"path": self.path, "class": r.class_name, "index": r.index, "prob": r.prob,
                 "predicted": r.predicted, "layer": r.layer, "method": r.method,
-                "receptive_field": r.receptive_field, "box": r.box, "overlay": str(self.overlay),
+                "receptive_field": r.receptive_field, "box": r.box, "seen": r.seen, "overlay": str(self.overlay),
                 "map": str(self.map) if self.map is not None else None}
 
 
@@ -359,8 +398,15 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str | os
     check_folder(out_dir)
     warned = False
     for path, (overlay, map_path) in zip(images, paths):
-        image = decode_image_file(path)
-        result = explainer.explain(image, index)
+        network_image = None
+        if explainer.crop_pct is None:
+            image = decode_image_file(path)
+        else:  # decoded as predict decodes it (EXIF on every format; a large JPEG at DCT scale)
+            from cnncli.data.stream import decode_photo, photo_for_network
+
+            image = decode_photo(path)
+            network_image = photo_for_network(path, explainer.input_size, explainer.crop_pct)
+        result = explainer.explain(image, index, network_image)
         if not warned and not result.cam.any():
             from cnncli import output
 
@@ -455,7 +501,8 @@ def plot_overlay(image, result: CamResult, out_path: str | os.PathLike, title_na
         picture = picture.resize((w * factor, h * factor), Image.NEAREST)
     rf = "x".join(str(v) for v in result.receptive_field) if result.receptive_field else "?"
     lines = [f"{title_name + ': ' if title_name else ''}{result.class_name} (p={result.prob:.3f})",
-             f"{result.method} on {result.layer}, receptive field {rf}"]
+             f"{result.method} on {result.layer}, receptive field {rf}"
+             + (", centre crop (black box)" if result.seen is not None else "")]
     font_size = max(11, min(20, picture.width // 28))
     try:
         font = ImageFont.load_default(size=font_size)
@@ -467,6 +514,10 @@ def plot_overlay(image, result: CamResult, out_path: str | os.PathLike, title_na
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
         draw.text((4, 4 + i * int(font_size * 1.3)), line, fill="black", font=font)
+    if result.seen is not None:  # the centre crop the network saw: the map is zero outside it
+        x0, y0, x1, y1 = (v * factor for v in result.seen)
+        draw.rectangle([x0, y0 + bar, max(x0, x1 - 1), max(y0, y1 - 1) + bar], outline="black",
+                       width=max(1, picture.width // 300))
     if result.box is not None:
         x0, y0, x1, y1 = (v * factor for v in result.box)
         draw.rectangle([x0, y0 + bar, max(x0, x1 - 1), max(y0, y1 - 1) + bar], outline="white",

@@ -269,3 +269,35 @@ def test_an_image_too_large_to_explain_is_priced_and_refused(quadrant_run, tmp_p
     result = run_cli("explain", run, test_dir / "top_left" / "000.png", "--out", out)
     assert result.exit_code == 2 and "32x32 pixels" in result.stderr and "would take about" in result.stderr
     assert not out.exists()
+
+
+def test_a_network_that_sees_a_centre_crop_is_explained_on_that_crop(tmp_path):
+    """A run trained on a streamed folder sees the centre crop of its eval transform: explain
+    gives it predict's pixels (the same probability), and the map lies inside that crop."""
+    from test_stream import TRAIN, make_photos
+    from test_stream_commands import _framed_photos
+
+    make_photos(tmp_path / "f", {"": 6})
+    run = tmp_path / "run"
+    trained = run_cli(*TRAIN[:2], "--data", f"imagefolder:{tmp_path / 'f'}", "--stream", "--workers", "0",
+                      "--epochs", "1", "--batch-size", "4", "--img-size", "32", "--out", run)
+    assert trained.exit_code == 0, trained.stderr
+    photos = _framed_photos(tmp_path / "framed")
+    explained = run_cli("explain", run, *photos, "--out", tmp_path / "cams", "--save-maps", "--json",
+                        "--method", "layercam")
+    predicted = run_cli("predict", run, *photos, "--json", "-k", 1)
+    assert explained.exit_code == 0 and predicted.exit_code == 0, explained.stderr + predicted.stderr
+    for doc, want in zip(json_lines(explained.stdout), json_lines(predicted.stdout)):
+        assert doc["predicted"]["index"] == want["top"][0]["index"], doc["path"]
+        assert doc["predicted"]["prob"] == pytest.approx(want["top"][0]["prob"], abs=1e-5)
+        cam = np.load(doc["map"], allow_pickle=False)
+        h, w = cam.shape
+        x0, y0, x1, y1 = doc["seen"]
+        side = min(h, w) * 32 / 36  # lenet5 at 32 px: the shorter side to floor(32 / 0.875) = 36
+        assert abs(x1 - x0 - side) <= 0.02 * side + 1 and abs(y1 - y0 - side) <= 0.02 * side + 1, doc["path"]
+        assert abs(x0 + x1 - w) <= 0.02 * w + 2 and abs(y0 + y1 - h) <= 0.02 * h + 2  # centred (Resize truncates)
+        outside = cam.copy()
+        outside[y0:y1, x0:x1] = 0
+        assert not outside.any() and cam[y0:y1, x0:x1].any(), doc["path"]
+    turned = next(d for d in json_lines(explained.stdout) if d["path"].endswith("turned.png"))
+    assert np.load(turned["map"]).shape == (150, 90)  # upright, as the network saw it (EXIF 6)

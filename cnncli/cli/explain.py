@@ -40,7 +40,7 @@ SaveMapsOpt = Annotated[bool, typer.Option(
     "--save-maps", help="Also write the raw map as <image>.cam.npy (float32, the image's height x width, "
     "values in [0, 1]).")]
 JsonLinesOpt = Annotated[bool, typer.Option(
-    "--json", help="One JSON line per image: path, class, index, prob, layer, method, receptive_field, box, "
+    "--json", help="One JSON line per image: path, class, index, prob, layer, method, receptive_field, box, seen, "
     "overlay, map.")]
 
 
