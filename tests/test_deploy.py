@@ -235,6 +235,8 @@ def test_int8_end_to_end_from_the_cli(run_dir, tmp_path):
     gate = doc["int8"]
     assert gate["calib_images"] == 64 and gate["test_images"] == 300 and gate["calibration"] == "minmax"
     assert gate["drop_points"] <= 1.0 and 0.0 < gate["top1_int8"] <= 1.0
+    assert 0.9 <= gate["agreement"] <= 1.0 and gate["coarse"] is False  # 300 images: 0.33 points each
+    assert "warning" not in result.stderr
     assert set(gate["latency_ms"]) == {"1", "32"} and set(gate["speedup"]) == {"1", "32"}
     assert all(v["fp32"] > 0 and v["int8"] > 0 for v in gate["latency_ms"].values())
     proto = onnx.load(str(out))
@@ -290,6 +292,18 @@ def test_gate_with_an_injected_clock(run_dir, exported):
     figures = q.gate(fp32, int8, x, y, latency=lambda kind, b, run: clock[kind, b], max_drop=100)
     assert figures["speedup"] == {"1": 2.0, "32": 3.0}
     assert figures["latency_ms"]["32"] == {"fp32": 30.0, "int8": 10.0}
+    want = (q.predicted(ex.onnx_session(fp32), x) == q.predicted(ex.onnx_session(int8), x)).mean()
+    assert figures["agreement"] == pytest.approx(want) and figures["coarse"] is False  # 2.5 points < 100
+    assert q.gate(fp32, int8, x, y, latency=lambda kind, b, run: clock[kind, b], max_drop=1)["coarse"] is True
+
+
+def test_a_gate_on_too_few_images_says_it_cannot_see_the_drop(run_dir, tmp_path, monkeypatch):
+    fast_exporter(monkeypatch)
+    monkeypatch.setattr(q, "measure_latency", lambda kind, batch, run: 0.001 if kind == "int8" else 0.002)
+    result = run_cli("export", run_dir, "--int8", "--gate-images", 40, "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 0, result.stderr
+    assert "warning: the int8 gate had 40 test images: one image is 2.50 points, more than --max-drop 1" in result.stderr
+    assert "the same class on" in result.stderr
 
 
 def test_int8_without_test_data_says_how_to_give_some(tmp_path):

@@ -6,7 +6,9 @@ training images) turns the verified fp32 ONNX graph into an int8 one. Two ways t
 wrong in practice are measured before anything is written:
 
 - accuracy: top-1 of the int8 and the fp32 graph on held-out test images of the run's data;
-  a drop of more than `max_drop` points is refused;
+  a drop of more than `max_drop` points is refused; the share of images on which the two graphs
+  answer the same class (`agreement`) is reported beside it, and `coarse` says when one image
+  is more than `max_drop` points (the gate then cannot see a drop it would refuse);
 - speed: latency at batch 1 and 32 of both files on this machine (rounds alternate the two,
   the best median of each counts); int8 that is not faster at every batch size is refused
   unless `allow_slower`, because int8 graphs of small CNNs are often slower than fp32 on
@@ -52,6 +54,8 @@ class GateFigures:
     top1_int8: float
     drop_points: float
     max_drop: float
+    agreement: float  # share of the test images whose int8 top-1 class is the fp32 one
+    coarse: bool  # one test image is more than max_drop points: too few images for the gate
     latency_ms: dict[str, dict[str, float]]  # {"1": {"fp32": ms, "int8": ms}, "32": {...}}
     speedup: dict[str, float]  # fp32 latency / int8 latency per batch size
     allow_slower: bool
@@ -247,15 +251,21 @@ def measure_latency(kind: str, batch: int, run: Callable[[], Any], min_time: flo
     return statistics.median(times)
 
 
-def top1(session, x, labels, batch: int = 256) -> float:
+def predicted(session, x, batch: int = 256):
+    """The top-1 class of every image (int64 numpy)."""
     import numpy as np
 
     name = session.get_inputs()[0].name
-    hits = 0
-    for i in range(0, len(x), batch):
-        logits = session.run(None, {name: x[i:i + batch]})[0]
-        hits += int((logits.argmax(axis=1) == labels[i:i + batch]).sum())
-    return hits / max(1, len(x)) if len(x) else float(np.nan)
+    out = [session.run(None, {name: x[i:i + batch]})[0].argmax(axis=1) for i in range(0, len(x), batch)]
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+
+def top1(session, x, labels, batch: int = 256) -> float:
+    import numpy as np
+
+    if not len(x):
+        return float(np.nan)
+    return float((predicted(session, x, batch) == np.asarray(labels)).mean())
 
 
 def gate(fp32: bytes, int8: bytes, test_x, test_y, *, max_drop: float = DEFAULT_MAX_DROP,
@@ -272,10 +282,13 @@ def gate(fp32: bytes, int8: bytes, test_x, test_y, *, max_drop: float = DEFAULT_
     sessions = {"fp32": onnx_session(fp32, threads=threads, cpu_only=True),
                 "int8": onnx_session(int8, threads=threads, cpu_only=True)}
     labels = np.asarray(test_y)
-    acc = {k: top1(s, test_x, labels) for k, s in sessions.items()}
+    answers = {k: predicted(s, test_x) for k, s in sessions.items()}
+    acc = {k: float((a == labels).mean()) if len(a) else float(np.nan) for k, a in answers.items()}
     drop = round((acc["fp32"] - acc["int8"]) * 100, 4)
+    agreement = float((answers["fp32"] == answers["int8"]).mean()) if len(labels) else float(np.nan)
     figures: dict[str, Any] = {"test_images": len(test_x), "top1_fp32": acc["fp32"],
-                               "top1_int8": acc["int8"], "drop_points": drop, "max_drop": max_drop}
+                               "top1_int8": acc["int8"], "drop_points": drop, "max_drop": max_drop,
+                               "agreement": agreement, "coarse": 100.0 / max(1, len(test_x)) > max_drop}
     if drop > max_drop:
         raise RuntimeFailure(f"int8 refused: top-1 {acc['int8']:.4f} vs fp32 {acc['fp32']:.4f} on "
                              f"{len(test_x)} test images, a drop of {drop:.2f} points > --max-drop "

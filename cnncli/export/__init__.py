@@ -258,10 +258,17 @@ def export_checkpoint(
         data, figures = int8_export(data, meta, **(int8_options or {}))
         gate = figures.to_dict()
         note(f"int8 gate passed: top-1 {figures.top1_int8:.4f} vs fp32 {figures.top1_fp32:.4f} "
-             f"({figures.drop_points:+.2f} points drop) on {figures.test_images} test images; "
+             f"({figures.drop_points:+.2f} points drop, the same class on {figures.agreement:.1%} of them) "
+             f"on {figures.test_images} test images; "
              + "speed vs fp32 " + ", ".join(f"batch {b} {s:.2f}x" for b, s in figures.speedup.items())
              + (" (not faster: written because of --allow-slower)"
                 if min(figures.speedup.values()) <= 1.0 else ""))
+        if figures.coarse:
+            from cnncli.output import warn
+
+            warn(f"the int8 gate had {figures.test_images} test images: one image is "
+                 f"{100 / figures.test_images:.2f} points, more than --max-drop {figures.max_drop:g}, so a drop "
+                 "it would refuse cannot be told from none; give it more (--data with a larger test split)")
         diff = tol = None  # int8 is judged by the gate, not by a bound on the logits
         if verify:
             diff = max_abs_diff(run_exported("onnx", data, inputs, meta), reference)
