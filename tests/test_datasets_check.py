@@ -297,3 +297,28 @@ def test_bare_datasets_still_lists():
     assert result.exit_code == 0
     assert "fashion-mnist-mini" in [d["name"] for d in json.loads(result.stdout)["datasets"]]
     assert io.StringIO(runner.invoke(app, ["datasets"]).stdout).read().count("synthetic") == 1
+
+
+def test_class_balance_names_the_extremes_the_small_classes_and_what_a_split_lacks(tmp_path):
+    rng = np.random.default_rng(11)
+    for split, counts in (("train", {"cat": 30, "owl": 3}), ("test", {"cat": 5})):
+        for cls, n in counts.items():
+            for k in range(n):
+                save(random_picture(rng), tmp_path / split / cls / f"{k}.png")
+    result = runner.invoke(app, ["datasets", "check", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    balance = json.loads(result.stdout)["balance"]
+    assert balance == {"largest": {"class": "cat", "images": 35}, "smallest": {"class": "owl", "images": 3},
+                       "ratio": 11.67, "few": ["owl"], "absent": {"test": ["owl"]}}
+    table = runner.invoke(app, ["datasets", "check", str(tmp_path)])
+    assert "class balance: largest cat 35, smallest owl 3 (11.67x); fewer than 10 images: owl; none in test: owl" \
+        in " ".join(table.stdout.split())
+    # train says so once, and says how to even it out; not when that is asked for
+    run = runner.invoke(app, ["train", "lenet5", "--data", str(tmp_path), "--epochs", "1", "--threads", "1",
+                              "--img-size", "32", "--out", str(tmp_path / "run")])
+    assert run.exit_code == 0, run.stderr
+    assert run.stderr.count("the classes are imbalanced: cat has 27 training images, owl 2 (13.5x); "
+                            "--class-weights auto or --sampler balanced") == 1
+    evened = runner.invoke(app, ["train", "lenet5", "--data", str(tmp_path), "--epochs", "1", "--threads", "1",
+                                 "--img-size", "32", "--class-weights", "auto", "--out", str(tmp_path / "r2")])
+    assert evened.exit_code == 0 and "imbalanced" not in evened.stderr

@@ -188,7 +188,16 @@ def _render_check(report: dict, show_pairs: int) -> None:
     shown = ", ".join(f"{k}: {v:,}" for k, v in sizes[:8]) + (f", {len(sizes) - 8} more" if len(sizes) > 8 else "")
     channels = ", ".join(f"{k}: {v:,}" for k, v in report["channels"].items())
     exact, leaks = report["exact_duplicates"], report["leaks"]
+    from cnncli.data.check import FEW_IMAGES
+
+    balance = report["balance"]
     lines = [
+        f"class balance: largest {balance['largest']['class']} {balance['largest']['images']:,}, smallest "
+        f"{balance['smallest']['class']} {balance['smallest']['images']:,} ({balance['ratio']:g}x)"
+        + (f"; fewer than {FEW_IMAGES} images: {', '.join(balance['few'][:6])}" + (" ..." if len(balance['few']) > 6 else "")
+           if balance["few"] else "")
+        + "".join(f"; none in {s}: {', '.join(n[:6])}" for s, n in balance["absent"].items())
+        if balance["largest"] else "class balance: no images",
         f"image sizes (WxH): {shown or 'none'}",
         f"channels: {channels or 'none'}",
         f"unreadable files: {len(report['unreadable'])}" + (f", not images: {len(report['not_images'])}"

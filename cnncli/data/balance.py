@@ -20,24 +20,57 @@ import io
 import json
 import math
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from cnncli.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_WEIGHTS_FILE_BYTES = 16 * 2**20  # a name and a number per class: far more than any dataset has
 
 
 def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    import torch
+
     return torch.bincount(labels.long().flatten(), minlength=num_classes)[:num_classes]
 
 
 def auto_class_weights(labels: torch.Tensor, num_classes: int) -> list[float]:
     """n / (classes * count) per class; a class without training images gets 1 (it is never a target)."""
+    import torch
+
     counts = class_counts(labels, num_classes).double()
     n = float(counts.sum())
     weights = torch.where(counts > 0, n / (num_classes * counts.clamp(min=1)), torch.ones_like(counts))
     return [float(w) for w in weights]
+
+
+IMBALANCED = 5.0  # largest / smallest class from which train says how to even them out
+
+
+def imbalance(counts, class_names: list[str]) -> dict | None:
+    """The largest and smallest class among those with images, and their ratio (None: no classes)."""
+    pairs = [(int(c), n) for c, n in zip(counts, class_names) if int(c) > 0]
+    if not pairs:
+        return None
+    (big, big_name), (small, small_name) = max(pairs), min(pairs)
+    return {"largest": {"class": big_name, "images": big}, "smallest": {"class": small_name, "images": small},
+            "ratio": round(big / small, 2)}
+
+
+def note_imbalance(labels: torch.Tensor, class_names: list[str], spec: str | None, sampler: str | None,
+                   enabled: bool = True) -> None:
+    """One note when the training classes differ by IMBALANCED or more and nothing evens them out."""
+    if not enabled or spec is not None or sampler == "balanced":
+        return
+    found = imbalance(class_counts(labels, len(class_names)).tolist(), class_names)
+    if found and found["ratio"] >= IMBALANCED:
+        from cnncli.output import note
+
+        note(f"the classes are imbalanced: {found['largest']['class']} has {found['largest']['images']:,} training "
+             f"images, {found['smallest']['class']} {found['smallest']['images']:,} ({found['ratio']:g}x); "
+             "--class-weights auto or --sampler balanced weigh them evenly")
 
 
 def read_class_weights(path: str | Path, class_names: list[str] | None) -> list[float]:
@@ -130,7 +163,7 @@ def check_class_weights(spec: str | None) -> None:
 
 def resolve_class_weights(spec: str | None, labels: torch.Tensor, class_names: list[str],
                           resume_dir: str | Path | None = None) -> list[float] | None:
-    """`--class-weights` as one weight per class (None: unweighted).
+    """`--class-weights` as one weight per class in the loss (None: unweighted).
 
     A resumed run takes the weights its state recorded, whatever the file says now (or wherever
     it is now: the recipe names it relative to where the run started)."""
@@ -154,6 +187,8 @@ def epoch_order(labels: torch.Tensor, seed: int, sampler: str = "random") -> tor
     random: a permutation (each image once). balanced: len(labels) draws with replacement,
     each class equally likely, each image of a class equally likely within it.
     """
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     n = len(labels)
     if sampler == "balanced":  # a class uniformly, then an image of it uniformly (any n: no multinomial cap)

@@ -144,11 +144,11 @@ class Trainer:
 
         check_capped_split(self.data.train.labels, self.class_names, cfg.max_samples, "training",
                            note=self.dist.is_main)  # no class lost to --max-samples (exit 2), or a note
-        from cnncli.data.balance import resolve_class_weights
+        from cnncli.data.balance import note_imbalance, resolve_class_weights
 
-        # --class-weights: one weight per class in the loss (a resumed run keeps those it recorded)
         self.class_weights = resolve_class_weights(cfg.class_weights, self.data.train.labels, self.class_names,
-                                                   self.resume_dir)
+                                                   self.resume_dir)  # a resumed run keeps those it recorded
+        note_imbalance(self.data.train.labels, self.class_names, cfg.class_weights, cfg.sampler, self.dist.is_main)
 
         self.model_spec, info = model_spec, None  # what a checkpoint stores to rebuild the network
         if model is None:
