@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,7 +222,7 @@ class Explainer:
         self.class_names = list(meta.get("class_names") or [])
         pipeline = meta.get("data_pipeline") if hasattr(meta, "get") else None
         self.crop_pct = None  # the centre crop of a streaming eval transform (data/stream.py), if any
-        if isinstance(pipeline, dict) and pipeline.get("kind") == "stream":
+        if isinstance(pipeline, Mapping) and pipeline.get("kind") == "stream":
             from cnncli.data.stream import DEFAULT_CROP_PCT
 
             self.crop_pct = float(pipeline.get("crop_pct") or DEFAULT_CROP_PCT)

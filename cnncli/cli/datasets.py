@@ -173,6 +173,23 @@ def check(
         raise typer.Exit(1)
 
 
+def _names(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
+
+
+def _balance_line(balance: dict) -> str:
+    from cnncli.data.check import FEW_IMAGES
+
+    if not balance["largest"]:
+        return "class balance: no images"
+    big, small = balance["largest"], balance["smallest"]
+    line = (f"class balance: largest {big['class']} {big['images']:,}, smallest {small['class']} "
+            f"{small['images']:,} ({balance['ratio']:g}x)")
+    if balance["few"]:
+        line += f"; fewer than {FEW_IMAGES} images: {_names(balance['few'])}"
+    return line + "".join(f"; none in {split}: {_names(names)}" for split, names in balance["absent"].items())
+
+
 def _render_check(report: dict, show_pairs: int) -> None:
     from cnncli.output import render_rows
 
@@ -188,16 +205,8 @@ def _render_check(report: dict, show_pairs: int) -> None:
     shown = ", ".join(f"{k}: {v:,}" for k, v in sizes[:8]) + (f", {len(sizes) - 8} more" if len(sizes) > 8 else "")
     channels = ", ".join(f"{k}: {v:,}" for k, v in report["channels"].items())
     exact, leaks = report["exact_duplicates"], report["leaks"]
-    from cnncli.data.check import FEW_IMAGES
-
-    balance = report["balance"]
     lines = [
-        f"class balance: largest {balance['largest']['class']} {balance['largest']['images']:,}, smallest "
-        f"{balance['smallest']['class']} {balance['smallest']['images']:,} ({balance['ratio']:g}x)"
-        + (f"; fewer than {FEW_IMAGES} images: {', '.join(balance['few'][:6])}" + (" ..." if len(balance['few']) > 6 else "")
-           if balance["few"] else "")
-        + "".join(f"; none in {s}: {', '.join(n[:6])}" for s, n in balance["absent"].items())
-        if balance["largest"] else "class balance: no images",
+        _balance_line(report["balance"]),
         f"image sizes (WxH): {shown or 'none'}",
         f"channels: {channels or 'none'}",
         f"unreadable files: {len(report['unreadable'])}" + (f", not images: {len(report['not_images'])}"

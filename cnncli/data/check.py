@@ -3,9 +3,8 @@
 Class counts per split and the balance between classes (largest / smallest, classes of fewer
 than FEW_IMAGES images, classes a split has none of), image sizes and channel counts, unreadable
 files, exact duplicates and near duplicates, within and across splits, and the pairs whose
-labels disagree. A held-out
-image (val or test) that also appears in train (exactly or nearly) is a leak: `leak` in the
-report is what `cnncli datasets check --strict` turns into exit code 1.
+labels disagree. A held-out image (val or test) that also appears in train (exactly or nearly)
+is a leak: `leak` in the report is what `cnncli datasets check --strict` turns into exit code 1.
 
 Sources: a named dataset (fashion-mnist, cifar10, ...: its original train and test splits,
 already in memory as uint8 tensors), or `imagefolder:PATH` / `csv:FILE`, which are streamed
@@ -44,6 +43,7 @@ from cnncli.errors import InputError
 
 DEFAULT_MIN_SIMILARITY = 0.99
 DEFAULT_MAX_PAIRS = 1000
+FEW_IMAGES = 10  # a class with fewer images in all is listed in the report's `balance.few`
 SMALL = HASH_SIZE // 2  # the side of the thumbnails kept for confirming near duplicates
 BYTES_PER_IMAGE = 8 + SMALL * SMALL + 16 + 8  # hash, thumbnail, digest, label/split
 MAX_CHECK_BYTES = 4 * 2**30
@@ -341,30 +341,6 @@ def check_dataset(
         split_counts = {s: d.class_counts() for s, d in splits}
     counts, leaked, pairs = _find_pairs(items, class_names, threshold, min_similarity, max_pairs)
     groups = np.bincount(items.group) if len(items.group) else np.zeros(0, np.int64)
-    return {**_report(name, source, class_names, split_counts, sizes, channels, unreadable, other_files, items,
-                      groups, counts, leaked, pairs), "balance": _balance(class_names, split_counts),
-            "settings": {"hash": "pHash, 64 bits (8x8 DCT of a 32x32 gray thumbnail)", "threshold": threshold,
-                         "min_similarity": min_similarity, "max_pairs": max_pairs},
-            "seconds": round(time.perf_counter() - started, 3)}
-
-
-FEW_IMAGES = 10  # a class with fewer images in all is listed in `balance.few`
-
-
-def _balance(class_names: list[str], split_counts: dict[str, list[int]]) -> dict[str, Any]:
-    """Largest and smallest class over all splits and their ratio, classes with fewer than
-    FEW_IMAGES images, and per split the classes it has no image of."""
-    from cnncli.data.balance import imbalance
-
-    totals = [sum(int(c[i]) for c in split_counts.values()) for i in range(len(class_names))]
-    found = imbalance(totals, class_names) or {"largest": None, "smallest": None, "ratio": None}
-    absent = {s: [n for n, c in zip(class_names, counts) if int(c) == 0] for s, counts in split_counts.items()}
-    return {**found, "few": [n for n, t in zip(class_names, totals) if t < FEW_IMAGES],
-            "absent": {s: names for s, names in absent.items() if names}}
-
-
-def _report(name, source, class_names, split_counts, sizes, channels, unreadable, other_files, items, groups,
-            counts, leaked, pairs) -> dict[str, Any]:
     return {
         "dataset": name,
         "source": source,
@@ -384,4 +360,20 @@ def _report(name, source, class_names, split_counts, sizes, channels, unreadable
         "leak": leaked > 0,
         "pairs_listed": len(pairs),
         "pairs": pairs,
+        "balance": _balance(class_names, split_counts),
+        "settings": {"hash": "pHash, 64 bits (8x8 DCT of a 32x32 gray thumbnail)", "threshold": threshold,
+                     "min_similarity": min_similarity, "max_pairs": max_pairs},
+        "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _balance(class_names: list[str], split_counts: dict[str, list[int]]) -> dict[str, Any]:
+    """Largest and smallest class over all splits and their ratio, classes with fewer than
+    FEW_IMAGES images, and per split the classes it has no image of."""
+    from cnncli.data.balance import imbalance
+
+    totals = [sum(int(c[i]) for c in split_counts.values()) for i in range(len(class_names))]
+    found = imbalance(totals, class_names) or {"largest": None, "smallest": None, "ratio": None}
+    absent = {s: [n for n, c in zip(class_names, counts) if int(c) == 0] for s, counts in split_counts.items()}
+    return {**found, "few": [n for n, t in zip(class_names, totals) if t < FEW_IMAGES],
+            "absent": {s: names for s, names in absent.items() if names}}
