@@ -90,6 +90,7 @@ def photos(tmp_path_factory):
     turned[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to view
     Image.fromarray(smooth).save(root / "turned.jpg", quality=92, exif=turned.tobytes())
     Image.fromarray(smooth).save(root / "turned.tif", exif=turned.tobytes())
+    Image.fromarray(smooth).save(root / "turned.png", exif=turned.tobytes())  # PNG's eXIf chunk
     return sorted(root.iterdir())
 
 
@@ -108,7 +109,7 @@ def test_every_format_decodes_alike_on_the_streaming_path_and_turned_upright(pho
     shapes = {p.name: tuple(decode_image_file(p).shape) for p in photos}
     assert shapes["rgb.bmp"] == shapes["rgb.tif"] == shapes["rgb.gif"] == shapes["cmyk.jpg"] == (3, 60, 50)
     assert shapes["deep.tif"] == shapes["gray.pgm"] == (1, 60, 50)
-    assert shapes["turned.jpg"] == shapes["turned.tif"] == (3, 50, 60)  # EXIF orientation 6 applied
+    assert shapes["turned.jpg"] == shapes["turned.tif"] == shapes["turned.png"] == (3, 50, 60)  # EXIF 6 applied
     exact = decode_image_file(next(p for p in photos if p.name == "rgb.bmp")).numpy()
     assert np.array_equal(exact, decode_image_file(next(p for p in photos if p.name == "rgb.png")).numpy())
 

@@ -158,7 +158,8 @@ def _torchvision_reads(data: bytes) -> bool:
 
 def _decode_pillow(path: Path, data: bytes) -> torch.Tensor:
     """PNG, GIF, BMP, TIFF, PPM through Pillow (data/formats.py), EXIF orientation applied to
-    all but PNG (as torchvision's decode_image does). PNG is here because torchvision 0.29's
+    every format (as torchvision's decode_image(apply_exif_orientation=True) does for PNG and
+    JPEG, and the streaming decoder for all). PNG is here because torchvision 0.29's
     decode_png crashes the process (SIGSEGV) on a PNG whose compressed data is corrupt (libpng's
     error jump), where Pillow raises an error."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -170,8 +171,7 @@ def _decode_pillow(path: Path, data: bytes) -> torch.Tensor:
                 if image.format not in FORMATS:
                     raise InputError(f"{path}: {NOT_AN_IMAGE}")
                 image.load()
-                if not data.startswith(_PNG_SIGNATURE):
-                    image = ImageOps.exif_transpose(image)
+                image = ImageOps.exif_transpose(image)
                 array = pixels(image)
     except InputError:
         raise

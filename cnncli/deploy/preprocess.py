@@ -7,7 +7,7 @@ real PNG and JPEG files):
 
 - decoding: PNG, GIF, BMP, TIFF and PPM through Pillow as there; JPEG and WebP through Pillow
   too, where the torch path uses torchvision's libjpeg-turbo / libwebp; the EXIF orientation
-  applied to all but PNG; the pixels as data/formats.py makes them (gray stays one channel,
+  applied to every format; the pixels as data/formats.py makes them (gray stays one channel,
   colour is RGB, alpha is dropped, 16-bit keeps the high byte);
 - uint8 to float32 in [0, 1]; colour to luma (ITU-R 601-2, torchvision's weights) before the
   resize when the network is gray; antialiased bilinear resize (Pillow's resampling on float
@@ -62,7 +62,7 @@ def decode_image_array(path: str | Path, min_side: int | None = None) -> np.ndar
     """One image file as uint8 (C, H, W), C 1 (gray) or 3 (colour); InputError naming the file.
 
     `min_side` given: as the streaming pipeline decodes (data/photo_decode.py): a JPEG at the
-    smallest DCT scale whose shorter side is still at least `min_side`, EXIF on every format."""
+    smallest DCT scale whose shorter side is still at least `min_side`."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -82,8 +82,7 @@ def decode_image_array(path: str | Path, min_side: int | None = None) -> np.ndar
                     scale = max(1.0, min(width, height) / min_side)
                     image.draft("RGB" if image.mode != "L" else "L", (math.ceil(width / scale), math.ceil(height / scale)))
                 image.load()
-                if min_side or not data.startswith(_PNG_SIGNATURE):
-                    image = ImageOps.exif_transpose(image)  # as decode_image(apply_exif_orientation=True)
+                image = ImageOps.exif_transpose(image)  # as decode_image(apply_exif_orientation=True)
                 array = pixels(image)  # gray or RGB uint8 (data/formats.py)
     except InputError:
         raise
