@@ -61,12 +61,11 @@ def _evaluate_side(ref: str, predictor, subset, class_names, data: str, split: s
     def prepare(batch):
         return prepare_batch(batch, meta["input_size"], meta["mean"], meta["std"], device)
 
-    if getattr(subset, "streaming", False):  # decoded in DataLoader workers with this side's eval crop
-        from cnncli.data.stream import DEFAULT_CROP_PCT, StreamConfig
+    if getattr(subset, "streaming", False):  # decoded in DataLoader workers with this side's eval transform
+        from cnncli.data.stream import StreamConfig, own_eval
 
         size = [int(v) for v in meta["input_size"]]
-        crop = (meta.get("data_pipeline") or {}).get("crop_pct") or DEFAULT_CROP_PCT
-        subset.configure(StreamConfig(size=size[1], channels=size[0], crop_pct=float(crop)))
+        subset.configure(StreamConfig(size=size[1], channels=size[0], **own_eval(meta)))
 
     collector = PredictionCollector(len(subset.labels), len(class_names))
     result = evaluate(network, subset.images, subset.labels, prepare, len(class_names), class_names,
@@ -117,7 +116,12 @@ def compare_runs(a: str, b: str, data: str | None = None, split: str = "test", d
     if names_a != names_b:
         raise InputError(f"{a} and {b} do not have the same classes ({names_a[:3]}... vs {names_b[:3]}...); "
                          "compare networks trained for the same classes")
-    subset, class_names, _ = _load_split(data, split, data_dir, False, int(pa.meta.get("seed") or 0))
+    from cnncli.data.registry import canonical_dataset_name
+    from cnncli.data.stream import trained_streaming
+
+    photos = canonical_dataset_name(data).partition(":")[0].lower() in ("imagefolder", "csv")
+    stream = True if photos and (trained_streaming(pa.meta) or trained_streaming(pb.meta)) else None  # each side's own crop
+    subset, class_names, _ = _load_split(data, split, data_dir, False, int(pa.meta.get("seed") or 0), stream)
     if class_names != names_a:
         raise InputError(f"'{data}' has classes {class_names[:3]}..., but {a} was trained on "
                          f"{names_a[:3]}...: the classes do not match")

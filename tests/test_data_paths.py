@@ -112,11 +112,22 @@ def test_skip_bad_images_on_a_small_folder_streams_by_itself(tmp_path, run_cli):
     evaluated = run_cli("eval", tmp_path / "skipped", "--skip-bad-images", "--json")
     assert evaluated.exit_code == 0, evaluated.stderr
 
-    # the int8 gate on the folder in memory: the file is named as the error, not "no test images"
+    # the int8 gate streams the folder as the run did: the file is named as the error, not "no test
+    # images", and export is not told to use an option it does not have
     gated = run_cli("export", tmp_path / "skipped", "--format", "onnx", "--int8", *data)
-    assert gated.exit_code == 2
+    assert gated.exit_code == 1
     last = gated.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {bad}: empty file") and "no test images" not in last, gated.stderr
+    assert "--skip-bad-images" not in last and "datasets check" in last
+    # a run trained in memory reads it in memory: the decoder's own line, exit 2
+    clean = tmp_path / "clean"
+    make_photos(clean, {"": 4})
+    trained = run_cli(*TRAIN, "--data", clean, "--out", tmp_path / "in-memory")
+    assert trained.exit_code == 0, trained.stderr
+    (clean / "dog" / "empty.jpg").write_bytes(b"")
+    gated = run_cli("export", tmp_path / "in-memory", "--format", "onnx", "--int8", "--data", clean)
+    last = gated.stderr.strip().splitlines()[-1]
+    assert gated.exit_code == 2 and last.startswith(f"error: {clean / 'dog' / 'empty.jpg'}: empty file"), gated.stderr
     assert not (tmp_path / "skipped" / "model.int8.onnx").exists()
 
 

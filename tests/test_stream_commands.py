@@ -199,3 +199,44 @@ def test_a_streamed_run_predicts_the_same_from_its_onnx_file(tmp_path, run_cli):
         pa = {e["index"]: e["prob"] for e in a["top"]}
         pb = {e["index"]: e["prob"] for e in b["top"]}
         assert max(abs(pa[i] - pb[i]) for i in pa) < 2e-3, a["path"]
+
+
+def test_every_network_is_scored_with_its_own_eval_transform_whatever_the_folder_size(tmp_path, run_cli):
+    """A streamed run on a small folder still gets its centre crop (as predict gives it), a run
+    trained in memory on a streamed folder still gets the whole image (as predict gives it), and
+    compare scores each side as eval does."""
+    import csv
+
+    streamed, _ = _stream_run(tmp_path, run_cli)
+    in_memory = tmp_path / "in-memory"
+    trained = run_cli(*TRAIN[:2], "--data", f"imagefolder:{tmp_path / 'f'}", "--no-stream", "--epochs", "1",
+                      "--batch-size", "4", "--img-size", "32", "--out", in_memory)
+    assert trained.exit_code == 0, trained.stderr
+    for name in ("cat", "dog", "owl"):  # wide and tall photos whose centre is not their border
+        _framed_photos(tmp_path / "other" / name)
+    other = f"imagefolder:{tmp_path / 'other'}"
+
+    def scored(run, *extra):
+        result = run_cli("eval", run, "--data", other, "--split", "all", "--json",
+                         "--predictions", tmp_path / "p.csv", *extra)
+        assert result.exit_code == 0, result.stderr
+        with open(tmp_path / "p.csv", newline="") as f:
+            rows = {r["id"]: float(r["prob_predicted"]) for r in csv.DictReader(f)}
+        return json.loads(result.stdout), rows, result.stderr
+
+    by_default, rows, said = scored(streamed)
+    assert "streamed from its files" in said  # 15 small photos, streamed: the run's own crop
+    assert by_default["loss"] == pytest.approx(scored(streamed, "--stream")[0]["loss"], abs=1e-6)
+    for run, extra in ((streamed, ()), (in_memory, ("--stream",))):
+        _, rows, _ = scored(run, *extra)
+        predicted = run_cli("predict", run, *rows, "--json", "-k", 1)
+        assert predicted.exit_code == 0, predicted.stderr
+        for line in predicted.stdout.splitlines():
+            doc = json.loads(line)
+            # (uint8 gray and resize on the streaming path, float in predict: within 0.005)
+            assert doc["top"][0]["prob"] == pytest.approx(rows[doc["path"]], abs=5e-3), (run, doc["path"])
+    compared = run_cli("compare", in_memory, streamed, "--data", other, "--split", "all", "--json")
+    assert compared.exit_code == 0, compared.stderr
+    loss = {m["metric"]: m for m in json.loads(compared.stdout)["metrics"]}["loss"]
+    assert loss["b"] == pytest.approx(by_default["loss"], abs=1e-5)
+    assert loss["a"] == pytest.approx(scored(in_memory, "--stream")[0]["loss"], abs=1e-5)

@@ -174,6 +174,7 @@ class StreamConfig:
     size: int = 224  # the square side the network takes
     channels: int = 3  # what every sample is converted to (gray repeated, colour to luma)
     crop_pct: float = DEFAULT_CROP_PCT  # eval: resize the shorter side to size / crop_pct, center crop
+    squash: bool = False  # eval: the whole image to size x size instead (a run trained in memory)
     train: bool = False  # RandomResizedCrop + horizontal flip, else the eval transform
     workers: int | None = None  # None: the usable cores; 0: in this process
     pin_memory: bool = False  # on CUDA: page-locked batches, copied with non_blocking=True
@@ -201,6 +202,9 @@ class PhotoTransform:
         size = int(cfg.size)
         if cfg.train:
             self.ops = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+        elif cfg.squash:  # as the in-memory path prepares images: all of it, the aspect ratio not kept
+            self.resize_to = size
+            self.ops = v2.Resize((size, size), antialias=True)
         else:
             self.resize_to = max(size, int(math.floor(size / cfg.crop_pct)))
             self.ops = v2.Compose([v2.Resize(self.resize_to, antialias=True), v2.CenterCrop(size)])
@@ -222,6 +226,22 @@ class PhotoTransform:
             torch.default_generator.manual_seed(seed)  # the CPU generator the ops draw from, alone
             out = self.ops(image)
         return out.contiguous()
+
+
+def own_eval(meta, crop_pct: float | None = None) -> dict[str, Any]:
+    """How a network's test images are made when they stream (StreamConfig's crop_pct, squash):
+    its recorded centre crop when it was trained streaming (or `crop_pct`, a pretrained
+    network's); the whole image squashed when it is a run trained in memory (so a folder too
+    large for memory is still scored as the run saw its images); else the default crop."""
+    pipeline = ((meta or {}).get("data_pipeline") or {}) if hasattr(meta or {}, "get") else {}
+    if crop_pct or pipeline.get("kind") == "stream":
+        return {"crop_pct": float(crop_pct or pipeline.get("crop_pct") or DEFAULT_CROP_PCT), "squash": False}
+    return {"crop_pct": DEFAULT_CROP_PCT, "squash": bool(meta)}
+
+
+def trained_streaming(meta) -> bool:
+    """The network's eval transform is a streaming one (a centre crop): its photos must stream too."""
+    return bool(meta) and ((meta.get("data_pipeline") or {}).get("kind") == "stream")
 
 
 def photo_for_network(path: str | Path, input_size: Sequence[int], crop_pct: float | None = None) -> torch.Tensor:

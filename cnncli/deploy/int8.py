@@ -98,8 +98,11 @@ def load_gate_data(meta: dict[str, Any], data: str | None = None, data_dir: str 
     if str(name).startswith("synthetic") and not data:
         raise InputError(f"the run was trained on generated data ({name}), which gives the int8 gate "
                          f"no real test images; {how}")
-    pipeline = meta.get("data_pipeline") or {}
-    stream = True if pipeline.get("kind") == "stream" and not data else None  # the run's own way
+    from cnncli.data.registry import canonical_dataset_name
+    from cnncli.data.stream import trained_streaming
+
+    photos = canonical_dataset_name(str(name)).partition(":")[0].lower() in ("imagefolder", "csv")
+    stream = True if trained_streaming(meta) and (photos or not data) else None  # the run's own way
     try:
         splits = load_dataset(name, data_dir=data_dir or (None if data else recipe.get("data_dir")),
                               download=False, val_fraction=0.0, max_samples=None, seed=0, stream=stream)
@@ -114,8 +117,9 @@ def load_gate_data(meta: dict[str, Any], data: str | None = None, data_dir: str 
         raise InputError(f"dataset {name} has {splits.num_classes} classes but the network "
                          f"{num_classes}; {how}")
     if getattr(splits, "streaming", False):  # decoded per batch with the run's eval transform
-        splits.configure(tuple(int(v) for v in meta["input_size"]), crop_pct=pipeline.get("crop_pct"),
-                         workers=workers)
+        from cnncli.data.stream import own_eval
+
+        splits.configure(tuple(int(v) for v in meta["input_size"]), workers=workers, **own_eval(meta))
     return splits
 
 
@@ -340,8 +344,15 @@ def int8_export(fp32: bytes, meta: dict[str, Any], *, calib_images: int = DEFAUL
     if not max_drop >= 0:
         raise InputError(f"--max-drop must be a number of points >= 0, got {max_drop}")
     splits = load_gate_data(meta, data, data_dir)
-    calib = prepared(split_sample(splits.train, calib_images, seed=0)[0], meta)
-    test_images, test_labels = split_sample(splits.test, gate_images, seed=1)
+    from cnncli.data.stream import BadImageFailure
+
+    try:
+        calib = prepared(split_sample(splits.train, calib_images, seed=0)[0], meta)
+        test_images, test_labels = split_sample(splits.test, gate_images, seed=1)
+    except BadImageFailure as e:  # streamed: export has no --skip-bad-images to offer
+        reason = str(e).removesuffix(" (skip such files with --skip-bad-images)")
+        raise BadImageFailure(f"{reason}: the int8 gate reads its images whole; fix or remove the file "
+                              "('cnncli datasets check' lists every such file)") from None
     test_x = prepared(test_images, meta)
     int8 = quantize_onnx(fp32, calib, calibration)
     measured = gate(fp32, int8, test_x, test_labels.numpy(), max_drop=max_drop,

@@ -73,14 +73,14 @@ def evaluate_checkpoint(
         data = data or recorded_dataset(meta)
         if not data:
             raise InputError(f"{checkpoint} does not record its dataset; pass --data NAME")
-    from cnncli.data.stream import stream_choice
+    from cnncli.data.stream import stream_choice, trained_streaming
 
     stream = stream_choice(stream, None, skip_bad_images)
-    if pretrained and stream is None:
+    if (pretrained or trained_streaming(meta)) and stream is None:
         from cnncli.data.registry import canonical_dataset_name
 
         if canonical_dataset_name(data).partition(":")[0].lower() in ("imagefolder", "csv"):
-            stream = True  # photos through the weights' own eval transform (shorter side, centre crop), as timm validates
+            stream = True  # photos through the network's own eval transform (shorter side, centre crop), as timm validates
     subset, class_names, stats = _load_split(data, split, data_dir, download, (meta or {}).get("seed", 0), stream)
     if subset.ids is None:  # an image is named by its index in the split, before any cap
         subset.ids = [str(i) for i in range(len(subset.labels))]
@@ -124,11 +124,10 @@ def evaluate_checkpoint(
         say_split_sizes(stats)
     crop = extra.pop("crop_pct", None)
     if getattr(subset, "streaming", False):  # decoded in DataLoader workers at the network's size
-        from cnncli.data.stream import DEFAULT_CROP_PCT, StreamConfig
+        from cnncli.data.stream import StreamConfig, own_eval
 
-        crop = crop or ((meta or {}).get("data_pipeline") or {}).get("crop_pct")
-        subset.configure(StreamConfig(size=int(input_size[1]), channels=int(input_size[0]),
-                                      crop_pct=float(crop or DEFAULT_CROP_PCT), workers=workers,
+        subset.configure(StreamConfig(size=int(input_size[1]), channels=int(input_size[0]), **own_eval(meta, crop),
+                                      workers=workers,
                                       pin_memory=dev.type == "cuda", skip_bad=skip_bad_images))
     use_channels_last(model, dev)
 
