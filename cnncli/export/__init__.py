@@ -139,8 +139,15 @@ def export_checkpoint(
     exporter: str = "dynamo",
     int8: bool = False,
     int8_options: dict[str, Any] | None = None,
+    pretrained: bool = False,
+    weights: str | None = None,
 ) -> ExportResult:
     """Export a checkpoint (or run directory) and, unless `verify` is False, verify it.
+
+    A registry name exports with `pretrained` weights (its own classes, ImageNet's for timm's,
+    and the weights' eval transform in the metadata) or a `weights` file, into the working
+    folder (`timm_<name>.onnx`, ...) unless `out` says where; `int8` needs a run (its gate scores
+    the network's classes on a test split of them).
 
     `fmt=None` takes the format from `out`'s suffix (ONNX without `out`; see resolve_format).
 
@@ -193,10 +200,18 @@ def export_checkpoint(
     verify = True if verify is None else verify
 
     where = locate_network(checkpoint)
-    if where.kind != "checkpoint":
+    registry = where.kind in ("name", "model-file")
+    if where.kind == "checkpoint" and (pretrained or weights):
+        raise InputError(f"--pretrained and --weights apply to registry names; {checkpoint} is a checkpoint "
+                         "with its own weights")
+    if where.kind != "checkpoint" and not (registry and (pretrained or weights)):
         raise InputError(f"{checkpoint} is not a cnncli checkpoint or run directory; export needs one "
-                         "(train or finetune a network first)")
-    source = where.path
+                         "(train or finetune a network first), or a registry name with --pretrained or --weights FILE")
+    if registry and int8:
+        raise InputError("--int8 needs a run: its gate scores the network on a test split of its own classes "
+                         "(fine-tune first, or export the pretrained network in fp32)")
+    source = where.path if not registry else Path(where.text.replace("/", "_") if where.kind == "name"
+                                                   else Path(where.text).stem + ".safetensors")
     out_path = Path(out) if out is not None else default_output_path(source, fmt, dtype, int8=int8)
     if fmt == "openvino" and out_path.suffix != ".xml":
         raise InputError(f"--out {out_path}: OpenVINO IR is an .xml file (its weights go beside it in .bin)")
@@ -210,9 +225,9 @@ def export_checkpoint(
     from cnncli.fileio import ensure_writable_dir
 
     ensure_writable_dir(out_path.parent)  # an unwritable folder too
-    opened = open_network(str(source))
+    opened = open_network(where.text if registry else str(source), pretrained=pretrained, weights=weights)
     model, meta = opened.module, opened.document
-    meta = meta.replace(exported_from=str(source))
+    meta = meta.replace(exported_from=where.text if registry else str(source))
     c, h, w = (int(v) for v in meta["input_size"])
     example = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
 
