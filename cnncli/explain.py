@@ -226,6 +226,7 @@ class Explainer:
             from cnncli.data.stream import DEFAULT_CROP_PCT
 
             self.crop_pct = float(pipeline.get("crop_pct") or DEFAULT_CROP_PCT)
+        self.interpolation = (pipeline or {}).get("interpolation") if self.crop_pct else None
         self.cam = getattr(grad_cam, METHODS[method])(model=model, target_layers=[self.layer.module])
         if method == "scorecam":
             self.cam.batch_size = 32
@@ -246,10 +247,11 @@ class Explainer:
         seen = self.seen_box(h, w)
         x0, y0, x1, y1 = seen or (0, 0, w, h)
         if network_image is None and seen is not None:  # resized, then cropped: predict's pixels
-            from cnncli.data.stream import PhotoTransform, StreamConfig
+            from cnncli.data.stream import PhotoTransform, StreamConfig, interpolation_of
 
             size, channels = int(self.input_size[1]), int(self.input_size[0])
-            network_image = PhotoTransform(StreamConfig(size=size, channels=channels, crop_pct=self.crop_pct)).apply(image, 0)
+            network_image = PhotoTransform(StreamConfig(size=size, channels=channels, crop_pct=self.crop_pct,
+                                                        interpolation=interpolation_of(self.interpolation))).apply(image, 0)
         batch = prepare_images([image if network_image is None else network_image], self.input_size,
                                self.meta["mean"], self.meta["std"], device=_device_of(self.model))
         targets = None if target is None else [ClassifierOutputTarget(int(target))]
@@ -405,7 +407,7 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str | os
             from cnncli.data.stream import decode_photo, photo_for_network
 
             image = decode_photo(path)
-            network_image = photo_for_network(path, explainer.input_size, explainer.crop_pct)
+            network_image = photo_for_network(path, explainer.input_size, explainer.crop_pct, explainer.interpolation)
         result = explainer.explain(image, index, network_image)
         if not warned and not result.cam.any():
             from cnncli import output

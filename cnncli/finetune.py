@@ -364,9 +364,10 @@ def finetune(cfg: FinetuneConfig, resume: str | None = None, quiet: bool = False
         model, input_size, mean, std = backbone.module, backbone.input_size, backbone.mean, backbone.std
         source, spec = dict(backbone.weights_source), dict(backbone.spec)
         extra = {"weights_source": source}
-        crop_pct = (getattr(backbone, "info", None) and backbone.info.extra or {}).get("crop_pct")
-        if crop_pct:  # a streaming dataset's eval crop (engine/stream_feed.py)
-            extra["crop_pct"] = crop_pct
+        cfg_extra = (getattr(backbone, "info", None) and backbone.info.extra) or {}
+        for key in ("crop_pct", "interpolation"):  # a streaming dataset's eval crop and resizes (engine/stream_feed.py)
+            if cfg_extra.get(key):
+                extra[key] = cfg_extra[key]
     base_name = spec["name"] if spec else cfg.model
     from cnncli.data.paths import dataset_label
 

@@ -65,7 +65,7 @@ class Predictor:
             # trained on a streaming dataset: the run's eval transform (shorter side, center crop)
             from cnncli.data.stream import photo_for_network
 
-            return photo_for_network(path, self.meta["input_size"], pipeline.get("crop_pct"))
+            return photo_for_network(path, self.meta["input_size"], pipeline.get("crop_pct"), pipeline.get("interpolation"))
         from cnncli.data.transforms import decode_image_file
 
         return decode_image_file(path)
@@ -91,7 +91,8 @@ class RuntimePredictor(Predictor):
 
         pipeline = self.meta.get("data_pipeline") if hasattr(self.meta, "get") else None
         if isinstance(pipeline, Mapping) and pipeline.get("kind") == "stream":  # as Predictor.decode
-            return photo_array_for_network(path, self.meta["input_size"], pipeline.get("crop_pct"))
+            return photo_array_for_network(path, self.meta["input_size"], pipeline.get("crop_pct"),
+                                           pipeline.get("interpolation"))
         return decode_image_array(path)
 
 

@@ -176,8 +176,8 @@ def test_split_all_takes_every_image_of_a_folder_too_small_to_hold_out_a_test_sp
 def test_real_imagenet_weights_recognise_a_real_photo(run_cli, tmp_path):
     """EfficientNet-Lite0's real weights (the pip package): Grace Hopper, in uniform, three crops of
     the photo, scored as timm scores the weights: its eval transform (shorter side to 224 / 0.875,
-    centre crop; bilinear here, as cnncli resizes), not squashed to 224 x 224. The figures must be
-    those of the same crops through timm's own transform."""
+    bicubic, centre crop: the weights' pretrained config), not squashed to 224 x 224. The figures
+    must be those of the same crops through timm's own transform."""
     import importlib.util
 
     import matplotlib
@@ -198,8 +198,8 @@ def test_real_imagenet_weights_recognise_a_real_photo(run_cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     net = W.resolve_backbone("timm/tf_efficientnet_lite0").model.eval()
-    timm_eval = timm.data.create_transform((3, 224, 224), interpolation="bilinear", crop_pct=0.875,
-                                           mean=(0.5,) * 3, std=(0.5,) * 3)
+    timm_eval = timm.data.create_transform(**timm.data.resolve_data_config({}, model=net))
+    assert "interpolation='bicubic'" in repr(timm_eval) or "bicubic" in repr(timm_eval)
     with torch.no_grad():
         logits = net(torch.stack([timm_eval(c) for c in crops]))
     target = torch.full((3,), 652)  # military uniform

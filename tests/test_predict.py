@@ -244,7 +244,7 @@ def test_pretrained_comes_from_an_installed_weight_package_and_names_imagenet_cl
     assert result.exit_code == 0, result.stderr
     top = json.loads(result.stdout)["top"]
     assert "military uniform" in [t["class"] for t in top]  # Grace Hopper in uniform
-    # prepared as timm evaluates the weights (shorter side to 224 / 0.875, centre crop), not squashed
+    # prepared as timm evaluates the weights (shorter side to 224 / 0.875 bicubic, centre crop), not squashed
     import timm.data
     import torch
     from PIL import Image
@@ -252,8 +252,7 @@ def test_pretrained_comes_from_an_installed_weight_package_and_names_imagenet_cl
     from cnncli.engine import weights as W
 
     net = W.resolve_backbone("timm/tf_efficientnet_lite0").model.eval()
-    timm_eval = timm.data.create_transform((3, 224, 224), interpolation="bilinear", crop_pct=0.875,
-                                           mean=(0.5,) * 3, std=(0.5,) * 3)
+    timm_eval = timm.data.create_transform(**timm.data.resolve_data_config({}, model=net))
     jpeg = Image.open(photo)
     jpeg.draft("RGB", (256, 300))  # as cnncli decodes it: at the DCT scale that still gives 256 px (1/2)
     with torch.no_grad():

@@ -345,6 +345,45 @@ def test_finetune_streams_a_folder_and_does_not_cache_random_crops(tmp_path, run
     meta = read_meta(out / "model.safetensors")
     assert meta["data_pipeline"]["kind"] == "stream" and meta["input_size"] == [1, 32, 32]
     assert meta["mean"] == read_meta(tiny_run / "model.safetensors")["mean"]  # the backbone's, not measured
+    assert meta["data_pipeline"]["interpolation"] == "bilinear"  # a hand-built backbone has no config
+
+
+def test_a_timm_backbone_streams_with_its_weights_interpolation_and_a_resume_keeps_the_recorded_one(
+        tmp_path, run_cli):
+    """timm's test_efficientnet weights say bicubic: the run resizes so and records it; a run that
+    recorded another (or none, before this was recorded) resumes with that one."""
+    import timm
+    from safetensors.torch import save_file
+
+    from cnncli.data.stream import StreamSplit
+
+    make_photos(tmp_path / "f", {"": 4})
+    weights = tmp_path / "w.safetensors"
+    save_file(timm.create_model("test_efficientnet").state_dict(), str(weights))
+    seen = []
+    original = StreamSplit.configure
+    StreamSplit.configure = lambda self, cfg: (seen.append(cfg.interpolation), original(self, cfg))[1]
+    try:
+        args = ["finetune", "timm/test_efficientnet", "--weights", weights, "--data", tmp_path / "f", "--stream",
+                "--workers", "0", "--img-size", 32, "--head-epochs", 1, "--epochs", 0, "--batch-size", 4,
+                "--threads", 1, "--out", tmp_path / "ft"]
+        result = run_cli(*args)
+        assert result.exit_code == 0, result.stderr
+        assert read_meta(tmp_path / "ft" / "model.safetensors")["data_pipeline"]["interpolation"] == "bicubic"
+        assert set(seen) == {"bicubic"}
+        from cnncli.engine import stream_feed
+
+        seen.clear()
+        recorded = stream_feed._recorded_pipeline
+        stream_feed._recorded_pipeline = lambda run_dir: {"kind": "stream"}  # a run from before: none recorded
+        try:
+            resumed = run_cli("finetune", "--resume", tmp_path / "ft", "--epochs", 1, "--threads", 1)
+        finally:
+            stream_feed._recorded_pipeline = recorded
+        assert resumed.exit_code == 0, resumed.stderr
+        assert "resuming" in resumed.stderr and set(seen) == {"bilinear"}  # as that run was trained
+    finally:
+        StreamSplit.configure = original
 
 
 # ---------------------------------------------------------------- what the pipeline costs

@@ -171,18 +171,22 @@ def _framed_photos(folder: Path) -> list[Path]:
     return made
 
 
-@pytest.mark.parametrize("input_size, crop_pct", [((3, 24, 24), 0.875), ((1, 32, 32), 0.875), ((3, 64, 64), 1.0)])
-def test_the_numpy_mirror_of_the_streaming_eval_transform_agrees_pixel_for_pixel(tmp_path, input_size, crop_pct):
+@pytest.mark.parametrize("input_size, crop_pct, interpolation", [
+    ((3, 24, 24), 0.875, "bilinear"), ((1, 32, 32), 0.875, "bilinear"), ((3, 64, 64), 1.0, "bilinear"),
+    ((3, 64, 64), 0.95, "bicubic"), ((1, 32, 32), 0.875, "bicubic")])
+def test_the_numpy_mirror_of_the_streaming_eval_transform_agrees_pixel_for_pixel(tmp_path, input_size, crop_pct,
+                                                                                 interpolation):
     from cnncli.data.stream import DEFAULT_CROP_PCT, photo_for_network
     from cnncli.deploy import preprocess as pp
 
     assert pp.DEFAULT_CROP_PCT == DEFAULT_CROP_PCT
     for path in _framed_photos(tmp_path):
-        want = photo_for_network(path, input_size, crop_pct).numpy()
-        got = pp.photo_array_for_network(path, input_size, crop_pct)
+        want = photo_for_network(path, input_size, crop_pct, interpolation).numpy()
+        got = pp.photo_array_for_network(path, input_size, crop_pct, interpolation)
         assert got.shape == want.shape == (input_size[0], input_size[1], input_size[1]) and got.dtype == np.uint8
         diff = np.abs(got.astype(int) - want.astype(int))
-        assert diff.max() <= 1 and (diff > 0).mean() < 0.25, path.name  # Pillow's and torch's rounding
+        # Pillow's and torch's fixed-point rounding (bicubic's overshoot at sharp edges: a little more)
+        assert diff.max() <= (1 if interpolation == "bilinear" else 3) and (diff > 0).mean() < 0.25, path.name
 
 
 def test_a_streamed_run_predicts_the_same_from_its_onnx_file(tmp_path, run_cli):

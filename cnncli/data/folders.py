@@ -119,10 +119,12 @@ class StreamingSplits:
         return self.train.image_shape
 
     def configure(self, input_size, crop_pct: float | None = None, workers: int | None = None,
-                  pin_memory: bool = False, skip_bad: bool = False, squash: bool = False) -> None:
+                  pin_memory: bool = False, skip_bad: bool = False, squash: bool = False,
+                  interpolation: str = "bilinear") -> None:
         """The network's (C, H, W) and the loader's settings, for every split."""
         cfg = StreamConfig(size=int(input_size[1]), channels=int(input_size[0]),
-                           crop_pct=float(crop_pct or DEFAULT_CROP_PCT), squash=squash, workers=workers,
+                           crop_pct=float(crop_pct or DEFAULT_CROP_PCT), squash=squash,
+                           interpolation=interpolation, workers=workers,
                            pin_memory=pin_memory, skip_bad=skip_bad)
         for split in (self.train, self.val, self.test):
             split.configure(cfg)

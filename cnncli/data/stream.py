@@ -68,6 +68,13 @@ from cnncli.data.photo_decode import BadImage, declared_size, decode_photo, deco
 from cnncli.errors import InputError, RuntimeFailure
 
 DEFAULT_CROP_PCT = 0.875
+INTERPOLATIONS = ("bilinear", "bicubic")  # what pretrained configs say and both resizers do alike
+
+
+def interpolation_of(name: str | None) -> str:
+    """A pretrained config's interpolation as cnncli resizes (anything else: bilinear)."""
+    name = str(name or "").lower()
+    return name if name in INTERPOLATIONS else "bilinear"
 
 
 class BadImageFailure(RuntimeFailure):
@@ -175,6 +182,7 @@ class StreamConfig:
     channels: int = 3  # what every sample is converted to (gray repeated, colour to luma)
     crop_pct: float = DEFAULT_CROP_PCT  # eval: resize the shorter side to size / crop_pct, center crop
     squash: bool = False  # eval: the whole image to size x size instead (a run trained in memory)
+    interpolation: str = "bilinear"  # every resize (antialiased): the pretrained weights' own, or bilinear
     train: bool = False  # RandomResizedCrop + horizontal flip, else the eval transform
     workers: int | None = None  # None: the usable cores; 0: in this process
     pin_memory: bool = False  # on CUDA: page-locked batches, copied with non_blocking=True
@@ -200,14 +208,16 @@ class PhotoTransform:
 
         self.cfg = cfg
         size = int(cfg.size)
+        mode = v2.InterpolationMode(interpolation_of(cfg.interpolation))
         if cfg.train:
-            self.ops = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+            self.ops = v2.Compose([v2.RandomResizedCrop(size, interpolation=mode, antialias=True),
+                                   v2.RandomHorizontalFlip()])
         elif cfg.squash:  # as the in-memory path prepares images: all of it, the aspect ratio not kept
             self.resize_to = size
-            self.ops = v2.Resize((size, size), antialias=True)
+            self.ops = v2.Resize((size, size), interpolation=mode, antialias=True)
         else:
             self.resize_to = max(size, int(math.floor(size / cfg.crop_pct)))
-            self.ops = v2.Compose([v2.Resize(self.resize_to, antialias=True), v2.CenterCrop(size)])
+            self.ops = v2.Compose([v2.Resize(self.resize_to, interpolation=mode, antialias=True), v2.CenterCrop(size)])
 
     def min_side(self) -> int | None:
         """The shorter side the eval transform needs from the decoder (None: full resolution)."""
@@ -228,14 +238,16 @@ class PhotoTransform:
         return out.contiguous()
 
 
-def own_eval(meta, crop_pct: float | None = None) -> dict[str, Any]:
-    """How a network's test images are made when they stream (StreamConfig's crop_pct, squash):
-    its recorded centre crop when it was trained streaming (or `crop_pct`, a pretrained
-    network's); the whole image squashed when it is a run trained in memory (so a folder too
-    large for memory is still scored as the run saw its images); else the default crop."""
-    pipeline = ((meta or {}).get("data_pipeline") or {}) if hasattr(meta or {}, "get") else {}
-    if crop_pct or pipeline.get("kind") == "stream":
-        return {"crop_pct": float(crop_pct or pipeline.get("crop_pct") or DEFAULT_CROP_PCT), "squash": False}
+def own_eval(meta, pipeline: dict | None = None) -> dict[str, Any]:
+    """How a network's test images are made when they stream (StreamConfig's crop_pct, squash,
+    interpolation): the centre crop its document's pipeline records when it was trained
+    streaming, or `pipeline`'s (a pretrained network's: its weights' eval transform); the whole
+    image squashed when it is a run trained in memory (so a folder too large for memory is still
+    scored as the run saw its images); else the default crop."""
+    pipeline = pipeline or (((meta or {}).get("data_pipeline") or {}) if hasattr(meta or {}, "get") else {})
+    if pipeline.get("kind") == "stream":
+        return {"crop_pct": float(pipeline.get("crop_pct") or DEFAULT_CROP_PCT), "squash": False,
+                "interpolation": interpolation_of(pipeline.get("interpolation"))}
     return {"crop_pct": DEFAULT_CROP_PCT, "squash": bool(meta)}
 
 
@@ -244,11 +256,13 @@ def trained_streaming(meta) -> bool:
     return bool(meta) and ((meta.get("data_pipeline") or {}).get("kind") == "stream")
 
 
-def photo_for_network(path: str | Path, input_size: Sequence[int], crop_pct: float | None = None) -> torch.Tensor:
+def photo_for_network(path: str | Path, input_size: Sequence[int], crop_pct: float | None = None,
+                      interpolation: str | None = None) -> torch.Tensor:
     """One file through a streaming run's eval transform (predict): uint8 (C, H, H); InputError.
 
     The full-size decode lives only inside this call, so a batch holds network-sized images."""
-    cfg = StreamConfig(size=int(input_size[1]), channels=int(input_size[0]), crop_pct=float(crop_pct or DEFAULT_CROP_PCT))
+    cfg = StreamConfig(size=int(input_size[1]), channels=int(input_size[0]), crop_pct=float(crop_pct or DEFAULT_CROP_PCT),
+                       interpolation=interpolation_of(interpolation))
     transform = PhotoTransform(cfg)
     try:
         image = decode_photo(path, transform.min_side())

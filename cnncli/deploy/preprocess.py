@@ -149,12 +149,16 @@ def _gray_uint8(image: np.ndarray) -> np.ndarray:
     return np.trunc(_to_luma(x)).astype(np.uint8)
 
 
-def photo_array_for_network(path: str | Path, input_size: Sequence[int], crop_pct: float | None = None) -> np.ndarray:
+def photo_array_for_network(path: str | Path, input_size: Sequence[int], crop_pct: float | None = None,
+                            interpolation: str | None = None) -> np.ndarray:
     """One file through a streaming run's eval transform: uint8 (C, size, size); InputError.
 
     The shorter side to max(size, floor(size / crop_pct)), the longer in proportion (torchvision's
-    Resize(int)), then the centre crop (torchvision's CenterCrop offsets)."""
+    Resize(int)), bicubic where `interpolation` says so (else bilinear), then the centre crop
+    (torchvision's CenterCrop offsets)."""
     from PIL import Image
+
+    resample = Image.Resampling.BICUBIC if str(interpolation).lower() == "bicubic" else Image.Resampling.BILINEAR
 
     channels, size = int(input_size[0]), int(input_size[1])
     resize_to = max(size, int(math.floor(size / float(crop_pct or DEFAULT_CROP_PCT))))
@@ -167,7 +171,7 @@ def photo_array_for_network(path: str | Path, input_size: Sequence[int], crop_pc
     nh, nw = (resize_to, new_long) if h <= w else (new_long, resize_to)
     if (nh, nw) != (h, w):
         planes = image[0] if channels == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))
-        resized = np.asarray(Image.fromarray(planes).resize((nw, nh), Image.Resampling.BILINEAR))
+        resized = np.asarray(Image.fromarray(planes).resize((nw, nh), resample))
         image = resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1)
     top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
     return np.ascontiguousarray(image[:, top:top + size, left:left + size])

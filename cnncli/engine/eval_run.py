@@ -122,11 +122,12 @@ def evaluate_checkpoint(
         from cnncli.data.registry import say_split_sizes
 
         say_split_sizes(stats)
-    crop = extra.pop("crop_pct", None)
+    weights_pipeline = extra.pop("eval_pipeline", None)  # a pretrained network's (popped: not a result)
     if getattr(subset, "streaming", False):  # decoded in DataLoader workers at the network's size
         from cnncli.data.stream import StreamConfig, own_eval
 
-        subset.configure(StreamConfig(size=int(input_size[1]), channels=int(input_size[0]), **own_eval(meta, crop),
+        subset.configure(StreamConfig(size=int(input_size[1]), channels=int(input_size[0]),
+                                      **own_eval(meta, weights_pipeline),
                                       workers=workers,
                                       pin_memory=dev.type == "cuda", skip_bad=skip_bad_images))
     use_channels_last(model, dev)
@@ -246,11 +247,9 @@ def _pretrained_as_is(name: str, subset, class_names: list[str]) -> _AsIs:
     short = [n.split(",")[0].strip() for n in names]
     class_map = [{"class": class_names[d], "index": i, "network_class": short[i]}
                  for d, i in sorted(match.network_index.items())]
-    crop_pct = ((getattr(opened, "info", None) and opened.info.extra) or {}).get("crop_pct")
     record = {"pretrained_source": dict(opened.weights_source), "network_classes": n_out, "matched_by": match.by,
-              "class_map": class_map, "classes_left_out": match.left_out}
-    if crop_pct:  # the eval crop of a streaming dataset (popped before the result is written)
-        record["crop_pct"] = crop_pct
+              "class_map": class_map, "classes_left_out": match.left_out,
+              "eval_pipeline": dict(opened.document.get("data_pipeline") or {})}  # popped before the result is written
     return _AsIs(model, subset, opened.input_size, opened.mean, opened.std, short, record)
 
 

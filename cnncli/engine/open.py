@@ -166,10 +166,11 @@ def _registry(where: NetworkRef, kind: str, module, spec, info, input_size, mean
     classes = int((spec or {}).get("num_classes") or info.num_classes)
     extra = {"pretrained_source": source} if source is not None else {"weights": "random (untrained)"}
     if kind == "pretrained":  # predict prepares files as the weights were evaluated: shorter side, centre crop
-        from cnncli.data.stream import DEFAULT_CROP_PCT
+        from cnncli.data.stream import DEFAULT_CROP_PCT, interpolation_of
 
-        crop = (getattr(info, "extra", None) or {}).get("crop_pct")
-        extra["data_pipeline"] = {"kind": "stream", "crop_pct": float(crop or DEFAULT_CROP_PCT)}
+        cfg = getattr(info, "extra", None) or {}
+        extra["data_pipeline"] = {"kind": "stream", "crop_pct": float(cfg.get("crop_pct") or DEFAULT_CROP_PCT),
+                                  "interpolation": interpolation_of(cfg.get("interpolation"))}
     doc = build_document(model=spec, num_classes=classes, class_names=class_names_for(classes),
                          input_size=input_size, mean=mean, std=std,
                          dataset="imagenet" if source is not None and classes == 1000 else None, extra=extra)

@@ -48,12 +48,17 @@ class StreamFeed:
 def configure_stream(trainer, info, mean, std, extra_meta: dict):
     """Set a streaming dataset's transforms and loader for the trainer's network; (mean, std).
 
-    Eval crops use the backbone's pretrained crop_pct (timm's config) or 0.875; mean/std are the
+    Eval crops use the backbone's pretrained crop_pct (timm's config) or 0.875, and every resize
+    its interpolation (bicubic for most timm weights) or bilinear; a resumed run keeps what it
+    recorded (bilinear for runs from before this was recorded). Mean/std are the
     caller's, else the backbone's pretrained ones (a timm network), else measured on a sample
     of the training split (StreamingSplits.mean).
     """
     cfg, extra = trainer.cfg, (info.extra if info is not None else {}) or {}
     crop_pct = extra.get("crop_pct") or extra_meta.get("crop_pct")  # finetune: its backbone's
+    interpolation = extra.get("interpolation") or extra_meta.get("interpolation")
+    if trainer.resume_dir is not None:
+        interpolation = _recorded_pipeline(trainer.resume_dir).get("interpolation")
     workers = cfg.workers
     if workers is None and trainer.dist.enabled:  # the ranks of one machine share its cores
         import os
@@ -61,17 +66,31 @@ def configure_stream(trainer, info, mean, std, extra_meta: dict):
         from cnncli.data.stream import usable_cores
 
         workers = max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    from cnncli.data.stream import interpolation_of
+
     trainer.data.configure(trainer.input_size, crop_pct=crop_pct, workers=workers,
-                           pin_memory=trainer.device.type == "cuda", skip_bad=cfg.skip_bad_images)
+                           pin_memory=trainer.device.type == "cuda", skip_bad=cfg.skip_bad_images,
+                           interpolation=interpolation_of(interpolation))
     if mean is None and trainer.resume_dir is not None:  # the run's own, even if the files changed since
         mean, std = _recorded_stats(trainer.resume_dir)
     if mean is None and info is not None and info.source == "timm":
         mean, std = info.mean, info.std
     trainer.stream_record = {
         "kind": "stream", "workers": trainer.data.train.config.resolved_workers(),
-        "crop_pct": trainer.data.train.config.crop_pct,
+        "crop_pct": trainer.data.train.config.crop_pct, "interpolation": trainer.data.train.config.interpolation,
         "stats": "given" if mean is not None else "measured on a sample of the training split"}
     return mean, std
+
+
+def _recorded_pipeline(run_dir) -> dict:
+    """The data pipeline a run recorded ({} when it has none)."""
+    from cnncli.checkpoint import read_meta
+
+    for name in ("train_state.safetensors", "model.safetensors"):
+        path = run_dir / name
+        if path.exists():
+            return dict(read_meta(path).get("data_pipeline") or {})
+    return {}
 
 
 def _recorded_stats(run_dir):

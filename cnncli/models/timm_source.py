@@ -30,9 +30,10 @@ def info(arch: str, with_params: bool = False) -> ModelInfo:
     cfg = t.models.get_pretrained_cfg(arch)
     if cfg is None:
         input_size, mean, std, classes, tag = (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, 1000, ""
-        crop_pct = None
+        crop_pct = interpolation = None
     else:
         crop_pct = getattr(cfg, "crop_pct", None)  # the eval crop of streaming datasets (data/stream.py)
+        interpolation = getattr(cfg, "interpolation", None)  # and the resizes' (bicubic for most weights)
         input_size = tuple(cfg.input_size)
         mean, std = tuple(cfg.mean), tuple(cfg.std)
         classes = cfg.num_classes or 1000
@@ -53,7 +54,7 @@ def info(arch: str, with_params: bool = False) -> ModelInfo:
         mean=mean,
         std=std,
         params=params,
-        extra={"crop_pct": crop_pct} if crop_pct else {},
+        extra={k: v for k, v in (("crop_pct", crop_pct), ("interpolation", interpolation)) if v},
     )
 
 
