@@ -301,3 +301,30 @@ def test_a_store_size_estimate_from_a_sample_of_headers_is_close(tmp_path):
     exact = cache.open_store(paths, side=24, mode="ram").nbytes
     assert cache.estimated_store_bytes(source, 24) == pytest.approx(exact, rel=0.01)
     assert 0.5 * exact < cache.estimated_store_bytes(source, 24, sample=3) < 2 * exact
+
+
+def test_a_store_resizes_as_the_run_does_and_keys_its_interpolation(tmp_path):
+    """A bicubic run (most timm weights) caches bicubic images under a key of its own; bilinear
+    stores keep the key they had before the resize was a choice."""
+    import numpy as np
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    paths = []
+    for i, (h, w) in enumerate([(50, 80), (90, 60)]):  # sharp noise: the two resizes differ
+        paths.append(str(folder / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    assert cache.cache_key(paths, 20) == cache.cache_key(paths, 20, interpolation="bilinear")
+    assert cache.cache_key(paths, 20, interpolation="bicubic") != cache.cache_key(paths, 20)
+    stores = {m: cache.open_store(paths, side=20, mode="ram", interpolation=m) for m in ("bilinear", "bicubic")}
+    for i, path in enumerate(paths):
+        image = decode_image_file(path)
+        h, w = image.shape[1:]
+        size = [20, round(20 * w / h)] if h <= w else [round(20 * h / w), 20]
+        for mode, store in stores.items():
+            want = resize(image, size, interpolation=InterpolationMode(mode), antialias=True)
+            assert torch.equal(store[i], want), (mode, path)
+    assert not torch.equal(stores["bilinear"][0], stores["bicubic"][0])

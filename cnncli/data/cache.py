@@ -55,12 +55,15 @@ def store_root() -> Path:
 
 
 def cache_key(paths: Sequence[str], side: int, label: str | None = None,
-              channels: int | None = None, files: Sequence[str] | None = None) -> tuple[str, str]:
+              channels: int | None = None, files: Sequence[str] | None = None,
+              interpolation: str = "bilinear") -> tuple[str, str]:
     """(place key, content key): the first names what is cached (`label`, e.g. the dataset and
     split; by default the files' common folder) at which side, the second everything a store
-    depends on (the sample ids in order, each file's size and mtime, side, format version).
+    depends on (the sample ids in order, each file's size and mtime, side, resize, format version;
+    bilinear stores keep the keys they had before the resize was a choice).
     `files`: the files behind the samples when the ids are not files (a shard's samples)."""
-    content = hashlib.sha256(f"v{FORMAT_VERSION} side={side} channels={channels} n={len(paths)}\n".encode())
+    resized = "" if interpolation == "bilinear" else f" interpolation={interpolation}"
+    content = hashlib.sha256(f"v{FORMAT_VERSION} side={side} channels={channels} n={len(paths)}{resized}\n".encode())
     if files is not None:
         content.update("\0".join(paths).encode())
     for path in (paths if files is None else files):
@@ -71,7 +74,7 @@ def cache_key(paths: Sequence[str], side: int, label: str | None = None,
         content.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     if label is None:
         label = os.path.commonpath([os.path.abspath(p) for p in paths])
-    where = hashlib.sha256(f"v{FORMAT_VERSION}\0{side}\0{channels}\0{label}".encode())
+    where = hashlib.sha256(f"v{FORMAT_VERSION}\0{side}\0{channels}\0{label}{resized}".encode())
     return where.hexdigest()[:12], content.hexdigest()[:24]
 
 
@@ -227,6 +230,7 @@ def open_store(
     channels: int | None = None,
     files: Sequence[str] | None = None,
     waiting: Callable[[Path], None] | None = None,
+    interpolation: str = "bilinear",
 ) -> ImageStore:
     """The store of `source` at `side`: read from the disk cache when its key matches, else built.
 
@@ -235,7 +239,8 @@ def open_store(
     gray or colour (None: each as its file is); `label` names what is cached (see
     `cache_key`); `files` are the files behind the samples when the ids are not file paths;
     `workers` decode in DataLoader worker processes; `waiting(lock path)` is called when
-    another process is building the same disk store (this one then opens what it built).
+    another process is building the same disk store (this one then opens what it built);
+    `interpolation`: how images are resized to the store's side (the run's, bilinear or bicubic).
     """
     import torch
 
@@ -250,7 +255,7 @@ def open_store(
         raise InputError("--cache: no images to cache")
     if channels not in (None, 1, 3):
         raise InputError(f"--cache: channels must be 1 or 3, got {channels}")
-    where, content = cache_key(paths, side, label, channels, files)
+    where, content = cache_key(paths, side, label, channels, files, interpolation)
     root = store_root()
     final = root / f"{where}-{content}"
     if mode == "disk" and final.is_dir():
@@ -261,7 +266,7 @@ def open_store(
         table, total = _plan(_headers(source), len(paths), side, channels)
         cost.check(f"--cache ram: {len(paths):,} images with the shorter side at most {side} px need", total)
         data = torch.empty(total, dtype=torch.uint8).share_memory_()
-        _fill(_TensorSink(data), _ScaledFetch(source, side), paths, table, workers, progress)
+        _fill(_TensorSink(data), _ScaledFetch(source, side, interpolation), paths, table, workers, progress)
         return ImageStore(table, total, data=data)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -275,10 +280,11 @@ def open_store(
             if store is not None:
                 return store
             shutil.rmtree(final, ignore_errors=True)  # damaged: built again below
-        return _build_disk(source, paths, side, channels, where, content, workers, progress, label)
+        return _build_disk(source, paths, side, channels, where, content, workers, progress, label, interpolation)
 
 
-def _build_disk(source, paths, side, channels, where, content, workers, progress, label) -> ImageStore:
+def _build_disk(source, paths, side, channels, where, content, workers, progress, label,
+                interpolation: str = "bilinear") -> ImageStore:
     """Decode the store of `source` into a temporary folder and rename it (the lock held)."""
     root = store_root()
     final = root / f"{where}-{content}"
@@ -293,7 +299,7 @@ def _build_disk(source, paths, side, channels, where, content, workers, progress
         tmp.mkdir(parents=True)
         with open(tmp / "data.u8", "wb") as f:  # its full size (sparse), then written in place by the workers
             f.truncate(max(total, 1))
-        _fill(_FileSink(tmp / "data.u8"), _ScaledFetch(source, side), paths, table, workers, progress)
+        _fill(_FileSink(tmp / "data.u8"), _ScaledFetch(source, side, interpolation), paths, table, workers, progress)
         meta = {"version": FORMAT_VERSION, "key": content, "side": side, "images": len(paths),
                 "bytes": total, "first": os.path.abspath(paths[0]), "label": label, "complete": True}
         np.save(tmp / "table.npy", table.numpy(), allow_pickle=False)
@@ -422,7 +428,8 @@ def cache_splits(data, cfg) -> None:
 
         def build(split=split, name=name, files=files, label=label, progress=progress, waiting=waiting):
             store = open_store(split.src, side, mode, workers=cfg.resolved_workers(), progress=progress,
-                               label=label, channels=int(cfg.channels), files=files, waiting=waiting)
+                               label=label, channels=int(cfg.channels), files=files, waiting=waiting,
+                               interpolation=cfg.interpolation)
             if store.hit:
                 output.note(f"--cache {mode}: {len(store):,} {name} images read from {store.path}")
             record["splits"][name] = {"images": len(store), "bytes": store.nbytes, "hit": store.hit,
@@ -434,7 +441,8 @@ def cache_splits(data, cfg) -> None:
         else:  # val and test are built when their first pass starts: not before the first training step
             record["splits"][name] = {"images": len(split), "built": False}
             split.pending_source = build
-            if not (mode == "disk" and _store_exists(split.src, side, label, int(cfg.channels), files)):
+            if not (mode == "disk" and _store_exists(split.src, side, label, int(cfg.channels), files,
+                                                     cfg.interpolation)):
                 deferred.append(split)
     # ... but whether they will fit is said now, not after the training: their size estimated
     # from a sample of headers (each build checks its exact size again before it allocates)
@@ -446,8 +454,8 @@ def cache_splits(data, cfg) -> None:
     data.info["cache"] = record
 
 
-def _store_exists(source, side: int, label: str, channels: int, files) -> bool:
-    where, content = cache_key(list(source.ids), side, label, channels, files)
+def _store_exists(source, side: int, label: str, channels: int, files, interpolation: str = "bilinear") -> bool:
+    where, content = cache_key(list(source.ids), side, label, channels, files, interpolation)
     return (store_root() / f"{where}-{content}").is_dir()
 
 

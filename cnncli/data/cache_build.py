@@ -34,6 +34,7 @@ class _Decode:
         return self.n
 
     def __getitem__(self, i: int):
+        from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2.functional import resize
 
         from cnncli.data.photo_decode import BadImage
@@ -53,7 +54,8 @@ class _Decode:
 
                 image = rgb_to_grayscale(image)
         if tuple(image.shape[1:]) != (h, w):
-            image = resize(image, [h, w], antialias=True)
+            mode = InterpolationMode(getattr(self.fetch, "interpolation", "bilinear"))  # the run's resize
+            image = resize(image, [h, w], interpolation=mode, antialias=True)
         if tuple(image.shape) != (c, h, w):
             return i, tuple(image.shape)
         self.sink(off, image.contiguous())
@@ -123,8 +125,8 @@ class _ScaledFetch:
     store's shorter side (PIL draft mode, as the streaming eval pass decodes), not at full size
     and then resized down: a 900 px photo cached at 256 px costs about a quarter of the decode."""
 
-    def __init__(self, source, side: int):
-        self.source, self.side = source, side
+    def __init__(self, source, side: int, interpolation: str = "bilinear"):
+        self.source, self.side, self.interpolation = source, side, interpolation  # the store's resize
 
     def __call__(self, i: int):
         from cnncli.data.stream import load_sample
