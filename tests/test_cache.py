@@ -328,3 +328,24 @@ def test_a_store_resizes_as_the_run_does_and_keys_its_interpolation(tmp_path):
             want = resize(image, size, interpolation=InterpolationMode(mode), antialias=True)
             assert torch.equal(store[i], want), (mode, path)
     assert not torch.equal(stores["bilinear"][0], stores["bicubic"][0])
+
+
+def test_a_file_that_fails_while_cached_is_reported_with_its_reason_on_every_later_run(tmp_path):
+    from cnncli.data.photo_decode import BadImage
+
+    import numpy as np
+
+    paths = write_jpegs(tmp_path / "img", n=4)
+    noisy = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(noisy).save(paths[2], quality=90)
+    data = Path(paths[2]).read_bytes()
+    Path(paths[2]).write_bytes(data[: len(data) * 3 // 5])  # its header reads, its pixels do not
+    for mode in ("ram", "disk", "disk"):  # the second disk store is read back, not built
+        store = cache.open_store(paths, side=16, mode=mode)
+        assert set(store.failed) == {2} and store.failed[2], (mode, store.failed)
+        inner = type("Files", (), {"ids": paths, "class_names": ["a"], "labels": [0] * len(paths)})()
+        with pytest.raises(BadImage) as info:
+            cache.CachedSource(inner, store).load(2)
+        assert info.value.reason == f"{store.failed[2]} (found when it was cached)"
+        assert "truncated" in store.failed[2]  # the decoder's own words, not a bare "cannot decode"
+    assert store.hit

@@ -101,8 +101,10 @@ class ImageStore:
     lazily in each process, so that DataLoader workers share it instead of copying it.
     """
 
-    def __init__(self, table, total: int, data=None, path: Path | None = None, hit: bool = False):
+    def __init__(self, table, total: int, data=None, path: Path | None = None, hit: bool = False,
+                 failed: dict[int, str] | None = None):
         self.table = table  # int64 (N, 4): offset, channels, height, width (0 x 0: did not decode)
+        self.failed = dict(failed or {})  # why each of those did not decode
         self.total = int(total)  # bytes of the array
         self._data = data
         self.path = path
@@ -174,7 +176,8 @@ def _open_disk(folder: Path, content: str):
         table = torch.from_numpy(np.load(folder / "table.npy", allow_pickle=False).astype(np.int64))
         if table.shape != (meta["images"], 4):
             return None
-        store = ImageStore(table, int(meta["bytes"]), path=folder, hit=True)
+        failed = {int(k): str(v) for k, v in (meta.get("failed") or {}).items()}
+        store = ImageStore(table, int(meta["bytes"]), path=folder, hit=True, failed=failed)
         if (folder / "data.u8").stat().st_size != max(1, store.nbytes):
             return None
         return store
@@ -266,8 +269,8 @@ def open_store(
         table, total = _plan(_headers(source), len(paths), side, channels)
         cost.check(f"--cache ram: {len(paths):,} images with the shorter side at most {side} px need", total)
         data = torch.empty(total, dtype=torch.uint8).share_memory_()
-        _fill(_TensorSink(data), _ScaledFetch(source, side, interpolation), paths, table, workers, progress)
-        return ImageStore(table, total, data=data)
+        failed = _fill(_TensorSink(data), _ScaledFetch(source, side, interpolation), paths, table, workers, progress)
+        return ImageStore(table, total, data=data, failed=failed)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -299,9 +302,11 @@ def _build_disk(source, paths, side, channels, where, content, workers, progress
         tmp.mkdir(parents=True)
         with open(tmp / "data.u8", "wb") as f:  # its full size (sparse), then written in place by the workers
             f.truncate(max(total, 1))
-        _fill(_FileSink(tmp / "data.u8"), _ScaledFetch(source, side, interpolation), paths, table, workers, progress)
+        failed = _fill(_FileSink(tmp / "data.u8"), _ScaledFetch(source, side, interpolation), paths, table,
+                       workers, progress)
         meta = {"version": FORMAT_VERSION, "key": content, "side": side, "images": len(paths),
-                "bytes": total, "first": os.path.abspath(paths[0]), "label": label, "complete": True}
+                "bytes": total, "first": os.path.abspath(paths[0]), "label": label, "complete": True,
+                "failed": {str(i): why for i, why in failed.items()}}
         np.save(tmp / "table.npy", table.numpy(), allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(meta))
         for name in ("data.u8", "table.npy", "meta.json"):
@@ -322,7 +327,7 @@ def _build_disk(source, paths, side, channels, where, content, workers, progress
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ImageStore(table, total, path=final, hit=False)
+    return ImageStore(table, total, path=final, hit=False, failed=failed)
 
 
 class CachedImages:
@@ -371,7 +376,8 @@ class CachedSource:
         try:
             return self.store[i]
         except IndexError:
-            raise BadImage(self.ids[i], "cannot decode the image (found when it was cached)") from None
+            why = self.store.failed.get(i, "cannot decode the image")
+            raise BadImage(self.ids[i], f"{why} (found when it was cached)") from None
 
     def declared_size(self, i: int):
         _, _, h, w = (int(v) for v in self.store.table[i])

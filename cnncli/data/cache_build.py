@@ -44,8 +44,10 @@ class _Decode:
             return i, None
         try:
             image = self.fetch(i)
-        except (BadImage, InputError):
-            return i, None
+        except BadImage as e:
+            return i, e.reason  # why, for the line that reports the file (the store keeps it)
+        except InputError as e:
+            return i, str(e)
         if image.shape[0] != c:
             if c == 3:
                 image = image.expand(3, -1, -1)
@@ -141,21 +143,21 @@ def _as_is(item):
 BUILD_CHUNK = 16  # images per task of a build worker
 
 
-def _fill(sink, fetch, ids, table, workers: int, progress: Callable | None) -> list[int]:
-    """Decode every sample into the store through `sink`; the samples that did not decode (their
-    entries emptied)."""
+def _fill(sink, fetch, ids, table, workers: int, progress: Callable | None) -> dict[int, str]:
+    """Decode every sample into the store through `sink`; {sample: why} of those that did not
+    decode (their entries emptied)."""
     import torchvision.transforms.v2.functional  # noqa: F401 - imported once here, not in every forked worker
     from torch.utils.data import DataLoader
 
     # indices go to the workers in chunks: one queue round trip per image cost more than its decode
     loader = DataLoader(_Decode(fetch, len(ids), table, sink), batch_size=BUILD_CHUNK, shuffle=False,
                         num_workers=workers, collate_fn=_as_is)
-    failed = []
+    failed: dict[int, str] = {}
     try:
         for n, (i, status) in enumerate((item for chunk in loader for item in chunk), start=1):
-            if status is None:
+            if status is None or isinstance(status, str):
                 table[i, 2:] = 0
-                failed.append(i)
+                failed[i] = status or "not a readable image (its header)"
             elif status is not True:
                 _, c, h, w = (int(v) for v in table[i])
                 raise RuntimeFailure(f"--cache: {ids[i]} decoded to {status}, its header said {(c, h, w)}")
