@@ -331,9 +331,9 @@ def test_a_store_resizes_as_the_run_does_and_keys_its_interpolation(tmp_path):
 
 
 def test_a_file_that_fails_while_cached_is_reported_with_its_reason_on_every_later_run(tmp_path):
-    from cnncli.data.photo_decode import BadImage
-
     import numpy as np
+
+    from cnncli.data.photo_decode import BadImage
 
     paths = write_jpegs(tmp_path / "img", n=4)
     noisy = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
