@@ -48,24 +48,16 @@ WORKER = textwrap.dedent('''
     """Run under torchrun: train through the library, recording how far the ranks' weights drift;
     then the command line's `train --resume` of the stopped run (its JSON document on stdout)."""
     import json, sys
-    import torch
     import torch.distributed as dist
+    sys.path.insert(0, sys.argv[4])
+    from test_distributed import watch_drift
     from cnncli.engine import trainer as trainer_module
     from cnncli.engine.config import build_config
     from cnncli.engine.eval_run import evaluate_checkpoint
 
     out_file, options, resume = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     drift = []  # max |rank r - rank 0| over all parameters, at every evaluation
-
-    def checked_evaluate(model, *args, **kwargs):
-        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, flat)
-        drift.append(max(float((g - gathered[0]).abs().max()) for g in gathered))
-        return real_evaluate(model, *args, **kwargs)
-
-    real_evaluate = trainer_module.evaluate
-    trainer_module.evaluate = checked_evaluate  # val after each epoch, then test
+    real_evaluate = watch_drift(trainer_module, drift)  # val after each epoch, then test
     result = trainer_module.Trainer(build_config(None, options), quiet=True).fit()
     evaluated = evaluate_checkpoint(str(result.checkpoint), device="cpu")  # sharded over the ranks
 
@@ -95,6 +87,24 @@ WORKER = textwrap.dedent('''
     sys.argv = ["cnncli", "train", "--resume", resume, "--json"]
     main()  # as `-m cnncli` does; it ends the process group on every rank together and exits
 ''')
+
+
+def watch_drift(trainer_module, drift: list):
+    """In a torchrun worker: before every evaluation the trainer runs, append to `drift` the largest
+    difference between any rank's parameters and rank 0's. Returns the evaluate it wrapped."""
+    import torch.distributed as dist
+
+    real_evaluate = trainer_module.evaluate
+
+    def checked_evaluate(model, *args, **kwargs):
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, flat)
+        drift.append(max(float((g - gathered[0]).abs().max()) for g in gathered))
+        return real_evaluate(model, *args, **kwargs)
+
+    trainer_module.evaluate = checked_evaluate
+    return real_evaluate
 
 
 def torchrun(*args: str) -> list[str]:
@@ -152,7 +162,8 @@ def runs(tmp_path_factory):
     # 2. the library under torchrun, uninterrupted; then, in the same launch, the stopped run
     #    resumed by the CLI (its options come from the run's config.toml)
     resumed = run_ok(torchrun(str(worker), str(root / "worker.json"),
-                              json.dumps({**OPTIONS, "out": str(root / "uninterrupted")}), str(interrupted)), root)
+                              json.dumps({**OPTIONS, "out": str(root / "uninterrupted")}), str(interrupted),
+                              str(Path(__file__).parent)), root)
 
     # 3. one process, in this one, same options
     from cnncli.engine.config import build_config

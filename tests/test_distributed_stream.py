@@ -39,10 +39,10 @@ TIMEOUT = 300
 WORKER = textwrap.dedent('''
     """Run under torchrun: one streaming training run, recording each rank's batches."""
     import json, sys
-    import torch
     import torch.distributed as dist
     sys.path.insert(0, sys.argv[3])
     import test_distributed_stream as t
+    from test_distributed import watch_drift
     from cnncli.data.stream import StreamSplit
     from cnncli.engine import distributed
     from cnncli.engine.config import build_config
@@ -50,15 +50,7 @@ WORKER = textwrap.dedent('''
 
     out_file, options = sys.argv[1], json.loads(sys.argv[2])
     log, drift = [], []  # drift: max |rank r - rank 0| over the parameters, at each validation
-
-    def checked_evaluate(model, *args, **kwargs):
-        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, flat)
-        drift.append(max(float((g - gathered[0]).abs().max()) for g in gathered))
-        return real_evaluate(model, *args, **kwargs)
-
-    real_evaluate, trainer_module.evaluate = trainer_module.evaluate, checked_evaluate
+    watch_drift(trainer_module, drift)
     StreamSplit.epoch_batches = t.recording(StreamSplit.epoch_batches, log, options.pop("root"))
     trainer = trainer_module.Trainer(build_config(None, options), quiet=True)
     result = trainer.fit()
