@@ -19,8 +19,9 @@ files with that pipeline's eval transform instead (data/stream.py `PhotoTransfor
 photo_decode.py): `photo_array_for_network` mirrors it: JPEG decoded at the smallest DCT scale
 that keeps the shorter side, the EXIF orientation applied to every format, colour to gray as
 uint8 first where the network is gray, the shorter side resized to size / crop_pct (uint8,
-antialiased bilinear), the centre size x size crop. Pixels agree with the torch path within one
-grey level (Pillow's and torch's fixed-point rounding).
+antialiased, bilinear or the bicubic the pipeline records), the centre size x size crop. Pixels
+agree with the torch path within one grey level for bilinear, three for bicubic at sharp edges
+(Pillow's and torch's fixed-point rounding).
 """
 
 from __future__ import annotations
