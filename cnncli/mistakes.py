@@ -124,6 +124,7 @@ def plot_gallery(images: list, rows: list, maps: list, out_path: str | os.PathLi
     cols = min(n, 4 if n <= 8 else 6)
     grid_rows = math.ceil(n / cols)
     fig = _figure(2.3 * cols, 2.5 * grid_rows + 0.4)
+    fig.set_layout_engine("constrained")  # photos of any aspect ratio: no caption over the image above
     for i, (image, row, cam) in enumerate(zip(images, rows, maps)):
         ax = fig.add_subplot(grid_rows, cols, i + 1)
         caption = (f"true {row.true}\npred {row.predicted} ({row.prob_predicted:.2f})\n"
