@@ -259,3 +259,33 @@ def test_pretrained_comes_from_an_installed_weight_package_and_names_imagenet_cl
         want = net(timm_eval(jpeg.convert("RGB"))[None]).softmax(1)[0]
     assert [t["index"] for t in top] == want.topk(5).indices.tolist()
     assert max(abs(t["prob"] - float(want[t["index"]])) for t in top) < 0.01
+
+
+def test_a_timm_network_with_a_weights_file_prepares_photos_as_its_pretrained_config_says(run_cli, tmp_path):
+    """As timm's validate.py does for a checkpoint file: the config's crop and interpolation
+    (test_efficientnet: crop_pct 0.95, bicubic), not a squash to the input size."""
+    import timm
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from cnncli.data.stream import photo_for_network
+    from cnncli.data.transforms import prepare_batch
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_efficientnet").eval()
+    save_file(net.state_dict(), str(tmp_path / "w.safetensors"))
+    photo = tmp_path / "wide.png"
+    pixels = torch.randint(0, 256, (90, 240, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    Image.fromarray(pixels.numpy()).save(photo)
+    result = run_cli("predict", "timm/test_efficientnet", "--weights", tmp_path / "w.safetensors", photo,
+                     "--json", "-k", 3)
+    assert result.exit_code == 0, result.stderr
+    cfg = timm.models.get_pretrained_cfg("test_efficientnet")
+    x = prepare_batch(photo_for_network(photo, cfg.input_size, cfg.crop_pct, cfg.interpolation)[None],
+                      cfg.input_size, list(cfg.mean), list(cfg.std), torch.device("cpu"))
+    with torch.no_grad():
+        want = net(x).softmax(1)[0]
+    top = json.loads(result.stdout)["top"]
+    assert [t["index"] for t in top] == want.topk(3).indices.tolist()
+    assert max(abs(t["prob"] - float(want[t["index"]])) for t in top) < 1e-5

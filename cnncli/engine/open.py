@@ -165,7 +165,9 @@ def _registry(where: NetworkRef, kind: str, module, spec, info, input_size, mean
 
     classes = int((spec or {}).get("num_classes") or info.num_classes)
     extra = {"pretrained_source": source} if source is not None else {"weights": "random (untrained)"}
-    if kind == "pretrained":  # predict prepares files as the weights were evaluated: shorter side, centre crop
+    if kind == "pretrained" or (kind == "weights" and getattr(info, "source", None) == "timm"):
+        # predict prepares files as the weights were evaluated (timm's validate does the same for a
+        # checkpoint file of a timm network): the shorter side, the centre crop, the config's resize
         from cnncli.data.stream import DEFAULT_CROP_PCT, interpolation_of
 
         cfg = getattr(info, "extra", None) or {}
