@@ -209,3 +209,40 @@ def test_real_imagenet_weights_recognise_a_real_photo(run_cli, tmp_path):
     assert doc["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, target)), rel=0.03)
     assert doc["pretrained_source"]["kind"] == "package"
     assert doc["class_map"] == [{"class": "military uniform", "index": 652, "network_class": "military uniform"}]
+
+
+def test_eval_of_a_timm_weights_file_uses_its_pretrained_config_as_timm_validates(run_cli, tmp_path):
+    """A timm network's weights file for the dataset's classes (trained elsewhere): its photos go
+    through the config's transform and mean/std (test_efficientnet: crop 0.95, bicubic), as
+    predict gives them and timm's validate.py does, even for a folder small enough for memory."""
+    import csv
+
+    import timm
+    from safetensors.torch import save_file
+
+    from cnncli.data.stream import photo_for_network
+    from cnncli.data.transforms import prepare_batch
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_efficientnet", num_classes=3).eval()
+    save_file(net.state_dict(), str(tmp_path / "w.safetensors"))
+    g = torch.Generator().manual_seed(2)
+    for name in ("a", "b", "c"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+        for i, (h, w) in enumerate([(60, 150), (140, 70)]):
+            pixels = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(tmp_path / "d" / name / f"{i}.png")
+    result = run_cli("eval", "timm/test_efficientnet", "--weights", tmp_path / "w.safetensors", "--data",
+                     tmp_path / "d", "--split", "all", "--predictions", tmp_path / "p.csv", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "streamed from its files" in result.stderr
+    cfg = timm.models.get_pretrained_cfg("test_efficientnet")
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    for row in rows:
+        x = prepare_batch(photo_for_network(row["id"], cfg.input_size, cfg.crop_pct, cfg.interpolation)[None],
+                          cfg.input_size, list(cfg.mean), list(cfg.std), torch.device("cpu"))
+        with torch.no_grad():
+            want = net(x).softmax(1)[0]
+        assert float(row["prob_predicted"]) == pytest.approx(float(want.max()), abs=1e-4), row["id"]

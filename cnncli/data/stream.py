@@ -251,6 +251,17 @@ def own_eval(meta, pipeline: dict | None = None) -> dict[str, Any]:
     return {"crop_pct": DEFAULT_CROP_PCT, "squash": bool(meta)}
 
 
+def weights_pipeline(info) -> dict | None:
+    """The eval transform a timm network's pretrained config gives its weights (timm's validate.py
+    uses it for a checkpoint file too): shorter side to size / crop_pct with the config's resize,
+    the centre crop. None for a network that is not timm's."""
+    if getattr(info, "source", None) != "timm":
+        return None
+    cfg = getattr(info, "extra", None) or {}
+    return {"kind": "stream", "crop_pct": float(cfg.get("crop_pct") or DEFAULT_CROP_PCT),
+            "interpolation": interpolation_of(cfg.get("interpolation"))}
+
+
 def trained_streaming(meta) -> bool:
     """The network's eval transform is a streaming one (a centre crop): its photos must stream too."""
     return bool(meta) and ((meta.get("data_pipeline") or {}).get("kind") == "stream")

@@ -73,10 +73,15 @@ def evaluate_checkpoint(
         data = data or recorded_dataset(meta)
         if not data:
             raise InputError(f"{checkpoint} does not record its dataset; pass --data NAME")
-    from cnncli.data.stream import stream_choice, trained_streaming
+    from cnncli.data.stream import stream_choice, trained_streaming, weights_pipeline
 
     stream = stream_choice(stream, None, skip_bad_images)
-    if (pretrained or trained_streaming(meta)) and stream is None:
+    file_pipeline = None  # a timm network's weights file: its pretrained config's transform and mean/std
+    if weights and meta is None:
+        from cnncli.models.registry import get_model_info
+
+        file_pipeline = weights_pipeline(get_model_info(checkpoint))
+    if (pretrained or trained_streaming(meta) or file_pipeline) and stream is None:
         from cnncli.data.registry import canonical_dataset_name
 
         if canonical_dataset_name(data).partition(":")[0].lower() in ("imagefolder", "csv"):
@@ -101,8 +106,8 @@ def evaluate_checkpoint(
         opened = open_network(checkpoint, weights=weights, num_classes=len(class_names), device=str(dev))
         model = opened.module
         input_size = opened.input_size
-        mean = channel_stats(stats.mean, input_size[0])
-        std = channel_stats(stats.std, input_size[0])
+        mean = opened.mean if file_pipeline else channel_stats(stats.mean, input_size[0])
+        std = opened.std if file_pipeline else channel_stats(stats.std, input_size[0])
         model_name = checkpoint
     else:
         if meta["num_classes"] != len(class_names):
@@ -122,12 +127,12 @@ def evaluate_checkpoint(
         from cnncli.data.registry import say_split_sizes
 
         say_split_sizes(stats)
-    weights_pipeline = extra.pop("eval_pipeline", None)  # a pretrained network's (popped: not a result)
+    given_pipeline = extra.pop("eval_pipeline", None) or file_pipeline  # popped: not a result
     if getattr(subset, "streaming", False):  # decoded in DataLoader workers at the network's size
         from cnncli.data.stream import StreamConfig, own_eval
 
         subset.configure(StreamConfig(size=int(input_size[1]), channels=int(input_size[0]),
-                                      **own_eval(meta, weights_pipeline),
+                                      **own_eval(meta, given_pipeline),
                                       workers=workers,
                                       pin_memory=dev.type == "cuda", skip_bad=skip_bad_images))
     use_channels_last(model, dev)

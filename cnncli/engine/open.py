@@ -165,14 +165,15 @@ def _registry(where: NetworkRef, kind: str, module, spec, info, input_size, mean
 
     classes = int((spec or {}).get("num_classes") or info.num_classes)
     extra = {"pretrained_source": source} if source is not None else {"weights": "random (untrained)"}
-    if kind == "pretrained" or (kind == "weights" and getattr(info, "source", None) == "timm"):
+    if kind in ("pretrained", "weights"):
         # predict prepares files as the weights were evaluated (timm's validate does the same for a
         # checkpoint file of a timm network): the shorter side, the centre crop, the config's resize
-        from cnncli.data.stream import DEFAULT_CROP_PCT, interpolation_of
+        from cnncli.data.stream import DEFAULT_CROP_PCT, weights_pipeline
 
-        cfg = getattr(info, "extra", None) or {}
-        extra["data_pipeline"] = {"kind": "stream", "crop_pct": float(cfg.get("crop_pct") or DEFAULT_CROP_PCT),
-                                  "interpolation": interpolation_of(cfg.get("interpolation"))}
+        pipeline = weights_pipeline(info) or ({"kind": "stream", "crop_pct": DEFAULT_CROP_PCT}
+                                              if kind == "pretrained" else None)
+        if pipeline:
+            extra["data_pipeline"] = pipeline
     doc = build_document(model=spec, num_classes=classes, class_names=class_names_for(classes),
                          input_size=input_size, mean=mean, std=std,
                          dataset="imagenet" if source is not None and classes == 1000 else None, extra=extra)
